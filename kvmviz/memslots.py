@@ -1,0 +1,252 @@
+"""``struct kvm_memslots``: one memslot set (reference §1.3, §2.1, §5).
+
+A set has a generation, a ``last_used_slot`` cache, a gfn-ordered tree, an hva
+interval tree, an id hash of 128 buckets and a fixed ``node_idx``. Every edit
+goes through ``replace`` (``kvm_replace_memslot``), which the protocol only
+ever calls on the inactive set.
+
+>>> from kvmviz.memslot import Memslot
+>>> s = MemslotSet(as_id=0, node_idx=1)
+>>> a = Memslot(uid=1, id=1, base_gfn=0x100, npages=0x100, userspace_addr=0x10000000)
+>>> s.replace(None, a)
+>>> s.gfn_to_memslot(0x1ff) is a, s.gfn_to_memslot(0x200), s.last_used_slot is a
+(True, None, True)
+>>> [m.label for m in s.iter_gfn_range(0, 0x101)], s.id_to_memslot(1) is a
+(['#1'], True)
+"""
+
+from collections import Counter
+
+from sortedcontainers import SortedDict
+
+from .constants import GOLDEN_RATIO_32, ID_HASH_BITS
+from .history import Journaled
+from .interval_tree import IntervalTree
+
+
+class ModelBug(RuntimeError):
+    """The model hit a kernel ``BUG()``/``WARN()`` (only broken variants do)."""
+
+
+def hash_32(val, bits=ID_HASH_BITS):
+    """Bucket of a slot id in ``id_hash``: the kernel's ``hash_32``.
+
+    >>> hash_32(0), hash_32(1), hash_32(2)
+    (0, 48, 97)
+    """
+    return ((val * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> (32 - bits)
+
+
+def _tree_cost(n):
+    # nodes a balanced search tree of n nodes visits on one descent
+    return max(1, n.bit_length())
+
+
+class MemslotSet(Journaled):
+    """One of the two sets of an address space (``__memslots[as][node_idx]``)."""
+
+    __slots__ = ("as_id", "node_idx", "generation", "last_used_slot",
+                 "gfn_tree", "hva_tree", "id_hash", "cost")
+
+    def __init__(self, history=None, *, as_id=0, node_idx=0, cost=None):
+        super().__init__(history, as_id=as_id, node_idx=node_idx, generation=as_id,
+                         last_used_slot=None, gfn_tree=SortedDict(),
+                         hva_tree=IntervalTree(tie=lambda slot: slot.uid),
+                         id_hash=[{} for _ in range(1 << ID_HASH_BITS)],
+                         cost=cost if cost is not None else Counter())
+
+    @property
+    def name(self):
+        """Short display name, e.g. ``as0/set1``."""
+        return f"as{self.as_id}/set{self.node_idx}"
+
+    # -- the three indexes, each change logged with its inverse -------------
+    def _log(self, undo, redo):
+        if self._history is not None:
+            self._history.log_op(undo, redo)
+
+    def hash_add(self, slot):
+        """``hash_add`` of ``slot.id_node[node_idx]`` (O(1))."""
+        self.id_hash[hash_32(slot.id)][slot.id] = slot
+        self.cost["hash_ops"] += 1
+        self._log(lambda: self._hash_pop(slot), lambda: self.hash_add(slot))
+
+    def hash_del(self, slot):
+        """``hash_del`` of ``slot.id_node[node_idx]`` (O(1))."""
+        self._hash_pop(slot)
+        self.cost["hash_ops"] += 1
+        self._log(lambda: self.id_hash[hash_32(slot.id)].__setitem__(slot.id, slot),
+                  lambda: self._hash_pop(slot))
+
+    def _hash_pop(self, slot):
+        bucket = self.id_hash[hash_32(slot.id)]
+        for key, value in bucket.items():
+            if value is slot:
+                del bucket[key]
+                return
+        raise ModelBug(f"{slot.label} is not in the id hash of {self.name}")
+
+    def hva_insert(self, slot):
+        """Insert ``slot.hva_node[node_idx]`` into the interval tree (O(log n))."""
+        start, last = slot.userspace_addr, slot.hva_last
+        before = self.hva_tree.visited
+        self.hva_tree.insert(start, last, slot)
+        self.cost["hva_tree_nodes"] += self.hva_tree.visited - before
+        self._log(lambda: self.hva_tree.remove(start, slot),
+                  lambda: self.hva_tree.insert(start, last, slot))
+
+    def hva_remove(self, slot):
+        """Remove ``slot.hva_node[node_idx]`` from the interval tree (O(log n))."""
+        start = self._hva_start(slot)
+        last = next(l for s, l, v in self.hva_tree.query(start, start) if v is slot)
+        before = self.hva_tree.visited
+        self.hva_tree.remove(start, slot)
+        self.cost["hva_tree_nodes"] += self.hva_tree.visited - before
+        self._log(lambda: self.hva_tree.insert(start, last, slot),
+                  lambda: self.hva_tree.remove(start, slot))
+
+    def _hva_start(self, slot):
+        # The node keeps the range it was inserted with, even if a broken
+        # variant later rewrote the slot's fields in place.
+        for start, _, value in self.hva_tree.query(slot.userspace_addr, slot.userspace_addr):
+            if value is slot:
+                return start
+        for start, _, value in self.hva_tree:
+            if value is slot:
+                return start
+        raise ModelBug(f"{slot.label} is not in the hva tree of {self.name}")
+
+    def gfn_insert(self, slot):
+        """``kvm_insert_gfn_node``: O(log n); a duplicate base_gfn is a kernel BUG()."""
+        if slot.base_gfn in self.gfn_tree:
+            raise ModelBug(f"BUG: {self.name} already has a slot at gfn {slot.base_gfn:#x}")
+        self._gfn_put(slot.base_gfn, slot)
+        self.cost["gfn_tree_nodes"] += _tree_cost(len(self.gfn_tree))
+        key = slot.base_gfn
+        self._log(lambda: self._gfn_take(key), lambda: self._gfn_put(key, slot))
+
+    def gfn_erase(self, slot):
+        """``kvm_erase_gfn_node``: O(log n)."""
+        key = self._gfn_key(slot)
+        self.cost["gfn_tree_nodes"] += _tree_cost(len(self.gfn_tree))
+        self._gfn_take(key)
+        self._log(lambda: self._gfn_put(key, slot), lambda: self._gfn_take(key))
+
+    def gfn_replace(self, old, new):
+        """``kvm_replace_gfn_node``: O(1) ``rb_replace_node``; same base_gfn only."""
+        key = self._gfn_key(old)
+        if key != new.base_gfn:
+            raise ModelBug(f"WARN: O(1) replace of {old.label} by {new.label} with a different base_gfn")
+        self._gfn_take(key)
+        self._gfn_put(key, new)
+        self.cost["gfn_tree_nodes"] += 1
+        self._log(lambda: (self._gfn_take(key), self._gfn_put(key, old)),
+                  lambda: (self._gfn_take(key), self._gfn_put(key, new)))
+
+    def _gfn_key(self, slot):
+        key = slot.base_gfn
+        if self.gfn_tree.get(key) is slot:
+            return key
+        for key, value in self.gfn_tree.items():
+            if value is slot:
+                return key
+        raise ModelBug(f"{slot.label} is not in the gfn tree of {self.name}")
+
+    def _gfn_put(self, key, slot):
+        self.gfn_tree[key] = slot
+        object.__setattr__(slot, "nodes", slot.nodes | (1 << self.node_idx))
+
+    def _gfn_take(self, key):
+        slot = self.gfn_tree.pop(key)
+        object.__setattr__(slot, "nodes", slot.nodes & ~(1 << self.node_idx))
+
+    # -- kvm_replace_memslot -------------------------------------------------
+    def replace(self, old, new):
+        """Replace ``old`` by ``new`` in this set (either may be None).
+
+        Models ``kvm_replace_memslot`` (reference §2.1) on the set it is given;
+        the caller passes the inactive set. The gfn tree uses the O(1) replace
+        when ``base_gfn`` is unchanged; the hva tree always removes and inserts.
+        """
+        if old is not None:
+            self.hash_del(old)
+            self.hva_remove(old)
+            if self.last_used_slot is old:
+                self.last_used_slot = new
+            if new is None:
+                self.gfn_erase(old)
+                return
+        self.hash_add(new)
+        self.hva_insert(new)
+        if old is not None and old.base_gfn == new.base_gfn:
+            self.gfn_replace(old, new)
+        else:
+            if old is not None:
+                self.gfn_erase(old)
+            self.gfn_insert(new)
+
+    # -- lookups (reference §5) ---------------------------------------------
+    def id_to_memslot(self, id):
+        """``id_to_memslot``: walk the id's hash bucket (O(1) expected)."""
+        self.cost["hash_ops"] += 1
+        return self.id_hash[hash_32(id)].get(id)
+
+    def search_memslots(self, gfn):
+        """``search_memslots`` (non-approx): the slot containing ``gfn`` or None."""
+        tree = self.gfn_tree
+        self.cost["gfn_tree_nodes"] += _tree_cost(len(tree))
+        i = tree.bisect_right(gfn) - 1
+        if i < 0:
+            return None
+        slot = tree.values()[i]
+        return slot if gfn < slot.end_gfn else None
+
+    def gfn_to_memslot(self, gfn):
+        """``____gfn_to_memslot``: try ``last_used_slot``, then search and cache."""
+        cached = self.last_used_slot
+        if cached is not None and cached.base_gfn <= gfn < cached.end_gfn:
+            return cached
+        slot = self.search_memslots(gfn)
+        if slot is not None:
+            self.last_used_slot = slot
+        return slot
+
+    def iter_gfn_range(self, start, end):
+        """``kvm_for_each_memslot_in_gfn_range``: slots meeting ``[start, end)``.
+
+        O(log n + k) (reference §5.2).
+        """
+        tree = self.gfn_tree
+        n = len(tree)
+        if not n:
+            return
+        self.cost["gfn_tree_nodes"] += _tree_cost(n)
+        i = tree.bisect_right(start)
+        i = n - 1 if i == n else max(i - 1, 0)
+        values = tree.values()
+        if values[i].end_gfn <= start:
+            i += 1
+        while i < n and values[i].base_gfn < end:
+            self.cost["gfn_tree_nodes"] += 1
+            yield values[i]
+            i += 1
+
+    def iter_hva_range(self, start, last):
+        """``kvm_for_each_memslot_in_hva_range``: slots meeting ``[start, last]``."""
+        before = self.hva_tree.visited
+        hits = [slot for _, _, slot in self.hva_tree.query(start, last)]
+        self.cost["hva_tree_nodes"] += self.hva_tree.visited - before
+        return hits
+
+    def slots(self):
+        """All slots in gfn order."""
+        return list(self.gfn_tree.values())
+
+    def __len__(self):
+        return len(self.gfn_tree)
+
+    def __contains__(self, slot):
+        return self.gfn_tree.get(slot.base_gfn) is slot
+
+    def __repr__(self):
+        return f"<{self.name} gen={self.generation:#x} slots={len(self)}>"

@@ -1,0 +1,351 @@
+"""``kvm_set_memslot`` and its helpers as step generators: 5.17 as merged.
+
+Each method models the kernel function of the same name (reference §2.1-§2.4,
+§3.4) and yields a ``Step`` after each observable change. Variants subclass
+``MergedProtocol`` and override single methods.
+
+>>> from kvmviz import VM
+>>> vm = VM()
+>>> steps = vm.set_user_memory_region(1, 0, 0x100000, 0x10000, 0x7f0000000000)
+>>> [s.function for s in steps if s.stage == "activate"][:3]
+['kvm_swap_active_memslots', 'rcu_assign_pointer', 'kvm_swap_active_memslots']
+>>> vm.generation(0)
+2
+"""
+
+import errno
+
+from .constants import (KVM_ADDRESS_SPACE_NUM, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS,
+                        KVM_MEMSLOT_INVALID)
+from .errors import KvmError
+from .memslot import kvm_copy_memslot
+from .set_memory_region import CREATE, DELETE, FLAGS_ONLY, MOVE, NONE, check_ioctl, check_memory_region
+from .step import Step
+
+IP = KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS
+SL, SAL, MNL = "slots_lock", "slots_arch_lock", "mn_invalidate_lock"
+
+
+def dirty_bitmap_bytes(npages):
+    """``kvm_dirty_bitmap_bytes``: one bit per page, rounded up to longs.
+
+    >>> dirty_bitmap_bytes(1), dirty_bitmap_bytes(65)
+    (8, 16)
+    """
+    return (npages + 63) // 64 * 8
+
+
+def _gen(g):
+    return f"{g & ~IP:#x}|IP" if g & IP else f"{g:#x}"
+
+
+class MergedProtocol:
+    """The memslot update as merged for Linux 5.17 (the default)."""
+
+    name = "merged"
+
+    def __init__(self, vm):
+        self.vm = vm
+        self.stage = "validate"
+        self.upd = None
+
+    # -- helpers -------------------------------------------------------------
+    def step(self, function, text, **extra):
+        """Build the ``Step`` describing what just happened."""
+        return Step(self.stage, function, text, locks=self.vm.locks,
+                    gens=self.vm.generations(), **extra)
+
+    def replace(self, as_id, old, new, function="kvm_replace_memslot", why=""):
+        """``kvm_replace_memslot`` on the inactive set; returns its step."""
+        s = self.vm.inactive_set(as_id)
+        s.replace(old, new)
+        same = old is not None and new is not None and old.base_gfn == new.base_gfn
+        how = ("O(1) rb_replace_node in the gfn tree" if same else
+               "erase + insert in the gfn tree" if old and new else
+               "insert into" if new else "erase from")
+        if old is None or new is None:
+            how = f"{how} the gfn tree, the hva tree and the id hash"
+        else:
+            how = f"{how}; remove + insert in the hva tree; id hash del + add"
+        text = f"{why}{_label(old)} -> {_label(new)} in inactive {s.name}: {how}."
+        return self.step(function, text, touched=((as_id, s.node_idx, _label(old), _label(new)),))
+
+    # -- the ioctl -----------------------------------------------------------
+    def run(self, upd, region, fail):
+        """``kvm_vm_ioctl_set_memory_region`` -> ``__kvm_set_memory_region``."""
+        vm = self.vm
+        self.upd, self.stage = upd, "validate"
+        try:
+            check_ioctl(region)
+        except KvmError as e:
+            yield self.step("kvm_vm_ioctl_set_memory_region", f"refused before taking any lock: {e}",
+                            result=-e.errno, error=e)
+            return
+        vm.lock(SL)
+        try:
+            plan = check_memory_region(vm, region)
+        except KvmError as e:
+            vm.unlock(SL)
+            yield self.step("__kvm_set_memory_region", f"check failed, nothing changed: {e}",
+                            result=-e.errno, error=e)
+            return
+        upd.change = plan.change
+        if plan.change == NONE:
+            vm.unlock(SL)
+            yield self.step("__kvm_set_memory_region",
+                            "same values as the existing slot: nothing to do, return 0 "
+                            "(no swap, the generation stays)", result=0)
+            return
+        yield self.step("__kvm_set_memory_region", _plan_text(plan))
+        new = None
+        if plan.change != DELETE:
+            new = vm.alloc_memslot(plan)
+            yield self.step("__kvm_set_memory_region",
+                            f"allocate {new.label} and fill it with the new values; no set links it yet.")
+        r = yield from self.kvm_set_memslot(plan.old, new, plan.change, fail)
+        if r and new is not None:
+            vm.free(new)
+        vm.unlock(SL)
+        freed = f"free {new.label} (it was never reachable); " if r and new is not None else ""
+        yield self.step("kvm_set_memory_region",
+                        f"{freed}release slots_lock; the ioctl returns {_ret(r)}.", result=r,
+                        error=KvmError(-r, f"kvm_prepare_memory_region failed for {region.where()} "
+                                           f"({upd.change}; {_revert_note(upd.change)})", rule="4.4",
+                                       slot=region.id) if r else None)
+
+    # -- kvm_set_memslot -------------------------------------------------------
+    def kvm_set_memslot(self, old, new, change, fail):
+        """``kvm_set_memslot``: invalidate, prepare, replace, activate, commit."""
+        vm = self.vm
+        as_id = (old or new).as_id
+        self.stage = "invalidate" if change in (DELETE, MOVE) else "prepare"
+        vm.lock(SAL)
+        invalid = None
+        if change in (DELETE, MOVE):
+            invalid = vm.alloc_memslot()
+            yield self.step("kvm_set_memslot", f"take slots_arch_lock; allocate {invalid.label} "
+                                               f"to become the INVALID copy of {old.label}.")
+            yield from self.kvm_invalidate_memslot(old, invalid)
+        else:
+            yield self.step("kvm_set_memslot", "take slots_arch_lock: arch data of live slots may not "
+                                               "change until the new set is published.")
+        self.stage = "prepare"
+        r = yield from self.kvm_prepare_memory_region(old, new, change, fail)
+        if r:
+            if invalid is None:
+                vm.unlock(SAL)
+                yield self.step("kvm_set_memslot", f"prepare failed: release slots_arch_lock; no swap "
+                                                   f"happened, so the generation stays at {_gen(vm.generation(as_id))}.")
+                return r
+            self.stage = "activate"
+            yield from self.kvm_activate_memslot(invalid, old)
+            vm.free(invalid)
+            yield self.step("kvm_set_memslot", f"revert done: {old.label} is active again; free "
+                                               f"{invalid.label}. Two swaps happened, so the generation moved "
+                                               f"by {2 * KVM_ADDRESS_SPACE_NUM} although no slot changed.")
+            return r
+        self.stage = "replace"
+        helper = {CREATE: self.kvm_create_memslot, DELETE: self.kvm_delete_memslot,
+                  MOVE: self.kvm_move_memslot, FLAGS_ONLY: self.kvm_update_flags_memslot}[change]
+        yield from helper(old, new, invalid)
+        if invalid is not None:
+            vm.free(invalid)
+            yield self.step("kvm_set_memslot", f"free the INVALID copy {invalid.label}: the grace period "
+                                               "of the last swap guarantees no reader still uses it.")
+        self.stage = "commit"
+        yield from self.kvm_commit_memory_region(old, new, change)
+        return 0
+
+    def kvm_invalidate_memslot(self, old, invalid):
+        """``kvm_invalidate_memslot``: publish an INVALID copy of ``old``."""
+        vm = self.vm
+        kvm_copy_memslot(invalid, old)
+        invalid.flags |= KVM_MEMSLOT_INVALID
+        yield self.step("kvm_copy_memslot", f"copy {old.label} into {invalid.label} (sharing its dirty "
+                                            f"bitmap and arch data) and set KVM_MEMSLOT_INVALID on the copy.")
+        yield self.replace(old.as_id, old, invalid, function="kvm_replace_memslot",
+                           why="kvm_invalidate_memslot: ")
+        yield from self.kvm_swap_active_memslots(old.as_id)
+        text = vm.arch.flush_shadow_memslot(old)
+        yield self.step("kvm_arch_flush_shadow_memslot", text)
+        vm.lock(SAL)
+        old.arch = invalid.arch
+        yield self.step("kvm_invalidate_memslot",
+                        f"take slots_arch_lock again; {old.label}.arch = {invalid.label}.arch, since arch data "
+                        f"may have changed while the lock was dropped ({old.label} is only in the inactive set).")
+
+    def kvm_create_memslot(self, old, new, invalid):
+        """``kvm_create_memslot``: add ``new`` to both sets, one at a time."""
+        yield self.replace(new.as_id, None, new, function="kvm_create_memslot")
+        self.stage = "activate"
+        yield from self.kvm_activate_memslot(None, new)
+
+    def kvm_delete_memslot(self, old, new, invalid):
+        """``kvm_delete_memslot``: drop ``old``, then the INVALID copy."""
+        yield self.replace(old.as_id, old, None, function="kvm_delete_memslot")
+        self.stage = "activate"
+        yield from self.kvm_activate_memslot(invalid, None)
+
+    def kvm_move_memslot(self, old, new, invalid):
+        """``kvm_move_memslot``: ``new`` replaces ``old``, then the INVALID copy."""
+        yield self.replace(old.as_id, old, new, function="kvm_move_memslot")
+        self.stage = "activate"
+        yield from self.kvm_activate_memslot(invalid, new)
+
+    def kvm_update_flags_memslot(self, old, new, invalid):
+        """``kvm_update_flags_memslot``: ``new`` replaces ``old`` (same gfn)."""
+        yield self.replace(old.as_id, old, new, function="kvm_update_flags_memslot")
+        self.stage = "activate"
+        yield from self.kvm_activate_memslot(old, new)
+
+    def kvm_activate_memslot(self, old, new):
+        """``kvm_activate_memslot``: swap, then bring the other set in line."""
+        as_id = (old or new).as_id
+        yield from self.kvm_swap_active_memslots(as_id)
+        yield self.replace(as_id, old, new, function="kvm_activate_memslot",
+                           why="catch up the set that just became inactive: ")
+
+    # -- the swap ----------------------------------------------------------------
+    def kvm_swap_active_memslots(self, as_id):
+        """``kvm_swap_active_memslots``: publish the inactive set (reference §3.4)."""
+        vm = self.vm
+        active, inactive = vm.active_set(as_id), vm.inactive_set(as_id)
+        gen = active.generation
+        warn = " WARN: the active generation already had the in-progress bit!" if gen & IP else ""
+        inactive.generation = gen | IP
+        yield self.step("kvm_swap_active_memslots",
+                        f"mark {inactive.name} in progress: generation {_gen(gen | IP)}.{warn}",
+                        touched=((as_id, inactive.node_idx, "gen", "gen"),))
+        vm.lock(MNL)
+        while vm.mn_active_invalidate_count:
+            vm.unlock(MNL)
+            yield self._wait("rcuwait_wait_event",
+                             lambda: (f"{vm.mn_active_invalidate_count} MMU-notifier invalidation(s) in "
+                                      "progress" if vm.mn_active_invalidate_count else None),
+                             "sleep until mn_active_invalidate_count drops to 0: start and end of an "
+                             "invalidation must see the same memslots.")
+            vm.lock(MNL)
+        gp = self.publish(as_id, inactive)
+        yield self.step("rcu_assign_pointer",
+                        f"publish {inactive.name} as the active set of as{as_id} (no MMU-notifier invalidation "
+                        f"is running). New SRCU readers see it and generation {_gen(inactive.generation)}.")
+        vm.unlock(MNL)
+        vm.unlock(SAL)
+        yield self.step("kvm_swap_active_memslots",
+                        "release mn_invalidate_lock and slots_arch_lock (an SRCU reader may be waiting for "
+                        "slots_arch_lock: holding it across the grace period could deadlock).")
+        yield from self.synchronize_srcu_expedited(gp, active)
+        final = (inactive.generation & ~IP) + KVM_ADDRESS_SPACE_NUM
+        yield self.step("kvm_arch_memslots_updated", vm.arch.memslots_updated(final))
+        inactive.generation = final
+        yield self.step("kvm_swap_active_memslots",
+                        f"store the final generation {final:#x} (= {gen:#x} + {KVM_ADDRESS_SPACE_NUM}) in "
+                        f"{inactive.name}; {active.name} is now inactive with stale generation {_gen(active.generation)}.",
+                        touched=((as_id, inactive.node_idx, "gen", "gen"),))
+
+    def publish(self, as_id, new_active):
+        """``rcu_assign_pointer``: make ``new_active`` active; start the grace period."""
+        self.vm.publish(as_id, new_active.node_idx)
+        return self.vm.srcu.start_grace_period()
+
+    def synchronize_srcu_expedited(self, gp, old_active):
+        """Wait until readers that entered before ``gp`` have left."""
+        srcu = self.vm.srcu
+        while not srcu.grace_period_done(gp):
+            yield self._wait("synchronize_srcu_expedited",
+                             lambda: (f"SRCU readers still inside: {', '.join(map(str, srcu.holders(gp)))}"
+                                      if not srcu.grace_period_done(gp) else None),
+                             f"wait for the grace period: readers that entered before the swap may still "
+                             f"use {old_active.name}.")
+        yield self.step("synchronize_srcu_expedited",
+                        f"grace period over: no reader can still be using {old_active.name}.")
+
+    def _wait(self, function, reason, text):
+        self.upd.wait_reason = reason
+        return self.step(function, f"{text} Blocked: {reason()}.", waiting=True)
+
+    # -- prepare / commit ----------------------------------------------------------
+    def kvm_prepare_memory_region(self, old, new, change, fail):
+        """``kvm_prepare_memory_region``: dirty bitmap rules, then the arch hook."""
+        vm = self.vm
+        allocated = None
+        if change != DELETE:
+            allocated, text = self.prepare_dirty_bitmap(old, new)
+            yield self.step("kvm_prepare_memory_region", text)
+        r, text = vm.arch.prepare_memory_region(old, new, change, fail)
+        yield self.step("kvm_arch_prepare_memory_region", text)
+        if r and allocated is not None:
+            vm.free(allocated)
+            new.dirty_bitmap = None
+            yield self.step("kvm_prepare_memory_region",
+                            f"prepare failed: free the dirty bitmap {allocated.label} it allocated "
+                            "(5.17 as first merged leaked it for CREATE; fixed by c87661f855c3).")
+        return r
+
+    def prepare_dirty_bitmap(self, old, new):
+        """The dirty-bitmap table of reference §2.1; returns (allocated, text)."""
+        if not new.flags & KVM_MEM_LOG_DIRTY_PAGES:
+            new.dirty_bitmap = None
+            tail = f" {old.label}'s bitmap is freed at commit." if old and old.dirty_bitmap else ""
+            return None, f"{new.label} has no LOG_DIRTY_PAGES: no dirty bitmap.{tail}"
+        if old is not None and old.dirty_bitmap is not None:
+            new.dirty_bitmap = old.dirty_bitmap
+            return None, f"{new.label} shares {old.label}'s dirty bitmap {old.dirty_bitmap.label} (not copied)."
+        new.dirty_bitmap = self.vm.alloc("dirty_bitmap", 2 * dirty_bitmap_bytes(new.npages))
+        return new.dirty_bitmap, (f"allocate dirty bitmap {new.dirty_bitmap.label} for {new.label}: "
+                                  f"2 x {dirty_bitmap_bytes(new.npages)} bytes (second half is scratch).")
+
+    def kvm_commit_memory_region(self, old, new, change):
+        """``kvm_commit_memory_region``: page count, arch commit, then frees."""
+        vm = self.vm
+        if change == DELETE:
+            vm.nr_memslot_pages -= old.npages
+        elif change == CREATE:
+            vm.nr_memslot_pages += new.npages
+        text = vm.arch.commit_memory_region(old, new, change)
+        yield self.step("kvm_arch_commit_memory_region",
+                        f"nr_memslot_pages = {vm.nr_memslot_pages:#x}. {text}")
+        if change == CREATE:
+            return
+        if change == DELETE:
+            freed = [a for a in (old.dirty_bitmap, old.arch) if a is not None]
+            for a in freed:
+                vm.free(a)
+            vm.free(old)
+            yield self.step("kvm_free_memslot", f"free {old.label} with {_list(freed)}: no set reaches it "
+                                                "and its grace period is over.")
+            return
+        freed = []
+        if old.dirty_bitmap is not None and new.dirty_bitmap is None:
+            vm.free(old.dirty_bitmap)
+            freed.append(old.dirty_bitmap)
+        vm.free(old)
+        yield self.step("kfree", f"free the {old.label} struct only ({new.label} may share its data)"
+                                 + (f", and its dirty bitmap {freed[0].label}" if freed else "") + ".")
+
+
+def _label(slot):
+    return slot.label if slot is not None else "NULL"
+
+
+def _list(objs):
+    return ", ".join(o.label for o in objs) if objs else "nothing else"
+
+
+def _ret(r):
+    return "0" if not r else f"-{errno.errorcode.get(-r, -r)}"
+
+
+def _revert_note(change):
+    if change in (DELETE, MOVE):
+        return f"the INVALID copy was reverted: two swaps, generation +{2 * KVM_ADDRESS_SPACE_NUM}"
+    return "no swap happened, the generation is unchanged"
+
+
+def _plan_text(plan):
+    where = f"slot {plan.id} of as{plan.as_id}"
+    old = f" ({plan.old.label})" if plan.old is not None else ""
+    if plan.change == DELETE:
+        return f"all checks passed: DELETE {where}{old}."
+    span = f"gfn {plan.base_gfn:#x}..{plan.base_gfn + plan.npages - 1:#x}"
+    return f"all checks passed: {plan.change} {where}{old} at {span}."

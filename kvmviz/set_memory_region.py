@@ -1,0 +1,187 @@
+"""Validation and classification of ``KVM_SET_USER_MEMORY_REGION`` (reference §4).
+
+``check_ioctl`` models ``kvm_vm_ioctl_set_memory_region`` (the user-slot bound,
+checked before any lock); ``check_memory_region`` models the checks of
+``__kvm_set_memory_region`` in kernel order (§4.2, numbered as there) and the
+decision table of §4.3. Both raise ``KvmError`` with the kernel's errno.
+
+>>> from kvmviz import VM
+>>> vm = VM()
+>>> r = Region(slot=1, flags=0, guest_phys_addr=0x1000, memory_size=0x2000, userspace_addr=0x7f0000000000)
+>>> check_memory_region(vm, r).change
+'CREATE'
+>>> check_memory_region(vm, r._replace(guest_phys_addr=0x1001))
+Traceback (most recent call last):
+...
+kvmviz.errors.KvmError: [Errno 22] EINVAL: guest_phys_addr 0x1001 is not page-aligned (slot 1, as 0) (reference §4.2#4)
+"""
+
+import errno
+from typing import NamedTuple
+
+from .constants import (KVM_ADDRESS_SPACE_NUM, KVM_MEM_MAX_NR_PAGES, KVM_MEM_READONLY,
+                        KVM_MEM_SLOTS_NUM, KVM_USER_FLAGS, KVM_USER_MEM_SLOTS, PAGE_SHIFT,
+                        PAGE_SIZE, TASK_SIZE_MAX, U32_MAX, U64_MAX, flag_names)
+from .errors import KvmError
+
+CREATE, DELETE, MOVE, FLAGS_ONLY, NONE = "CREATE", "DELETE", "MOVE", "FLAGS_ONLY", "NONE"
+CHANGES = (CREATE, DELETE, MOVE, FLAGS_ONLY, NONE)
+
+
+class Region(NamedTuple):
+    """``struct kvm_userspace_memory_region`` as userspace passes it."""
+
+    slot: int
+    flags: int
+    guest_phys_addr: int
+    memory_size: int
+    userspace_addr: int
+
+    @property
+    def as_id(self):
+        """Address space: bits 16..31 of ``slot``."""
+        return self.slot >> 16
+
+    @property
+    def id(self):
+        """Slot id: the low 16 bits of ``slot``."""
+        return self.slot & 0xFFFF
+
+    def where(self):
+        """``slot N, as A`` for messages."""
+        return f"slot {self.id}, as {self.as_id}"
+
+
+class Plan(NamedTuple):
+    """What a valid call will do: the change type and the slot values."""
+
+    change: str
+    old: object          # the Memslot found by id (None for CREATE)
+    as_id: int
+    id: int
+    base_gfn: int
+    npages: int
+    flags: int
+    userspace_addr: int
+
+
+_FIELDS = (("slot", U32_MAX, "__u32"), ("flags", U32_MAX, "__u32"),
+           ("guest_phys_addr", U64_MAX, "__u64"), ("memory_size", U64_MAX, "__u64"),
+           ("userspace_addr", U64_MAX, "__u64"))
+
+
+def make_region(slot, flags, guest_phys_addr, memory_size, userspace_addr):
+    """Build a ``Region``, refusing values its C fields cannot hold.
+
+    Not a kernel check: C userspace cannot pass a negative or 65-bit value, so
+    such input is a ``ValueError`` (a caller's mistake), not a kernel errno.
+
+    >>> make_region(-1, 0, 0, 0, 0)
+    Traceback (most recent call last):
+    ...
+    ValueError: slot=-1 does not fit the ioctl's __u32 field
+    """
+    values = (slot, flags, guest_phys_addr, memory_size, userspace_addr)
+    for value, (name, limit, ctype) in zip(values, _FIELDS):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name}={value!r} is not an integer")
+        if not 0 <= value <= limit:
+            raise ValueError(f"{name}={value} does not fit the ioctl's {ctype} field")
+    return Region(*values)
+
+
+def _fail(rule, message, region, err=errno.EINVAL):
+    raise KvmError(err, f"{message} ({region.where()})", rule=f"4.2#{rule}", slot=region.id)
+
+
+def check_ioctl(region):
+    """``kvm_vm_ioctl_set_memory_region``: user slot ids stop at 32764 (§4.1)."""
+    if region.id >= KVM_USER_MEM_SLOTS:
+        raise KvmError(errno.EINVAL,
+                       f"slot id {region.id} >= KVM_USER_MEM_SLOTS ({KVM_USER_MEM_SLOTS}); ids "
+                       f"{KVM_USER_MEM_SLOTS}..{KVM_MEM_SLOTS_NUM - 1} are x86's internal slots",
+                       rule="4.1", slot=region.id)
+
+
+def _access_ok(addr, size):
+    # x86-64 access_ok: the whole range lies in the user half
+    return size <= TASK_SIZE_MAX and addr <= TASK_SIZE_MAX - size
+
+
+def check_arguments(region):
+    """Checks 1-8: flags, alignment, user range, bounds, wrap, size limit."""
+    r = region
+    if r.flags & ~KVM_USER_FLAGS:
+        _fail(1, f"flags {r.flags:#x} ({flag_names(r.flags)}) has bits other than "
+                 "LOG_DIRTY_PAGES|READONLY", r)
+    if r.memory_size & (PAGE_SIZE - 1):
+        _fail(3, f"memory_size {r.memory_size:#x} is not a multiple of the page size", r)
+    if r.guest_phys_addr & (PAGE_SIZE - 1):
+        _fail(4, f"guest_phys_addr {r.guest_phys_addr:#x} is not page-aligned", r)
+    if r.userspace_addr & (PAGE_SIZE - 1):
+        _fail(5, f"userspace_addr {r.userspace_addr:#x} is not page-aligned", r)
+    if not _access_ok(r.userspace_addr, r.memory_size):
+        _fail(5, f"userspace range {r.userspace_addr:#x}+{r.memory_size:#x} leaves the "
+                 f"user half of the address space (access_ok, limit {TASK_SIZE_MAX:#x})", r)
+    if r.as_id >= KVM_ADDRESS_SPACE_NUM:
+        _fail(6, f"address space {r.as_id} >= KVM_ADDRESS_SPACE_NUM ({KVM_ADDRESS_SPACE_NUM})", r)
+    if r.id >= KVM_MEM_SLOTS_NUM:
+        _fail(6, f"slot id {r.id} >= KVM_MEM_SLOTS_NUM ({KVM_MEM_SLOTS_NUM})", r)
+    if r.guest_phys_addr + r.memory_size > U64_MAX:
+        _fail(7, f"guest_phys_addr {r.guest_phys_addr:#x} + memory_size {r.memory_size:#x} wraps", r)
+    if (r.memory_size >> PAGE_SHIFT) > KVM_MEM_MAX_NR_PAGES:
+        _fail(8, f"{r.memory_size >> PAGE_SHIFT:#x} pages > KVM_MEM_MAX_NR_PAGES "
+                 f"({KVM_MEM_MAX_NR_PAGES:#x})", r)
+
+
+def classify(vm, region, old):
+    """Checks 10-17 and the decision table (§4.3); returns the change type."""
+    r = region
+    npages = r.memory_size >> PAGE_SHIFT
+    if not r.memory_size:
+        if old is None or not old.npages:
+            _fail(10, f"cannot delete slot {r.id}: it does not exist", r)
+        if vm.nr_memslot_pages < old.npages:
+            _fail(11, "nr_memslot_pages is smaller than the slot (accounting bug)", r, errno.EIO)
+        return DELETE
+    if old is None:
+        if vm.nr_memslot_pages + npages > vm.ulong_max:
+            _fail(14, "nr_memslot_pages would wrap", r)
+        return CREATE
+    if r.userspace_addr != old.userspace_addr:
+        _fail(15, f"userspace_addr of existing slot {old.label} may not change "
+                  f"({old.userspace_addr:#x} -> {r.userspace_addr:#x}); delete and re-create it", r)
+    if npages != old.npages:
+        _fail(15, f"size of existing slot {old.label} may not change "
+                  f"({old.npages:#x} -> {npages:#x} pages); delete and re-create it", r)
+    if (r.flags ^ old.flags) & KVM_MEM_READONLY:
+        _fail(15, f"READONLY cannot be toggled on existing slot {old.label}", r)
+    if r.guest_phys_addr >> PAGE_SHIFT != old.base_gfn:
+        return MOVE
+    if r.flags != old.flags:
+        return FLAGS_ONLY
+    return NONE
+
+
+def check_overlap(active, region):
+    """Check 17, ``kvm_check_memslot_overlap``: -EEXIST on another slot's gfns."""
+    base = region.guest_phys_addr >> PAGE_SHIFT
+    end = base + (region.memory_size >> PAGE_SHIFT)
+    for slot in active.iter_gfn_range(base, end):
+        if slot.id != region.id:
+            raise KvmError(errno.EEXIST,
+                           f"gfns {base:#x}..{end - 1:#x} overlap slot {slot.id} ({slot.label}, gfns "
+                           f"{slot.base_gfn:#x}..{slot.end_gfn - 1:#x}) ({region.where()})",
+                           rule="4.2#17", slot=region.id)
+
+
+def check_memory_region(vm, region):
+    """Run every check of ``__kvm_set_memory_region`` in order; return a ``Plan``."""
+    check_arguments(region)
+    active = vm.active_set(region.as_id)
+    old = active.id_to_memslot(region.id)
+    change = classify(vm, region, old)
+    if change in (CREATE, MOVE):
+        check_overlap(active, region)
+    return Plan(change, old, region.as_id, region.id, region.guest_phys_addr >> PAGE_SHIFT,
+                region.memory_size >> PAGE_SHIFT, region.flags, region.userspace_addr)

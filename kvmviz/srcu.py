@@ -1,0 +1,55 @@
+"""Sleepable RCU as the memslot code uses it (reference §1.5, §3.4).
+
+Readers enter a read-side section and record the grace-period sequence they
+entered under; a grace period started at sequence ``g`` ends once no reader
+that entered before it is still inside. The writer starts the grace period
+when it publishes the new active set (reference §3.4 step 3): readers that
+enter afterwards see the new set and do not hold the writer up.
+
+>>> s = Srcu()
+>>> s.read_lock("vcpu0")
+0
+>>> gp = s.start_grace_period(); s.read_lock("vcpu1"); s.grace_period_done(gp)
+1
+False
+>>> s.read_unlock("vcpu0"); s.grace_period_done(gp), s.holders(gp)
+(True, ())
+"""
+
+from .history import Journaled
+
+
+class Srcu(Journaled):
+    """``kvm->srcu``: who is inside a read-side section, and since when."""
+
+    __slots__ = ("seq", "readers")
+
+    def __init__(self, history=None):
+        super().__init__(history, seq=0, readers=())
+
+    def read_lock(self, reader):
+        """``srcu_read_lock``: returns the sequence the reader entered under."""
+        if any(r is reader for r, _ in self.readers):
+            raise RuntimeError(f"{reader} is already inside an SRCU read-side section")
+        self.readers = self.readers + ((reader, self.seq),)
+        return self.seq
+
+    def read_unlock(self, reader):
+        """``srcu_read_unlock``."""
+        kept = tuple(entry for entry in self.readers if entry[0] is not reader)
+        if len(kept) == len(self.readers):
+            raise RuntimeError(f"{reader} is not inside an SRCU read-side section")
+        self.readers = kept
+
+    def start_grace_period(self):
+        """Begin a grace period; returns its sequence number."""
+        self.seq += 1
+        return self.seq
+
+    def holders(self, gp):
+        """Readers that entered before grace period ``gp`` and are still inside."""
+        return tuple(r for r, entered in self.readers if entered < gp)
+
+    def grace_period_done(self, gp):
+        """True when grace period ``gp`` has ended."""
+        return not self.holders(gp)

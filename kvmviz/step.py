@@ -1,0 +1,102 @@
+"""Steps of a memslot update, and the ``Update`` iterator that yields them.
+
+A ``Step`` is one observable point of ``KVM_SET_USER_MEMORY_REGION``: its
+``stage`` (validate, invalidate, prepare, replace, activate, commit), the
+kernel ``function`` it models, a ``text`` for learners, the locks held, the
+generations of every set and which set was edited.
+
+>>> from kvmviz import VM
+>>> upd = VM().begin_set_user_memory_region(0, 0, 0, 0x1000, 0x100000)
+>>> s = next(upd); s.stage, s.function, upd.result
+('validate', '__kvm_set_memory_region', None)
+>>> steps = list(upd); upd.result, steps[-1].stage
+(0, 'commit')
+"""
+
+from dataclasses import dataclass, field
+
+STAGES = ("validate", "invalidate", "prepare", "replace", "activate", "commit")
+
+
+@dataclass(eq=False)
+class Step:
+    """One step of an update (see module doc)."""
+
+    stage: str
+    function: str
+    text: str
+    locks: frozenset = frozenset()
+    gens: tuple = ()            # per address space: (set0.gen, set1.gen, active node_idx)
+    touched: tuple = ()         # (as_id, node_idx, old label, new label) per replace
+    waiting: bool = False
+    result: object = None       # 0 or -errno on the last step
+    error: object = None        # the KvmError of a failed call
+    change: object = None
+    call: int = 0               # serial of the update this step belongs to
+    index: object = None        # position in the VM's history
+    cost: dict = field(default_factory=dict)
+
+    def generation(self, as_id=0):
+        """Active set's generation of ``as_id`` right after this step."""
+        g0, g1, active = self.gens[as_id]
+        return (g0, g1)[active]
+
+    def __str__(self):
+        wait = " (waiting)" if self.waiting else ""
+        return f"[{self.stage}] {self.function}{wait}: {self.text}"
+
+
+class Update:
+    """An update in flight: iterate to run it one ``Step`` at a time.
+
+    ``result`` is None while running, then 0 or ``-errno``; ``blocked`` is a
+    reason string while the writer waits (grace period, MMU notifier).
+    """
+
+    def __init__(self, vm, region, run):
+        self.vm = vm
+        self.region = region
+        self.steps = []
+        self.result = None
+        self.error = None
+        self.change = None
+        self.call = vm.next_call()
+        self.abandoned = False
+        self.wait_reason = None      # set by the protocol while it waits
+        self._gen = run(self)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.result is not None:
+            raise StopIteration
+        if self.abandoned:
+            raise RuntimeError("this update was abandoned: its future steps were discarded when the "
+                               "VM went back in time and something new happened")
+        if not self.vm.history.at_frontier:
+            raise RuntimeError("the VM was stepped back; use vm.history.forward() to replay recorded "
+                               "steps before running new ones")
+        before = dict(self.vm.cost)
+        step = next(self._gen)
+        step.call = self.call
+        step.change = self.change
+        step.cost = {k: v - before.get(k, 0) for k, v in self.vm.cost.items() if v != before.get(k, 0)}
+        self.steps.append(step)
+        self.vm.record(step)
+        if step.result is not None:
+            self.result, self.error = step.result, step.error
+            self.vm.end_update(self)
+        return step
+
+    @property
+    def blocked(self):
+        """Why the writer cannot go on now, or None."""
+        return self.wait_reason() if self.wait_reason else None
+
+    def run(self, limit=10_000):
+        """Run to the end; returns the steps. Raises if it stays blocked."""
+        for step in self:
+            if step.waiting and len(self.steps) > limit:
+                raise RuntimeError(f"update blocked for good: {self.blocked}")
+        return self.steps

@@ -1,0 +1,260 @@
+"""``struct kvm``: address spaces, active pointers, the ioctl entry points.
+
+Each address space has two ``MemslotSet``s (``__memslots[as][0..1]``) and an
+active pointer (``memslots[as]``), starting at set 0 with generation ``as``
+(reference §1.4, §1.8). ``set_user_memory_region`` is the ioctl; it runs an
+``Update`` of steps produced by the implementation (``protocol.py``).
+
+>>> vm = VM()
+>>> steps = vm.set_user_memory_region(0, 0, 0x0, 0x100000, 0x7f0000000000)
+>>> vm.generation(0), vm.generation(1), [s.label for s in vm.memslots(0)]
+(2, 1, ['#1'])
+>>> vm.gfn_to_memslot(0x80).label
+'#1'
+>>> vm.set_user_memory_region(2, 0, 0x80000, 0x1000, 0x7f0000000000)
+Traceback (most recent call last):
+...
+kvmviz.errors.KvmError: [Errno 17] EEXIST: gfns 0x80..0x80 overlap slot 0 (#1, gfns 0x0..0xff) (slot 2, as 0) (reference §4.2#17)
+"""
+
+import errno
+from collections import Counter
+
+from .arch import X86Arch
+from .constants import KVM_ADDRESS_SPACE_NUM, U64_MAX
+from .history import History, Journaled
+from .memslot import Allocation, Memslot
+from .memslots import MemslotSet
+from .srcu import Srcu
+from .step import Update
+from .set_memory_region import make_region
+
+class VM(Journaled):
+    """A VM's memslot state (x86: two address spaces, 32764 user slots).
+
+    ``implementation`` picks the data-structure design ("tree" = 5.17+),
+    ``variant`` an algorithm variant (see ``kvmviz.variants``); ``history``
+    turns the undo/redo journal on or off.
+    """
+
+    __slots__ = ("history", "cost", "sets", "active_idx", "nr_memslot_pages", "locks",
+                 "mn_active_invalidate_count", "mn_ranges", "swaps", "uid", "alloc_seq",
+                 "in_place_writes", "arch", "srcu", "vcpus", "protocol", "update",
+                 "implementation", "variant", "calls", "ulong_max")
+
+    def __init__(self, implementation="tree", variant="merged", *, history=True):
+        h = History(enabled=history)
+        cost = Counter()
+        super().__init__(h, history=h, cost=cost, active_idx=(0,) * KVM_ADDRESS_SPACE_NUM,
+                         nr_memslot_pages=0, locks=frozenset(), mn_active_invalidate_count=0,
+                         mn_ranges=(), swaps=(0,) * KVM_ADDRESS_SPACE_NUM, uid=0, alloc_seq=0,
+                         in_place_writes=(), vcpus=[], update=None, calls=0,
+                         implementation=implementation, variant=variant, ulong_max=U64_MAX)
+        object.__setattr__(self, "sets", tuple(
+            tuple(MemslotSet(h, as_id=a, node_idx=j, cost=cost) for j in (0, 1))
+            for a in range(KVM_ADDRESS_SPACE_NUM)))
+        object.__setattr__(self, "arch", X86Arch(h, self))
+        object.__setattr__(self, "srcu", Srcu(h))
+        object.__setattr__(self, "protocol", _make_protocol(self, implementation, variant))
+        h.on_truncate.append(self._abandon_update)
+
+    # -- sets and generations -------------------------------------------------
+    def active_set(self, as_id=0):
+        """``kvm->memslots[as_id]``: the set readers see."""
+        return self.sets[as_id][self.active_idx[as_id]]
+
+    def inactive_set(self, as_id=0):
+        """``kvm_get_inactive_memslots``: the set writers edit."""
+        return self.sets[as_id][self.active_idx[as_id] ^ 1]
+
+    def generation(self, as_id=0):
+        """The active set's generation (bit 63 set while a swap is in progress)."""
+        return self.active_set(as_id).generation
+
+    def generations(self):
+        """Per address space ``(set0.generation, set1.generation, active node_idx)``."""
+        return tuple((s0.generation, s1.generation, a) for (s0, s1), a in zip(self.sets, self.active_idx))
+
+    def memslots(self, as_id=0, which="active"):
+        """Slots of the active or inactive set of ``as_id``, sorted by base_gfn."""
+        if which not in ("active", "inactive"):
+            raise ValueError(f"which must be 'active' or 'inactive', not {which!r}")
+        return (self.active_set if which == "active" else self.inactive_set)(as_id).slots()
+
+    def gfn_to_memslot(self, gfn, as_id=0):
+        """``__gfn_to_memslot`` on the active set: the slot holding ``gfn`` or None."""
+        return self.active_set(as_id).gfn_to_memslot(gfn)
+
+    def id_to_memslot(self, id, as_id=0):
+        """``id_to_memslot`` on the active set."""
+        return self.active_set(as_id).id_to_memslot(id)
+
+    def hva_to_memslots(self, hva_start, hva_end, as_id=0):
+        """Slots of the active set whose hva range meets ``[hva_start, hva_end)``."""
+        return self.active_set(as_id).iter_hva_range(hva_start, hva_end - 1)
+
+    # -- the ioctl -------------------------------------------------------------
+    def begin_set_user_memory_region(self, slot, flags, guest_phys_addr, memory_size,
+                                     userspace_addr, fail_prepare=False):
+        """Start ``KVM_SET_USER_MEMORY_REGION``; returns an ``Update`` to iterate.
+
+        Kernel errors become the final step (``upd.result = -errno``); a value
+        that does not fit its C field raises ``ValueError`` at once.
+        """
+        region = make_region(slot, flags, guest_phys_addr, memory_size, userspace_addr)
+        fail = _fail_errno(fail_prepare)
+        if self.update is not None:
+            raise RuntimeError(f"update {self.update.call} is still running (slots_lock is held); "
+                               "finish it first")
+        if "slots_lock" in self.locks:
+            raise RuntimeError("the VM was stepped back into the middle of an update; step forward to "
+                               "its end (or back before it) to start a new one")
+        upd = Update(self, region, lambda u: self.protocol.run(u, region, fail))
+        object.__setattr__(self, "update", upd)
+        return upd
+
+    def set_user_memory_region(self, slot, flags, guest_phys_addr, memory_size, userspace_addr,
+                               fail_prepare=False):
+        """Run ``KVM_SET_USER_MEMORY_REGION`` to the end; returns its steps.
+
+        Raises ``KvmError`` (an ``OSError`` with the kernel's errno) when the
+        call fails; the VM is then as the kernel leaves it (unchanged, except
+        that a DELETE/MOVE whose prepare failed swapped twice).
+        """
+        upd = self.begin_set_user_memory_region(slot, flags, guest_phys_addr, memory_size,
+                                                userspace_addr, fail_prepare)
+        for step in upd:
+            if step.waiting:
+                raise RuntimeError(f"the update is blocked ({upd.blocked}); run it with "
+                                   "begin_set_user_memory_region and let the readers go on (vm.update)")
+        if upd.error is not None:
+            raise upd.error
+        return upd.steps
+
+    def end_update(self, upd):
+        """Called by ``Update`` after its last step."""
+        object.__setattr__(self, "update", None)
+
+    def next_call(self):
+        """Serial number for a new update."""
+        object.__setattr__(self, "calls", self.calls + 1)
+        return self.calls
+
+    def record(self, event):
+        """Record a step or reader action in the history."""
+        event.index = self.history.record(event)
+
+    def _abandon_update(self):
+        if self.update is not None:
+            self.update.abandoned = True
+            object.__setattr__(self, "update", None)
+
+    # -- state primitives used by the protocol -------------------------------------
+    def lock(self, name):
+        """Take a mutex (recorded in each step's ``locks``)."""
+        if name in self.locks:
+            raise RuntimeError(f"{name} is already held: self-deadlock")
+        self.locks = self.locks | {name}
+
+    def unlock(self, name):
+        """Release a mutex."""
+        if name not in self.locks:
+            raise RuntimeError(f"{name} released while not held")
+        self.locks = self.locks - {name}
+
+    def publish(self, as_id, node_idx):
+        """``rcu_assign_pointer(kvm->memslots[as_id], ...)``; counts swaps."""
+        self.active_idx = _with(self.active_idx, as_id, node_idx)
+        self.swaps = _with(self.swaps, as_id, self.swaps[as_id] + 1)
+
+    def alloc_memslot(self, plan=None):
+        """``kzalloc`` a slot struct, filled from ``plan`` if given."""
+        self.uid += 1
+        self.cost["slots_allocated"] += 1
+        slot = Memslot(self.history, uid=self.uid, owner=self)
+        if plan is not None:
+            for name in ("as_id", "id", "base_gfn", "npages", "flags", "userspace_addr"):
+                object.__setattr__(slot, name, getattr(plan, name))
+        return slot
+
+    def alloc(self, kind, nbytes):
+        """Allocate a dirty bitmap or arch metadata (``Allocation``)."""
+        self.alloc_seq += 1
+        prefix = {"dirty_bitmap": "bm", "arch": "arch"}[kind]
+        return Allocation(self.history, label=f"{prefix}{self.alloc_seq}", kind=kind, nbytes=nbytes)
+
+    def free(self, obj):
+        """``kfree``: mark ``obj`` freed; the checker reports it if still reachable."""
+        if obj.freed:
+            raise RuntimeError(f"double free of {obj.label}")
+        obj.freed = True
+
+    # -- what readers can see, for the in-place-write check ------------------------
+    def visible_nodes(self, as_id):
+        """Bit mask of the sets of ``as_id`` that readers can reach now."""
+        return 1 << self.active_idx[as_id]
+
+    def note_in_place_write(self, slot, name, old, new):
+        """Record a write to a slot that readers can reach (invariant 1)."""
+        self.in_place_writes = self.in_place_writes + ((slot.as_id, slot.label, name, old, new, len(self.history)),)
+
+    # -- MMU notifier (reference §5.3) ----------------------------------------------
+    def mmu_notifier_invalidate_range_start(self, hva_start, hva_end):
+        """Begin an invalidation of ``[hva_start, hva_end)``: a swap now waits.
+
+        Returns the ``(as_id, slot, gfn_start, gfn_end)`` ranges hit.
+        """
+        self.mn_active_invalidate_count += 1
+        self.mn_ranges = self.mn_ranges + ((hva_start, hva_end),)
+        return self.hva_range_hits(hva_start, hva_end)
+
+    def mmu_notifier_invalidate_range_end(self, hva_start, hva_end):
+        """End an invalidation; a waiting swap may go on when none is left."""
+        if (hva_start, hva_end) not in self.mn_ranges:
+            raise RuntimeError(f"no invalidation of {hva_start:#x}..{hva_end:#x} is in progress")
+        ranges = list(self.mn_ranges)
+        ranges.remove((hva_start, hva_end))
+        self.mn_ranges = tuple(ranges)
+        self.mn_active_invalidate_count -= 1
+        return self.hva_range_hits(hva_start, hva_end)
+
+    def hva_range_hits(self, hva_start, hva_end):
+        """``__kvm_handle_hva_range``: clip ``[start, end)`` to each slot, in gfns."""
+        hits = []
+        for as_id in range(KVM_ADDRESS_SPACE_NUM):
+            for slot in self.active_set(as_id).iter_hva_range(hva_start, hva_end - 1):
+                first = max(hva_start, slot.userspace_addr)
+                end = min(hva_end, slot.hva_last + 1)
+                gfn_start = slot.base_gfn + ((first - slot.userspace_addr) >> 12)
+                gfn_end = slot.base_gfn + ((end - slot.userspace_addr + 4095) >> 12)
+                hits.append((as_id, slot, gfn_start, gfn_end))
+        return hits
+
+    def __repr__(self):
+        gens = ", ".join(f"as{a}: gen {self.generation(a):#x}, {len(self.active_set(a))} slots"
+                         for a in range(KVM_ADDRESS_SPACE_NUM))
+        return f"<VM {self.implementation}/{self.variant}: {gens}>"
+
+
+def _with(tup, i, value):
+    return tup[:i] + (value,) + tup[i + 1:]
+
+
+def _fail_errno(fail_prepare):
+    if fail_prepare is True:
+        return errno.ENOMEM
+    if fail_prepare is False or fail_prepare is None or fail_prepare == 0:
+        return 0
+    if isinstance(fail_prepare, int) and fail_prepare > 0 and fail_prepare in errno.errorcode:
+        return fail_prepare
+    raise ValueError(f"fail_prepare must be True/False or a positive errno, not {fail_prepare!r}")
+
+
+def _make_protocol(vm, implementation, variant):
+    from .protocol import MergedProtocol
+    protocols = {"tree": MergedProtocol}
+    if implementation not in protocols:
+        raise ValueError(f"unknown implementation {implementation!r}; choose from {sorted(protocols)}")
+    if variant != "merged":
+        raise ValueError(f"unknown variant {variant!r}; choose from ['merged']")
+    return protocols[implementation](vm)
