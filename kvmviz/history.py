@@ -56,6 +56,10 @@ class History:
         self._truncate_future()
         self.entries.append((_OP, undo, redo))
 
+    def truncate(self):
+        """Discard the recorded events ahead of the current state."""
+        self._truncate_future()
+
     def _truncate_future(self):
         if self.cursor == len(self.events):
             return

@@ -30,7 +30,7 @@ def check_invariants(vm):
             out += check_set(s, as_id)
         out += check_agreement(vm, as_id)
         out += check_generation(vm, as_id)
-    if vm.update is None and vm.locks:
+    if vm.changing is None and vm.locks:
         out.append(f"no update is running but {', '.join(sorted(vm.locks))} is still held")
     return out
 
@@ -106,13 +106,13 @@ def check_agreement(vm, as_id):
     differ = sorted(i for i in by_id_a.keys() | by_id_b.keys() if by_id_a.get(i) is not by_id_b.get(i))
     if not differ:
         return []
-    upd = vm.update
+    changing = vm.changing
     labels = "; ".join(f"id {i}: {_lab(by_id_a.get(i))} vs {_lab(by_id_b.get(i))}" for i in differ)
-    if upd is None:
+    if changing is None:
         return [f"as{as_id}: at rest both sets must hold the same slot objects, but they differ ({labels})"]
-    if upd.region.as_id != as_id or differ != [upd.region.id]:
-        return [f"as{as_id}: mid-update the sets may differ only in slot {upd.region.id} of "
-                f"as{upd.region.as_id}, but they differ in {labels}"]
+    if changing != (as_id, differ[0]) or len(differ) > 1:
+        return [f"as{as_id}: mid-update the sets may differ only in slot {changing[1]} of "
+                f"as{changing[0]}, but they differ in {labels}"]
     return []
 
 
@@ -129,11 +129,11 @@ def check_generation(vm, as_id):
                    f"{_g(expect | (ga & IP))} ({as_id} + {N} per completed swap)")
     if ga & IP:
         ok = gi == ga & ~IP
-        if vm.update is None:
+        if vm.changing is None:
             out.append(f"{where}: the in-progress bit is set but no update is running")
     else:
         ok = gi in ((ga - N) if swaps else ga, ga | IP)
-        if gi & IP and vm.update is None:
+        if gi & IP and vm.changing is None:
             out.append(f"{where}: {inactive.name} carries the in-progress bit at rest")
     if not ok:
         out.append(f"{where}: inactive {inactive.name} has generation {_g(gi)}, expected the stale "

@@ -90,7 +90,9 @@ class MergedProtocol:
                             result=-e.errno, error=e)
             return
         upd.change = plan.change
+        vm.changing = (plan.as_id, plan.id)
         if plan.change == NONE:
+            vm.changing = None
             vm.unlock(SL)
             yield self.step("__kvm_set_memory_region",
                             "same values as the existing slot: nothing to do, return 0 "
@@ -106,6 +108,7 @@ class MergedProtocol:
         if r and new is not None:
             vm.free(new)
         vm.unlock(SL)
+        vm.changing = None
         freed = f"free {new.label} (it was never reachable); " if r and new is not None else ""
         yield self.step("kvm_set_memory_region",
                         f"{freed}release slots_lock; the ioctl returns {_ret(r)}.", result=r,

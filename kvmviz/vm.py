@@ -40,7 +40,7 @@ class VM(Journaled):
     __slots__ = ("history", "cost", "sets", "active_idx", "nr_memslot_pages", "locks",
                  "mn_active_invalidate_count", "mn_ranges", "swaps", "uid", "alloc_seq",
                  "in_place_writes", "arch", "srcu", "vcpus", "protocol", "update",
-                 "implementation", "variant", "calls", "ulong_max")
+                 "implementation", "variant", "calls", "ulong_max", "changing")
 
     def __init__(self, implementation="tree", variant="merged", *, history=True):
         h = History(enabled=history)
@@ -48,7 +48,7 @@ class VM(Journaled):
         super().__init__(h, history=h, cost=cost, active_idx=(0,) * KVM_ADDRESS_SPACE_NUM,
                          nr_memslot_pages=0, locks=frozenset(), mn_active_invalidate_count=0,
                          mn_ranges=(), swaps=(0,) * KVM_ADDRESS_SPACE_NUM, uid=0, alloc_seq=0,
-                         in_place_writes=(), vcpus=[], update=None, calls=0,
+                         in_place_writes=(), vcpus=[], update=None, calls=0, changing=None,
                          implementation=implementation, variant=variant, ulong_max=U64_MAX)
         object.__setattr__(self, "sets", tuple(
             tuple(MemslotSet(h, as_id=a, node_idx=j, cost=cost) for j in (0, 1))
@@ -103,12 +103,13 @@ class VM(Journaled):
         """
         region = make_region(slot, flags, guest_phys_addr, memory_size, userspace_addr)
         fail = _fail_errno(fail_prepare)
+        if "slots_lock" in self.locks and not self.history.at_frontier:
+            raise RuntimeError("the VM was stepped back into the middle of an update; step forward to "
+                               "its end (or back before it) to start a new one")
+        self.history.truncate()
         if self.update is not None:
             raise RuntimeError(f"update {self.update.call} is still running (slots_lock is held); "
                                "finish it first")
-        if "slots_lock" in self.locks:
-            raise RuntimeError("the VM was stepped back into the middle of an update; step forward to "
-                               "its end (or back before it) to start a new one")
         upd = Update(self, region, lambda u: self.protocol.run(u, region, fail))
         object.__setattr__(self, "update", upd)
         return upd
