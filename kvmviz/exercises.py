@@ -1,0 +1,563 @@
+"""Exercises with feedback for the lessons in ``notebooks/``.
+
+Each exercise builds its situation with the engine and computes the right
+answer *from the engine* when it checks an answer, so the key can never drift
+from the model. A wrong answer gets a hint computed from the same run (which
+check fired, which set the object sits in, what was true at the step you
+picked). Kinds, as in the lessons:
+
+* ``PredictState``: run the situation one more step (or to the end) and read a
+  value: which set is active, a generation, which object a set holds, a count.
+* ``PickStep``: the step number (1-based, as ``numbered`` prints it) at which
+  something becomes true.
+* ``SpotInvariant``: which invariant (reference §1.7, §3.1) a broken run breaks.
+* ``ChooseErrno``: what ``KVM_SET_USER_MEMORY_REGION`` returns for a call.
+
+No widget is needed: ``check(key, answer)`` or ``Progress.check`` is a plain
+call; ``kvmviz.viz.exercise_widgets`` wraps the same calls in ipywidgets.
+
+>>> ex = get("02.4")
+>>> ex.check("0x6").correct
+True
+>>> print(ex.check(5).message)            # doctest: +ELLIPSIS
+Not 0x5. Generations of as0 are always 0 mod 2: ...
+>>> p = Progress.for_lesson(2); _ = p.check("02.4", 6); p.solved_count, p.total > 2
+(1, True)
+"""
+
+import errno as _errno
+from dataclasses import dataclass
+
+from .constants import KVM_ADDRESS_SPACE_NUM as N
+from .constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
+from .errors import KvmError
+from .invariants import check_invariants
+from .vm import VM
+
+HVA = 0x7F0000000000
+
+# -- answers: parse what a learner typed --------------------------------------
+
+
+class AnswerError(ValueError):
+    """The answer could not be read (the message says what is expected)."""
+
+
+def _text(answer):
+    if answer is None or (isinstance(answer, str) and not answer.strip()):
+        raise AnswerError("no answer yet: type one and check again.")
+    return str(answer).strip()
+
+
+def parse_int(answer):
+    """Read an integer written in decimal or ``0x`` hex.
+
+    >>> parse_int("0x10"), parse_int(" 16 "), parse_int(3)
+    (16, 16, 3)
+    """
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        return answer
+    text = _text(answer).lower().replace("_", "")
+    try:
+        return int(text, 0)
+    except ValueError:
+        raise AnswerError(f"{answer!r} is not a number (write 12 or 0xc).") from None
+
+
+def parse_generation(answer):
+    """Read a generation such as ``4``, ``0x4`` or ``0x4|IP`` (bit 63 set).
+
+    >>> parse_generation("0x4|IP") == 4 | IP, parse_generation("6")
+    (True, 6)
+    """
+    if isinstance(answer, int) and not isinstance(answer, bool):
+        return answer
+    parts = [p.strip() for p in _text(answer).upper().replace("+", "|").split("|")]
+    ip = IP if "IP" in parts else 0
+    nums = [p for p in parts if p != "IP"]
+    if len(nums) != 1:
+        raise AnswerError(f"{answer!r}: write a generation as 4, 0x4 or 0x4|IP.")
+    return parse_int(nums[0].lower()) | ip
+
+
+def parse_set(answer):
+    """Read a set: ``1``, ``set1``, ``as0/set1`` -> its ``node_idx``.
+
+    >>> parse_set("as0/set1"), parse_set(0), parse_set("Set 1")
+    (1, 0, 1)
+    """
+    text = _text(answer).lower().replace(" ", "").split("/")[-1].removeprefix("set")
+    if text not in ("0", "1"):
+        raise AnswerError(f"{answer!r}: name a set as set0 or set1 (its node_idx).")
+    return int(text)
+
+
+def parse_label(answer):
+    """Read a slot object label: ``#3``, ``3`` or ``NULL``.
+
+    >>> parse_label("3"), parse_label("#12"), parse_label("none")
+    ('#3', '#12', 'NULL')
+    """
+    text = _text(answer)
+    if text.upper() in ("NULL", "NONE", "-"):
+        return "NULL"
+    return f"#{parse_int(text.lstrip('#'))}"
+
+
+def parse_errno(answer):
+    """Read an ioctl result: ``EINVAL``, ``-EINVAL``, ``22`` or ``0``.
+
+    >>> parse_errno("-einval"), parse_errno(17), parse_errno("0 (success)")
+    ('EINVAL', 'EEXIST', '0')
+    """
+    text = _text(answer).upper().split()[0].lstrip("-")
+    if text in ("0", "SUCCESS", "OK"):
+        return "0"
+    if text.isdigit():
+        text = _errno.errorcode.get(int(text), text)
+    if not hasattr(_errno, text):
+        raise AnswerError(f"{answer!r} is not an errno name (EINVAL, EEXIST, ...) or 0.")
+    return text
+
+
+def fmt_generation(g):
+    """A generation as the steps print it: ``0x4`` or ``0x4|IP``.
+
+    >>> fmt_generation(4 | IP)
+    '0x4|IP'
+    """
+    return f"{g & ~IP:#x}|IP" if g & IP else f"{g:#x}"
+
+
+# -- situations ------------------------------------------------------------------
+
+
+@dataclass
+class Situation:
+    """A VM stopped somewhere: after ``calls``, inside ``upd`` after ``steps``.
+
+    ``old`` is the slot the update's id named in the active set when it began.
+    """
+
+    vm: VM
+    upd: object = None
+    steps: tuple = ()
+    old: object = None
+
+
+def run_to(upd, run):
+    """Take steps of ``upd``: a count, ``"end"``, or up to and including the
+    ``n``-th step of a function, given as ``(function, n)`` or ``function``.
+
+    >>> upd = VM().begin_set_user_memory_region(1, 0, 0, 0x1000, HVA)
+    >>> run_to(upd, ("kvm_swap_active_memslots", 1))[-1].function
+    'kvm_swap_active_memslots'
+    """
+    if run == "end":
+        return list(upd)
+    if isinstance(run, int):
+        return [next(upd) for _ in range(run)]
+    function, n = (run, 1) if isinstance(run, str) else run
+    steps = []
+    while sum(s.function == function for s in steps) < n:
+        steps.append(next(upd))
+    return steps
+
+
+def situation(calls=(), begin=None, run=0, fail_prepare=False, before=None, **vm_args):
+    """Return a function that builds a fresh ``Situation`` each time it is called.
+
+    ``calls`` are finished ``set_user_memory_region`` argument tuples;
+    ``before(vm)`` may then act (a reader, a notifier); ``begin`` starts one
+    more call and ``run`` says how far it goes (see ``run_to``).
+
+    >>> sit = situation([(1, 0, 0x100000, 0x10000, HVA)], begin=(1, 0, 0, 0, 0), run=2)()
+    >>> sit.upd.change, len(sit.steps), sit.vm.generation(0)
+    ('DELETE', 2, 2)
+    """
+    def build():
+        vm = VM(**vm_args)
+        for call in calls:
+            vm.set_user_memory_region(*call)
+        if before is not None:
+            before(vm)
+        if begin is None:
+            return Situation(vm)
+        old = vm.id_to_memslot(begin[0] & 0xFFFF, begin[0] >> 16) if begin[0] >> 16 < N else None
+        upd = vm.begin_set_user_memory_region(*begin, fail_prepare=fail_prepare)
+        return Situation(vm, upd, tuple(run_to(upd, run)), old)
+    return build
+
+
+def numbered(steps, start=1):
+    """The steps as numbered lines, the numbering ``PickStep`` answers use.
+
+    >>> print(numbered(situation(begin=(1, 0, 0, 0x1000, HVA), run="end")().steps[:2]))
+     1 [validate] __kvm_set_memory_region: all checks passed: CREATE slot 1 of as0 at gfn 0x0..0x0.
+     2 [validate] __kvm_set_memory_region: allocate #1 and fill it with the new values; no set links it yet.
+    """
+    return "\n".join(f"{i:2d} {s}" for i, s in enumerate(steps, start))
+
+
+def _label(slot):
+    return slot.label if slot is not None else "NULL"
+
+
+def slot_in(which, as_id=0, id=1):
+    """A probe: the label of slot ``id`` in the active or inactive set.
+
+    >>> slot_in("inactive")(situation([(1, 0, 0, 0x1000, HVA)])())
+    '#1'
+    """
+    def probe(sit):
+        s = (sit.vm.active_set if which == "active" else sit.vm.inactive_set)(as_id)
+        return _label(s.id_to_memslot(id))
+    return probe
+
+
+def where_is(vm, label, as_id=0):
+    """Which sets of ``as_id`` hold the object ``label`` (for hints).
+
+    >>> where_is(situation([(1, 0, 0, 0x1000, HVA)])().vm, "#1")
+    'both sets'
+    """
+    held = [("active" if s is vm.active_set(as_id) else "inactive")
+            for s in vm.sets[as_id] if any(x.label == label for x in s.slots())]
+    if len(held) == 1:
+        return f"only the {held[0]} set"
+    return "both sets" if held else "no set"
+
+
+# -- exercises -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """The result of checking an answer: ``correct`` and a message for the learner."""
+
+    correct: bool
+    message: str
+
+    def __bool__(self):
+        return self.correct
+
+    def __str__(self):
+        return ("Correct. " if self.correct else "") + self.message
+
+
+class Exercise:
+    """Base class: a question whose answer the engine computes.
+
+    Subclasses define ``parse`` (read an answer), ``solve`` (compute the right
+    one) and ``hint`` (say why a wrong one is wrong).
+    """
+
+    kind = "exercise"
+    choices = None
+
+    def __init__(self, key, question, setup, hint="", explain=""):
+        self.key, self.question, self.setup = key, question, setup
+        self.static_hint, self.explain = hint, explain
+
+    @property
+    def lesson(self):
+        """Lesson number, from the key (``"02.1"`` -> 2)."""
+        return int(self.key.split(".")[0])
+
+    def situation(self):
+        """A fresh copy of the situation the question is about, to inspect."""
+        return self.setup()
+
+    def answer(self):
+        """The right answer, computed from the engine now."""
+        return self.format(self.solve(self.setup()))
+
+    def format(self, value):
+        """How a parsed answer is shown."""
+        return str(value)
+
+    def check(self, answer):
+        """Check ``answer``; returns a ``Feedback`` (never raises on bad input)."""
+        try:
+            given = self.parse(answer)
+        except AnswerError as e:
+            return Feedback(False, f"Cannot read that: {e}")
+        sit = self.setup()
+        right = self.solve(sit)
+        if given == right:
+            return Feedback(True, self.explain or f"{self.format(right)} is right.")
+        tail = f" {self.static_hint}" if self.static_hint else ""
+        return Feedback(False, f"Not {self.format(given)}. {self.hint(given, right, sit)}{tail}")
+
+    def __repr__(self):
+        return f"<{self.kind} {self.key}: {self.question}>"
+
+
+class PredictState(Exercise):
+    """Predict a value after the situation advances ``advance`` steps ("end": to the end).
+
+    ``probe(situation)`` reads the value; ``answer_type`` is one of "set",
+    "generation", "label", "int".
+    """
+
+    kind = "predict the state"
+    _parsers = {"set": parse_set, "generation": parse_generation, "label": parse_label, "int": parse_int}
+
+    def __init__(self, key, question, setup, probe, answer_type="int", advance=1, **kw):
+        super().__init__(key, question, setup, **kw)
+        self.probe, self.answer_type, self.advance = probe, answer_type, advance
+        self.parse = self._parsers[answer_type]
+
+    def solve(self, sit):
+        """Advance the situation and probe it."""
+        if sit.upd is not None:
+            todo = list(sit.upd) if self.advance == "end" else [next(sit.upd) for _ in range(self.advance)]
+            sit.steps = sit.steps + tuple(todo)
+        return self.probe(sit)
+
+    def format(self, value):
+        """Generations as the steps print them, sets as ``set1``."""
+        if self.answer_type == "generation":
+            return fmt_generation(value)
+        if self.answer_type == "set":
+            return f"set{value}"
+        return str(value) if self.answer_type == "label" else f"{value:#x}" if value > 9 else str(value)
+
+    def hint(self, given, right, sit):
+        """A hint specific to the kind of value."""
+        nxt = f"`{sit.steps[-1].function}`" if sit.steps else "the last step"
+        if self.answer_type == "set":
+            return (f"The active pointer moves only at `rcu_assign_pointer` (reference §2.1, swap step 5); "
+                    f"the step you are predicting is {nxt}.")
+        if self.answer_type == "generation":
+            return _generation_hint(given, right)
+        if self.answer_type == "label":
+            return f"After that step, {given} is in {where_is(sit.vm, given)}."
+        return f"{given} is too {'high' if given > right else 'low'}."
+
+
+def _generation_hint(given, right):
+    as_id = (right & ~IP) % N
+    if (given & ~IP) % N != as_id:
+        return (f"Generations of as{as_id} are always {as_id} mod {N}: they start at {as_id} and each "
+                f"swap adds {N} (reference §3.1).")
+    if given & ~IP == right & ~IP:
+        return ("The number is right, but look at bit 63 (IP, update in progress): it is set from the "
+                "'mark in progress' step until the final store after the grace period (reference §3.4).")
+    swaps = ((right & ~IP) - (given & ~IP)) // N
+    more = "more" if swaps > 0 else "fewer"
+    return (f"Count the completed swaps: you are {abs(swaps)} swap(s) {more} short of the right value "
+            f"(+{N} per swap; CREATE/FLAGS_ONLY swap once, DELETE/MOVE twice, reference §3.1).")
+
+
+class PickStep(Exercise):
+    """The step number (1-based) of an update at which ``predicate(situation)`` becomes true.
+
+    "Becomes true": true after that step and false just before it.
+    """
+
+    kind = "pick the step"
+
+    def __init__(self, key, question, setup, predicate, **kw):
+        super().__init__(key, question, setup, **kw)
+        self.predicate = predicate
+
+    parse = staticmethod(parse_int)
+
+    def solve(self, sit):
+        """Step through the update, watching for the predicate to turn true."""
+        self._steps = []
+        before = self.predicate(sit)
+        for step in sit.upd:
+            self._steps.append(step)
+            sit.steps = sit.steps + (step,)
+            now = self.predicate(sit)
+            if now and not before:
+                return len(self._steps)
+            before = now
+        raise RuntimeError(f"exercise {self.key}: the predicate never becomes true")
+
+    def hint(self, given, right, sit):
+        """Say what is true after the step the learner picked."""
+        if given < 1:
+            return "Steps are numbered from 1 (print them with `numbered(steps)`)."
+        if given > right:
+            return f"Too late: it is already true before step {given}; look earlier."
+        return f"Too early: after step {given} (`{self._steps[given - 1].function}`) it is not true yet."
+
+
+INVARIANTS = {
+    "in-place": "1. a slot readers can reach is never modified in place (reference §1.7.1)",
+    "same-at-rest": "2. at rest both sets hold the same slot objects (§1.7.2)",
+    "differ-by-one": "3. mid-update the two sets differ by exactly one slot (§1.7.3)",
+    "gfn-order": "4. slots never overlap in gfn; each sits under its own base_gfn (§1.7.4)",
+    "free-after-gp": "5. nothing is freed while a set can still reach it (§1.7.5)",
+    "generation": "the generation rules: +N per swap, IP bit only mid-swap (§3.1)",
+    "indexes-agree": "the gfn tree, hva tree and id hash of a set hold the same slots (§1.3)",
+    "locks": "every lock is released when the ioctl returns (§1.5)",
+}
+
+_INVARIANT_WORDS = (("changed in place", "in-place"), ("at rest both sets", "same-at-rest"),
+                    ("mid-update the sets", "differ-by-one"), ("freed", "free-after-gp"),
+                    ("overlaps", "gfn-order"), ("sits under gfn", "gfn-order"),
+                    ("generation", "generation"), ("in-progress", "generation"),
+                    ("still held", "locks"))
+
+
+def invariant_of(violation):
+    """The ``INVARIANTS`` key a ``check_invariants`` message belongs to.
+
+    >>> invariant_of("as0: #1.npages changed in place (0x1 -> 0x2) while readers could reach it")
+    'in-place'
+    """
+    for words, key in _INVARIANT_WORDS:
+        if words in violation:
+            return key
+    return "indexes-agree"
+
+
+class SpotInvariant(Exercise):
+    """Which invariant does a broken run break first? (choose an ``INVARIANTS`` key).
+
+    ``setup`` returns a situation whose update is stepped until the checker
+    first complains (or a VM already broken).
+    """
+
+    kind = "spot the invariant"
+    choices = tuple(INVARIANTS)
+
+    def parse(self, answer):
+        """Accept a key of ``INVARIANTS`` or the number 1-5 of §1.7."""
+        text = _text(answer).split(".")[0].strip().lower()
+        keys = list(INVARIANTS)
+        if text.isdigit() and 1 <= int(text) <= 5:
+            return keys[int(text) - 1]
+        if text not in INVARIANTS:
+            raise AnswerError(f"{answer!r}: choose one of {', '.join(keys)}.")
+        return text
+
+    def solve(self, sit):
+        """Step until ``check_invariants`` reports; classify its first message."""
+        self._violations = check_invariants(sit.vm)
+        while not self._violations and sit.upd is not None and sit.upd.result is None:
+            sit.steps = sit.steps + (next(sit.upd),)
+            self._violations = check_invariants(sit.vm)
+        if not self._violations:
+            raise RuntimeError(f"exercise {self.key}: no invariant is broken")
+        return invariant_of(self._violations[0])
+
+    def format(self, value):
+        """The invariant as a sentence."""
+        return INVARIANTS[value]
+
+    def hint(self, given, right, sit):
+        """Say how many complaints there are and that none is about the guess."""
+        about = [invariant_of(v) for v in self._violations]
+        if given in about:
+            return ("That one is broken too, but later: check_invariants lists it after the first "
+                    "complaint. Which rule does the bug break directly?")
+        return (f"check_invariants(vm) reports {len(self._violations)} problem(s), none about that rule. "
+                f"Run it on `exercise.situation().vm` after the bug and read the first message.")
+
+
+class ChooseErrno(Exercise):
+    """What does ``KVM_SET_USER_MEMORY_REGION`` return for ``call`` (0 or an errno)?"""
+
+    kind = "choose the errno"
+    choices = ("0", "EINVAL", "EEXIST", "EIO", "ENOMEM", "EFAULT", "EPERM")
+    parse = staticmethod(parse_errno)
+
+    def __init__(self, key, question, setup, call, fail_prepare=False, **kw):
+        super().__init__(key, question, setup, **kw)
+        self.call, self.fail_prepare = call, fail_prepare
+
+    def solve(self, sit):
+        """Make the call on a fresh VM; remember the error for the hint."""
+        self._error = None
+        try:
+            sit.vm.set_user_memory_region(*self.call, fail_prepare=self.fail_prepare)
+        except KvmError as e:
+            self._error = e
+            return e.errname
+        return "0"
+
+    def hint(self, given, right, sit):
+        """Name the rule that decides, or say that the call succeeds."""
+        if self._error is None:
+            return "The call passes every check of reference §4.2: walk them in order once more."
+        if given == "0":
+            return f"The call fails: some check of reference §{self._error.rule} refuses it."
+        return f"The check that fires first is reference §{self._error.rule}; what does it return?"
+
+
+# -- progress ----------------------------------------------------------------------
+
+
+class Progress:
+    """Which exercises of a lesson the learner has solved (solved / total).
+
+    ``on_change`` callbacks run after every check (the widgets use them).
+    """
+
+    def __init__(self, exercises):
+        self.exercises = {e.key: e for e in exercises}
+        self.solved = set()
+        self.on_change = []
+
+    @classmethod
+    def for_lesson(cls, n):
+        """A tracker over the exercises of lesson ``n``."""
+        return cls(lesson(n))
+
+    @property
+    def total(self):
+        """Number of exercises tracked."""
+        return len(self.exercises)
+
+    @property
+    def solved_count(self):
+        """Number solved so far."""
+        return len(self.solved)
+
+    def check(self, key, answer):
+        """Check ``answer`` to exercise ``key``; a right one counts as solved."""
+        if key not in self.exercises:
+            return Feedback(False, f"No exercise {key!r} here; this lesson has {', '.join(self.exercises)}.")
+        fb = self.exercises[key].check(answer)
+        if fb.correct:
+            self.solved.add(key)
+        for callback in self.on_change:
+            callback(self)
+        return fb
+
+    def __str__(self):
+        done = ", ".join(sorted(self.solved)) or "none yet"
+        return f"Progress: {self.solved_count} / {self.total} solved ({done})"
+
+
+# -- the catalogue (defined in ``kvmviz.curriculum``) ---------------------------
+
+
+def catalogue():
+    """Every exercise by key, in lesson order."""
+    from .curriculum import CATALOGUE
+    return {e.key: e for e in CATALOGUE}
+
+
+def get(key):
+    """The exercise with this key, e.g. ``"02.1"``."""
+    exercises = catalogue()
+    if key not in exercises:
+        raise KeyError(f"no exercise {key!r}; keys look like '02.1'")
+    return exercises[key]
+
+
+def lesson(n):
+    """The exercises of lesson ``n``, in order."""
+    return [e for e in catalogue().values() if e.lesson == n]
+
+
+def check(key, answer):
+    """Check an answer without a tracker: ``check("02.1", "set1")``."""
+    return get(key).check(answer)
+

@@ -1,0 +1,108 @@
+"""ipywidgets for the lessons' exercises: an answer box, a Check button, feedback, progress.
+
+Thin glue: checking is ``Progress.check`` / ``Exercise.check`` from
+``kvmviz.exercises``; the widgets only collect the answer and show the
+``Feedback``. Stable CSS hooks for browser tests: ``kvmviz-exercise``,
+``t-answer``, ``t-check``, ``t-feedback``, ``t-progress``.
+
+>>> from kvmviz.exercises import Progress
+>>> p = Progress.for_lesson(2)
+>>> box = ExerciseWidget("02.1", p)
+>>> box.answer("set0").correct, box.answer("set1").correct, p.solved_count
+(False, True, 1)
+>>> ProgressDisplay(p).label.value
+'Progress: 1 / 6 solved'
+"""
+
+import html
+
+import ipywidgets as w
+
+from kvmviz.exercises import INVARIANTS, Progress, get
+
+
+def _options(exercise):
+    labels = {key: text for key, text in INVARIANTS.items()} if exercise.kind == "spot the invariant" else {}
+    return [("choose...", "")] + [(labels.get(c, c), c) for c in exercise.choices]
+
+
+def _html(text):
+    # `code` in feedback becomes <code>code</code>; everything else is escaped
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+class ExerciseWidget:
+    """One exercise: question, answer input, Check button and feedback label.
+
+    ``exercise`` is an ``Exercise`` or its key; ``progress`` (optional) records
+    solved exercises. ``answer(value)`` does what typing ``value`` and clicking
+    Check does, and returns the ``Feedback``.
+    """
+
+    def __init__(self, exercise, progress=None):
+        self.exercise = get(exercise) if isinstance(exercise, str) else exercise
+        self.progress = progress
+        ex = self.exercise
+        self.question = w.HTML(f"<b>Exercise {ex.key}</b> <i>({ex.kind})</i>: {_html(ex.question)}")
+        if ex.choices:
+            self.input = w.Dropdown(options=_options(ex), value="", description="Answer:")
+        else:
+            self.input = w.Text(placeholder="your answer", description="Answer:")
+        self.button = w.Button(description="Check", button_style="primary", icon="check")
+        self.feedback = w.HTML("")
+        self.input.add_class("t-answer")
+        self.button.add_class("t-check")
+        self.feedback.add_class("t-feedback")
+        self.button.on_click(lambda _: self.answer())
+        self.widget = w.VBox([self.question, w.HBox([self.input, self.button]), self.feedback])
+        self.widget.add_class("kvmviz-exercise")
+
+    def answer(self, value=None):
+        """Check ``value`` (default: what the input holds) and show the feedback."""
+        if value is not None:
+            self.input.value = str(value) if not self.exercise.choices else value
+        given = self.input.value
+        fb = (self.progress.check(self.exercise.key, given) if self.progress is not None
+              else self.exercise.check(given))
+        colour = "#009E73" if fb.correct else "#D55E00"      # Okabe-Ito green / vermillion
+        mark = "Correct." if fb.correct else "Not yet."
+        self.feedback.value = f'<span style="color:{colour}"><b>{mark}</b></span> {_html(fb.message)}'
+        return fb
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+class ProgressDisplay:
+    """A bar and a label showing ``solved / total``; updates after every check."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.bar = w.IntProgress(value=0, min=0, max=max(progress.total, 1), bar_style="info")
+        self.label = w.Label("")
+        self.label.add_class("t-progress")
+        self.widget = w.HBox([self.bar, self.label])
+        progress.on_change.append(self.refresh)
+        self.refresh(progress)
+
+    def refresh(self, progress=None):
+        """Redraw from the tracker."""
+        p = self.progress
+        self.bar.value = p.solved_count
+        self.bar.bar_style = "success" if p.solved_count == p.total else "info"
+        self.label.value = f"Progress: {p.solved_count} / {p.total} solved"
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)
+
+
+def lesson_progress(n):
+    """A ``Progress`` for lesson ``n`` and its display, for the top of a notebook.
+
+    >>> progress, display = lesson_progress(7)
+    >>> display.label.value
+    'Progress: 0 / 9 solved'
+    """
+    progress = Progress.for_lesson(n)
+    return progress, ProgressDisplay(progress)

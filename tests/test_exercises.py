@@ -1,0 +1,140 @@
+"""Every exercise accepts the right answer and rejects a wrong one with a hint.
+
+The expected answers below are worked out by hand from the reference (the
+sections are cited), independently of the engine: if the model drifts, the
+exercise (which asks the engine) and this table disagree and the test fails.
+"""
+
+import pytest
+
+from kvmviz import exercises as ex
+from kvmviz.exercises import IP, Feedback, Progress
+
+# key: (right answer, a wrong answer, reference)
+EXPECTED = {
+    "01.1": (1, 2, "§5.1: gfn 0x12345 lies in slot 1 (gfns 0x100..0x3ffff)"),
+    "01.2": ("0x7f0040003abc", "0x7f0000003abc", "§5.1: slot 2 starts at hva HVA+1GiB"),
+    "01.3": ("#3", "#1", "§5.1: the last successful search is cached"),
+    "01.4": ("0x3", "0x2", "§3.1: as1 starts at 1, +2 per swap"),
+    "02.1": ("set1", "set0", "§2.1 swap step 5: publish the inactive set"),
+    "02.2": ("0x0|IP", "0x2", "§3.1/§3.4: published with the in-progress bit"),
+    "02.3": ("0x0", "0x2", "§3.1: the inactive set keeps a stale generation"),
+    "02.4": ("0x6", "0x3", "§3.1: three swaps of +2"),
+    "02.5": (13, 8, "§2.2 CREATE row 5: replace in Y after the swap"),
+    "02.6": ("same-at-rest", "in-place", "§1.7.2"),
+    "03.1": ("#2", "#1", "§2.2 FLAGS_ONLY row 3: new replaces old in X"),
+    "03.2": ("#1", "#2", "§2.2 FLAGS_ONLY: X is not published yet"),
+    "03.3": (15, 13, "§2.2 FLAGS_ONLY row 6: commit frees the bitmap"),
+    "03.4": (1, 2, "§2.2: FLAGS_ONLY swaps once"),
+    "03.5": ("EINVAL", "0", "§4.2#15: READONLY cannot be toggled"),
+    "04.1": (6, 5, "§2.2 DELETE row 3: swap #1 publishes the INVALID copy"),
+    "04.2": ("#1", "#3", "§2.1: Y still holds old"),
+    "04.3": ("0x6", "0x4", "§3.1: MOVE is +2N"),
+    "04.4": (1, 2, "§2.1: one kvm_arch_flush_shadow_memslot"),
+    "04.5": ("EEXIST", "EINVAL", "§4.2#17"),
+    "04.6": ("0", "EEXIST", "§4.2#17: the moving slot is exempt"),
+    "05.1": ("0x6", "0x2", "§3.3 row 6: +2N although nothing changed"),
+    "05.2": ("0x2", "0x4", "§3.1: no swap"),
+    "05.3": (17, 6, "§2.2 DELETE 6F: swap #2 publishes Y"),
+    "05.4": ("#1", "#3", "§2.2 6F: old is restored"),
+    "05.5": ("ENOMEM", "0", "§4.4"),
+    "06.1": (10, 8, "§3.4 step 5: synchronize_srcu waits for old readers"),
+    "06.2": (8, 10, "§3.4 step 2: wait for notifiers before publishing"),
+    "06.3": ("set1", "set0", "§3.4: the pointer is published before the grace period"),
+    "06.4": ("0x0|IP", "0x2", "§3.4 step 3"),
+    "07.1": ("EINVAL", "EEXIST", "§4.1"),
+    "07.2": ("EINVAL", "0", "§4.2#3"),
+    "07.3": ("EINVAL", "0", "§4.2#6"),
+    "07.4": ("EEXIST", "0", "§4.2#17"),
+    "07.5": ("EINVAL", "ENOENT", "§4.2#10"),
+    "07.6": ("0", "EEXIST", "§4.2#16"),
+    "07.7": ("EINVAL", "0", "§4.2#15"),
+    "07.8": ("EINVAL", "EFAULT", "§4.2#5"),
+    "07.9": (1, 4, "§4.2: check 1 (flags) runs before check 4"),
+}
+
+
+@pytest.mark.parametrize("key", sorted(EXPECTED))
+def test_right_answer_accepted_wrong_rejected(key):
+    right, wrong, _ = EXPECTED[key]
+    exercise = ex.get(key)
+    ok = exercise.check(right)
+    assert ok.correct, (key, ok.message)
+    bad = exercise.check(wrong)
+    assert not bad.correct
+    assert bad.message.startswith("Not ") and len(bad.message) > 30, bad.message
+
+
+def test_every_exercise_has_an_expected_answer():
+    assert set(ex.catalogue()) <= set(EXPECTED) | {k for k in ex.catalogue() if int(k[:2]) >= 8}
+
+
+def test_three_exercises_per_lesson_from_02():
+    for n in range(2, 8):
+        assert len(ex.lesson(n)) >= 3, n
+
+
+def test_answers_are_read_leniently():
+    assert ex.check("02.2", f"{IP:#x}").correct
+    assert ex.check("02.1", "as0/set1").correct
+    assert ex.check("07.4", "-eexist").correct
+    assert ex.check("07.4", 17).correct
+    assert ex.check("02.6", 2).correct          # §1.7 numbering
+
+
+@pytest.mark.parametrize("answer", [None, "", "banana", "0x"])
+def test_unreadable_answers_get_a_message_not_an_exception(answer):
+    fb = ex.check("02.4", answer)
+    assert isinstance(fb, Feedback) and not fb.correct
+    assert fb.message.startswith("Cannot read that")
+
+
+def test_hints_are_specific():
+    assert "0 mod 2" in ex.check("02.4", 5).message
+    assert "bit 63" in ex.check("02.2", "0x0").message
+    assert "swap" in ex.check("04.3", "0x4").message
+    assert "Too early" in ex.check("02.5", 8).message
+    assert "Too late" in ex.check("02.5", 14).message
+    assert "§4.2#15" in ex.check("03.5", "EEXIST").message
+    assert "only the inactive set" in ex.check("04.2", "#3").message or "active" in ex.check("04.2", "#3").message
+
+
+def test_answers_come_from_the_engine_not_a_key():
+    # change what the engine would do (a different situation) and the answer follows
+    e = ex.get("04.3")
+    original = e.setup
+    try:
+        e.setup = ex.situation([(1, 0, 0x100000, 0x10000, ex.HVA)], begin=(1, 0, 0, 0, 0))  # a DELETE
+        assert e.answer() == "0x6"
+        e.setup = ex.situation([(1, 0, 0x100000, 0x10000, ex.HVA)],
+                               begin=(1, 1, 0x100000, 0x10000, ex.HVA))              # FLAGS_ONLY
+        assert e.answer() == "0x4"
+    finally:
+        e.setup = original
+
+
+def test_progress_counts_solved_once_and_notifies():
+    p = Progress.for_lesson(7)
+    seen = []
+    p.on_change.append(lambda prog: seen.append(prog.solved_count))
+    assert not p.check("07.1", "EEXIST")
+    p.check("07.1", "EINVAL")
+    p.check("07.1", "EINVAL")
+    assert (p.solved_count, p.total, seen) == (1, 9, [0, 1, 1])
+    assert str(p).startswith("Progress: 1 / 9 solved")
+    assert "No exercise" in p.check("02.1", "set1").message
+
+
+def test_widget_check_button_updates_feedback_and_progress():
+    pytest.importorskip("ipywidgets")
+    from kvmviz.viz.exercise_widgets import ExerciseWidget, ProgressDisplay
+    p = Progress.for_lesson(4)
+    bar = ProgressDisplay(p)
+    box = ExerciseWidget("04.5", p)
+    box.input.value = "EINVAL"
+    box.button.click()
+    assert "Not yet" in box.feedback.value and bar.bar.value == 0
+    box.input.value = "EEXIST"
+    box.button.click()
+    assert "Correct" in box.feedback.value
+    assert bar.label.value == f"Progress: 1 / {p.total} solved"
