@@ -1,0 +1,67 @@
+"""The project's shape: dependencies agree, the engine stays pure, the two commands exist."""
+
+import ast
+import pathlib
+import re
+import subprocess
+import sys
+import tomllib
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+ENGINE = [p for p in (ROOT / "kvmviz").rglob("*.py") if "viz" not in p.relative_to(ROOT / "kvmviz").parts]
+
+
+def _name(req):
+    return re.split(r"[<>=!\[ ;]", req.strip(), maxsplit=1)[0].lower()
+
+
+def test_environment_yml_lists_the_same_dependencies_as_pyproject():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = meta["optional-dependencies"]
+    runtime = {_name(r) for r in meta["dependencies"] + extras["viz"] + extras["lab"]} - {"kvmviz"}
+    conda = set()
+    deps = (ROOT / "environment.yml").read_text().split("dependencies:", 1)[1]
+    for line in deps.splitlines():
+        m = re.match(r"\s+-\s+([A-Za-z0-9_.-]+)", line)
+        if m and m.group(1) not in ("python", "pip"):
+            conda.add(m.group(1).replace("matplotlib-base", "matplotlib"))
+    assert conda == runtime
+
+
+def test_engine_imports_nothing_from_jupyter_or_plotting():
+    code = ("import sys, kvmviz, kvmviz.vm, kvmviz.protocol, kvmviz.invariants;"
+            "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
+            "{'matplotlib','ipywidgets','IPython','ipykernel','jupyter_core','numpy'});"
+            "print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_engine_reads_no_clock_and_no_unseeded_randomness():
+    for path in ENGINE:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
+                assert not {"time", "datetime"} & {n.split(".")[0] for n in names}, path
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+                    and node.value.id == "random":
+                assert node.attr == "Random", f"{path}: random.{node.attr} is unseeded"
+
+
+def test_every_engine_module_has_a_doctest_example():
+    for path in (ROOT / "kvmviz").rglob("*.py"):
+        text = path.read_text()
+        if path.name == "__main__.py" or not text.strip():
+            continue
+        assert ">>>" in text, f"{path.relative_to(ROOT)} has no >>> example"
+
+
+def test_readme_gives_the_two_commands_and_ci_runs_the_test_one():
+    readme = (ROOT / "README.md").read_text()
+    assert "`make lab`" in readme and "`make test`" in readme
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^lab:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
+    assert "notebooks/00-start-here.ipynb" in makefile
