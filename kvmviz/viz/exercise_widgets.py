@@ -3,7 +3,7 @@
 Thin glue: checking is ``Progress.check`` / ``Exercise.check`` from
 ``kvmviz.exercises``; the widgets only collect the answer and show the
 ``Feedback``. Stable CSS hooks for browser tests: ``kvmviz-exercise``,
-``t-answer``, ``t-check``, ``t-feedback``, ``t-progress``.
+``t-answer``, ``t-check``, ``t-feedback``, ``t-progress``, ``t-call``, ``t-result``.
 
 >>> from kvmviz.exercises import Progress
 >>> p = Progress.for_lesson(2)
@@ -18,7 +18,8 @@ import html
 
 import ipywidgets as w
 
-from kvmviz.exercises import INVARIANTS, Progress, get
+from kvmviz.exercises import INVARIANTS, AnswerError, Progress, get, parse_int
+from kvmviz.lessons import describe_call
 
 
 def _options(exercise):
@@ -106,3 +107,50 @@ def lesson_progress(n):
     """
     progress = Progress.for_lesson(n)
     return progress, ProgressDisplay(progress)
+
+
+class IoctlForm:
+    """Five fields and a Call button: try ``KVM_SET_USER_MEMORY_REGION`` on ``vm``.
+
+    Each call's outcome (``kvmviz.lessons.describe_call``) is added to a log.
+
+    >>> import kvmviz
+    >>> form = IoctlForm(kvmviz.VM())
+    >>> form.call(slot="1", memory_size="0x1000", userspace_addr="0x10000")
+    'returns 0: CREATE of slot 1 (as0), 1 swap(s); as0 generation now 0x2'
+    >>> form.call(slot="x")
+    "cannot read slot: 'x' is not a number (write 12 or 0xc)."
+    """
+
+    FIELDS = ("slot", "flags", "guest_phys_addr", "memory_size", "userspace_addr")
+
+    def __init__(self, vm):
+        self.vm = vm
+        self.fields = {name: w.Text(value="0", description=name, style={"description_width": "120px"})
+                       for name in self.FIELDS}
+        self.fail = w.Checkbox(value=False, description="make prepare fail")
+        self.button = w.Button(description="Call", button_style="primary")
+        self.button.add_class("t-call")
+        self.log = w.HTML("")
+        self.log.add_class("t-result")
+        self.button.on_click(lambda _: self.call())
+        self.widget = w.VBox(list(self.fields.values()) + [w.HBox([self.fail, self.button]), self.log])
+
+    def call(self, **values):
+        """Fill the given fields (strings, hex allowed), make the call, log and return the outcome."""
+        for name, value in values.items():
+            self.fields[name].value = str(value)
+        args, outcome = [], None
+        for name in self.FIELDS:
+            try:
+                args.append(parse_int(self.fields[name].value))
+            except AnswerError as e:
+                outcome = f"cannot read {name}: {e}"
+                break
+        if outcome is None:
+            outcome = describe_call(self.vm, *args, fail_prepare=self.fail.value)
+        self.log.value = f"<div>{_html(outcome)}</div>" + self.log.value
+        return outcome
+
+    def _repr_mimebundle_(self, **kwargs):
+        return self.widget._repr_mimebundle_(**kwargs)

@@ -1,0 +1,106 @@
+"""Helpers for the lesson notebooks: kernel links and step tables as Markdown.
+
+Every step names the kernel function it models; the lessons link each one to
+its definition in Bootlin's Elixir cross-referencer at Linux v5.17, so a
+learner can read the real code next to the model (kvmviz copies none of it).
+
+>>> elixir_url("kvm_swap_active_memslots")
+'https://elixir.bootlin.com/linux/v5.17/A/ident/kvm_swap_active_memslots'
+>>> import kvmviz
+>>> steps = kvmviz.VM().set_user_memory_region(1, 0, 0, 0x1000, 0x10000)
+>>> print(steps_markdown(steps[:1]))   # doctest: +ELLIPSIS
+| # | stage | kernel function | what happens | as0 generation |
+|---|---|---|---|---|
+| 1 | validate | [`__kvm_set_memory_region`](https://elixir...) | all checks passed: CREATE ... | 0x0 |
+"""
+
+from .errors import KvmError
+from .exercises import fmt_generation
+
+ELIXIR = "https://elixir.bootlin.com/linux/v5.17/A/ident/"
+
+#: Where each modelled function lives in v5.17 (for link titles).
+FILES = {
+    "search_memslots": "include/linux/kvm_host.h",
+    "____gfn_to_memslot": "include/linux/kvm_host.h",
+    "__gfn_to_memslot": "include/linux/kvm_host.h",
+    "id_to_memslot": "include/linux/kvm_host.h",
+    "__gfn_to_hva_memslot": "include/linux/kvm_host.h",
+    "kvm_for_each_memslot_in_gfn_range": "include/linux/kvm_host.h",
+    "kvm_for_each_memslot_in_hva_range": "virt/kvm/kvm_main.c",
+    "rcu_assign_pointer": "include/linux/rcupdate.h",
+    "synchronize_srcu_expedited": "kernel/rcu/srcutree.c",
+    "rcuwait_wait_event": "include/linux/rcuwait.h",
+    "kfree": "mm/slab.c",
+}
+ARCH_X86 = "arch/x86/kvm/x86.c"
+
+
+def elixir_url(function):
+    """Elixir's identifier search for ``function`` at v5.17 (finds its definition)."""
+    return ELIXIR + function
+
+
+def kernel_file(function):
+    """The v5.17 source file of a modelled kernel function.
+
+    >>> kernel_file("kvm_arch_flush_shadow_memslot"), kernel_file("kvm_set_memslot")
+    ('arch/x86/kvm/x86.c', 'virt/kvm/kvm_main.c')
+    """
+    if function in FILES:
+        return FILES[function]
+    return ARCH_X86 if function.startswith("kvm_arch_") else "virt/kvm/kvm_main.c"
+
+
+def kernel_link(function):
+    """A Markdown link to ``function`` at Elixir v5.17, titled with its file."""
+    return f'[`{function}`]({elixir_url(function)} "{kernel_file(function)}")'
+
+
+def _cell(text):
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def steps_markdown(steps, as_id=0, start=1):
+    """The steps as a Markdown table, numbered from ``start``, each function linked."""
+    rows = ["| # | stage | kernel function | what happens | as%d generation |" % as_id,
+            "|---|---|---|---|---|"]
+    for i, s in enumerate(steps, start):
+        wait = " (waiting)" if s.waiting else ""
+        rows.append(f"| {i} | {s.stage} | {kernel_link(s.function)}{wait} | {_cell(s.text)} | "
+                    f"{_cell(fmt_generation(s.generation(as_id)))} |")
+    return "\n".join(rows)
+
+
+def functions_markdown(steps):
+    """The distinct kernel functions of ``steps``, in order, as a linked list."""
+    seen = list(dict.fromkeys(s.function for s in steps))
+    return "\n".join(f"- {kernel_link(f)} ({kernel_file(f)})" for f in seen)
+
+
+def describe_call(vm, slot, flags, guest_phys_addr, memory_size, userspace_addr, fail_prepare=False):
+    """Make one ``KVM_SET_USER_MEMORY_REGION`` call and say what it returned.
+
+    Never raises for bad input: a kernel error or an argument that does not
+    fit the ioctl's fields becomes the sentence.
+
+    >>> import kvmviz
+    >>> vm = kvmviz.VM()
+    >>> describe_call(vm, 1, 0, 0, 0x1000, 0x10000)
+    'returns 0: CREATE of slot 1 (as0), 1 swap(s); as0 generation now 0x2'
+    >>> describe_call(vm, 2, 0, 0x1001, 0x1000, 0x10000)
+    'returns -EINVAL: guest_phys_addr 0x1001 is not page-aligned (slot 2, as 0) (check §4.2#4)'
+    """
+    try:
+        steps = vm.set_user_memory_region(slot, flags, guest_phys_addr, memory_size, userspace_addr,
+                                          fail_prepare=fail_prepare)
+    except KvmError as e:
+        return f"returns -{e.errname}: {e.message} (check §{e.rule})"
+    except ValueError as e:
+        return f"not a valid call: {e}"
+    as_id, change = slot >> 16, steps[-1].change
+    if change == "NONE":
+        return f"returns 0: nothing to change; as{as_id} generation stays {fmt_generation(vm.generation(as_id))}"
+    swaps = sum(s.function == "rcu_assign_pointer" for s in steps)
+    return (f"returns 0: {change} of slot {slot & 0xFFFF} (as{as_id}), {swaps} swap(s); "
+            f"as{as_id} generation now {fmt_generation(vm.generation(as_id))}")
