@@ -19,6 +19,7 @@ kvmviz.errors.KvmError: [Errno 17] EEXIST: gfns 0x80..0x80 overlap slot 0 (#1, g
 
 import errno
 from collections import Counter
+from typing import NamedTuple
 
 from .arch import X86Arch
 from .constants import KVM_ADDRESS_SPACE_NUM, U64_MAX
@@ -35,12 +36,21 @@ class VM(Journaled):
     ``implementation`` picks the data-structure design ("tree" = 5.17+),
     ``variant`` an algorithm variant (see ``kvmviz.variants``); ``history``
     turns the undo/redo journal on or off.
+
+    With ``implementation="array"`` (5.10-5.15, reference §6) ``sets[as_id]``
+    is ``(active, inactive view)`` of ``ArrayMemslots`` structures and
+    ``active_idx`` stays 0: the inactive view is the scratch copy made by
+    ``kvm_dup_memslots`` while an update runs (then the structure that
+    ``install_new_memslots`` replaced, until it is freed or reused), and the
+    active structure itself at rest, since no second structure exists then.
+    So ``active_set``, ``inactive_set``, ``memslots(which=...)``,
+    ``generation(s)`` and the lookups work unchanged for both designs.
     """
 
     __slots__ = ("history", "cost", "sets", "active_idx", "nr_memslot_pages", "locks",
                  "mn_active_invalidate_count", "mn_ranges", "swaps", "uid", "alloc_seq",
                  "in_place_writes", "arch", "srcu", "vcpus", "protocol", "update",
-                 "implementation", "variant", "calls", "ulong_max", "changing")
+                 "implementation", "variant", "calls", "ulong_max", "changing", "mmio_sptes")
 
     def __init__(self, implementation="tree", variant="merged", *, history=True):
         h = History(enabled=history)
@@ -48,11 +58,9 @@ class VM(Journaled):
         super().__init__(h, history=h, cost=cost, active_idx=(0,) * KVM_ADDRESS_SPACE_NUM,
                          nr_memslot_pages=0, locks=frozenset(), mn_active_invalidate_count=0,
                          mn_ranges=(), swaps=(0,) * KVM_ADDRESS_SPACE_NUM, uid=0, alloc_seq=0,
-                         in_place_writes=(), vcpus=[], update=None, calls=0, changing=None,
+                         in_place_writes=(), vcpus=(), update=None, calls=0, changing=None, mmio_sptes=(),
                          implementation=implementation, variant=variant, ulong_max=U64_MAX)
-        object.__setattr__(self, "sets", tuple(
-            tuple(MemslotSet(h, as_id=a, node_idx=j, cost=cost) for j in (0, 1))
-            for a in range(KVM_ADDRESS_SPACE_NUM)))
+        object.__setattr__(self, "sets", _make_sets(h, implementation, cost))
         object.__setattr__(self, "arch", X86Arch(h, self))
         object.__setattr__(self, "srcu", Srcu(h))
         object.__setattr__(self, "protocol", _make_protocol(self, implementation, variant))
@@ -73,7 +81,7 @@ class VM(Journaled):
 
     def generations(self):
         """Per address space ``(set0.generation, set1.generation, active node_idx)``."""
-        return tuple((s0.generation, s1.generation, a) for (s0, s1), a in zip(self.sets, self.active_idx))
+        return tuple(map(_set_generations, self.sets, self.active_idx))
 
     def memslots(self, as_id=0, which="active"):
         """Slots of the active or inactive set of ``as_id``, sorted by base_gfn."""
@@ -192,8 +200,30 @@ class VM(Journaled):
 
     # -- what readers can see, for the in-place-write check ------------------------
     def visible_nodes(self, as_id):
-        """Bit mask of the sets of ``as_id`` that readers can reach now."""
-        return 1 << self.active_idx[as_id]
+        """Bit mask of the sets of ``as_id`` that readers can reach now.
+
+        The active set, plus every set an SRCU reader pinned and still holds
+        (it may be the old active set while a grace period runs).
+        """
+        mask = 1 << self.active_idx[as_id]
+        for vcpu in self.vcpus:
+            if vcpu.pinned is not None:
+                mask |= 1 << vcpu.pinned[as_id]
+        return mask
+
+    # -- vCPUs (reference §1.4, §5.1) ---------------------------------------------
+    def add_vcpu(self):
+        """``KVM_CREATE_VCPU``: a new vCPU, an SRCU reader of the memslots.
+
+        >>> vm = VM(); vm.add_vcpu(), vm.add_vcpu().vcpu_id, len(vm.vcpus)
+        (vcpu0, 1, 2)
+        """
+        from .vcpu import Vcpu
+        vcpu = Vcpu(self, len(self.vcpus))
+        self.vcpus = self.vcpus + (vcpu,)
+        vcpu.record("kvm_vm_ioctl_create_vcpu", f"create {vcpu.name}: outside any SRCU read-side "
+                                                "section, empty slot cache, not in SMM.")
+        return vcpu
 
     def note_in_place_write(self, slot, name, old, new):
         """Record a write to a slot that readers can reach (invariant 1)."""
@@ -207,7 +237,10 @@ class VM(Journaled):
         """
         self.mn_active_invalidate_count += 1
         self.mn_ranges = self.mn_ranges + ((hva_start, hva_end),)
-        return self.hva_range_hits(hva_start, hva_end)
+        hits = self.hva_range_hits(hva_start, hva_end)
+        self._record_notifier("kvm_mmu_notifier_invalidate_range_start", hva_start, hva_end, hits,
+                              "mn_active_invalidate_count++: a memslot swap now waits before publishing")
+        return hits
 
     def mmu_notifier_invalidate_range_end(self, hva_start, hva_end):
         """End an invalidation; a waiting swap may go on when none is left."""
@@ -217,10 +250,28 @@ class VM(Journaled):
         ranges.remove((hva_start, hva_end))
         self.mn_ranges = tuple(ranges)
         self.mn_active_invalidate_count -= 1
-        return self.hva_range_hits(hva_start, hva_end)
+        hits = self.hva_range_hits(hva_start, hva_end)
+        self._record_notifier("kvm_mmu_notifier_invalidate_range_end", hva_start, hva_end, hits,
+                              f"mn_active_invalidate_count-- (now {self.mn_active_invalidate_count})"
+                              + ("" if self.mn_active_invalidate_count else
+                                 ": a waiting memslot swap may publish"))
+        return hits
+
+    def _record_notifier(self, function, hva_start, hva_end, hits, what):
+        from .srcu import ReaderAction
+        where = "; ".join(map(str, hits)) or "no memslot"
+        self.record(ReaderAction("mmu_notifier", function,
+                                 f"hva {hva_start:#x}..{hva_end - 1:#x}: {what}. Hits: {where}.",
+                                 result=tuple(hits), gens=self.generations()))
 
     def hva_range_hits(self, hva_start, hva_end):
-        """``__kvm_handle_hva_range``: clip ``[start, end)`` to each slot, in gfns."""
+        """``__kvm_handle_hva_range``: clip ``[start, end)`` to each slot, in gfns.
+
+        Walks the hva tree of each address space's active set (the MMU
+        notifier is an SRCU reader, reference §5.3). INVALID copies are in
+        that tree too, so an invalidation in the DELETE/MOVE window hits the
+        INVALID copy (``hit.invalid``).
+        """
         hits = []
         for as_id in range(KVM_ADDRESS_SPACE_NUM):
             for slot in self.active_set(as_id).iter_hva_range(hva_start, hva_end - 1):
@@ -228,13 +279,42 @@ class VM(Journaled):
                 end = min(hva_end, slot.hva_last + 1)
                 gfn_start = slot.base_gfn + ((first - slot.userspace_addr) >> 12)
                 gfn_end = slot.base_gfn + ((end - slot.userspace_addr + 4095) >> 12)
-                hits.append((as_id, slot, gfn_start, gfn_end))
+                hits.append(HvaHit(as_id, slot, gfn_start, gfn_end))
         return hits
 
     def __repr__(self):
         gens = ", ".join(f"as{a}: gen {self.generation(a):#x}, {len(self.active_set(a))} slots"
                          for a in range(KVM_ADDRESS_SPACE_NUM))
         return f"<VM {self.implementation}/{self.variant}: {gens}>"
+
+
+class HvaHit(NamedTuple):
+    """One slot an hva-range walk hits: ``struct kvm_gfn_range`` (reference §5.3).
+
+    >>> from kvmviz.memslot import Memslot
+    >>> hit = HvaHit(0, Memslot(uid=3, id=1, base_gfn=0x100, npages=4), 0x101, 0x103)
+    >>> str(hit), hit.invalid
+    ('as0 #3 (id 1) gfn 0x101..0x102', False)
+    """
+
+    as_id: int
+    slot: object
+    gfn_start: int
+    gfn_end: int
+
+    @property
+    def invalid(self):
+        """True when the walk hit the INVALID copy of a slot being deleted or moved."""
+        return self.slot.invalid
+
+    def __str__(self):
+        tag = " INVALID" if self.invalid else ""
+        return (f"as{self.as_id} {self.slot.label} (id {self.slot.id}{tag}) "
+                f"gfn {self.gfn_start:#x}..{self.gfn_end - 1:#x}")
+
+
+def _set_generations(pair, active):
+    return (pair[0].generation, pair[1].generation, active)
 
 
 def _with(tup, i, value):
@@ -251,11 +331,24 @@ def _fail_errno(fail_prepare):
     raise ValueError(f"fail_prepare must be True/False or a positive errno, not {fail_prepare!r}")
 
 
+def _make_sets(h, implementation, cost):
+    if implementation == "array":
+        from .memslots_array import initial_sets
+        return initial_sets(h, cost)
+    return tuple(tuple(MemslotSet(h, as_id=a, node_idx=j, cost=cost) for j in (0, 1))
+                 for a in range(KVM_ADDRESS_SPACE_NUM))
+
+
 def _make_protocol(vm, implementation, variant):
     from .protocol import MergedProtocol
-    protocols = {"tree": MergedProtocol}
+    from .protocol_array import ArrayProtocol
+    protocols = {"tree": MergedProtocol, "array": ArrayProtocol}
     if implementation not in protocols:
         raise ValueError(f"unknown implementation {implementation!r}; choose from {sorted(protocols)}")
     if variant != "merged":
-        raise ValueError(f"unknown variant {variant!r}; choose from ['merged']")
+        from . import variants
+        if implementation != "tree":
+            raise ValueError(f"variant {variant!r} is a change to the tree (5.17) protocol; "
+                             "use implementation='tree'")
+        return variants.make_protocol(vm, variant)
     return protocols[implementation](vm)
