@@ -11,12 +11,16 @@ from .constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEMSLOT_IN
 from .errors import KvmError
 from .invariants import check_invariants
 from .memslot import Memslot
+from .schedule import Schedule, Tick, Timeline
+from .srcu import ReaderAction
+from .vcpu import Access, GfnToHvaCache, Vcpu
 from .set_memory_region import CHANGES, CREATE, DELETE, FLAGS_ONLY, MOVE, NONE
 from .step import STAGES, Step, Update
 from .vm import VM
 
 __version__ = "0.1.0"
 
-__all__ = ["VM", "KvmError", "Memslot", "Step", "Update", "check_invariants", "STAGES", "CHANGES",
+__all__ = ["VM", "KvmError", "Memslot", "Step", "Update", "check_invariants", "Schedule", "Tick", "Timeline",
+           "ReaderAction", "Vcpu", "Access", "GfnToHvaCache", "STAGES", "CHANGES",
            "CREATE", "DELETE", "MOVE", "FLAGS_ONLY", "NONE", "KVM_MEM_LOG_DIRTY_PAGES",
            "KVM_MEM_READONLY", "KVM_MEMSLOT_INVALID", "KVM_USER_MEM_SLOTS", "__version__"]

@@ -30,8 +30,113 @@ def check_invariants(vm):
             out += check_set(s, as_id)
         out += check_agreement(vm, as_id)
         out += check_generation(vm, as_id)
+    out += check_readers(vm)
     if vm.changing is None and vm.locks:
         out.append(f"no update is running but {', '.join(sorted(vm.locks))} is still held")
+    out += check_grace_period(vm)
+    out += check_page_count(vm)
+    return out
+
+
+def check_grace_period(vm):
+    """A swap is not over while readers from before its publish are inside.
+
+    ``synchronize_srcu_expedited`` comes before the final generation store
+    (reference §3.4 steps 5-6), so while an SRCU reader that entered before the
+    last publish is still inside, some address space must still show the
+    in-progress bit.
+
+    >>> from kvmviz import VM
+    >>> vm = VM(); _ = vm.srcu.read_lock("vcpu0"); _ = vm.srcu.start_grace_period()
+    >>> check_grace_period(vm)
+    ['a swap finished (no in-progress generation) while vcpu0, inside since before its publish, may still use the old set: synchronize_srcu_expedited was skipped']
+    """
+    holders = vm.srcu.holders(vm.srcu.seq)
+    if not holders or any(s.generation & IP for s in map(vm.active_set, range(len(vm.sets)))):
+        return []
+    return [f"a swap finished (no in-progress generation) while {', '.join(map(str, holders))}, inside since "
+            "before its publish, may still use the old set: synchronize_srcu_expedited was skipped"]
+
+
+def check_page_count(vm):
+    """At rest ``nr_memslot_pages`` is the page total of all slots (reference §1.4).
+
+    >>> from kvmviz import VM
+    >>> vm = VM(); _ = vm.set_user_memory_region(1, 0, 0, 0x2000, 0x100000)
+    >>> vm.nr_memslot_pages = 1; check_page_count(vm)
+    ['nr_memslot_pages is 0x1 but the slots hold 0x2 pages (commit skipped or ran twice)']
+    """
+    if vm.changing is not None:
+        return []
+    total = sum(slot.npages for as_id in range(len(vm.sets)) for slot in vm.active_set(as_id).slots())
+    if total == vm.nr_memslot_pages:
+        return []
+    return [f"nr_memslot_pages is {vm.nr_memslot_pages:#x} but the slots hold {total:#x} pages "
+            "(commit skipped or ran twice)"]
+
+
+def check_readers(vm):
+    """Rules for SRCU readers (reference §1.5, §1.7 rules 1 and 5, §3.2).
+
+    A vCPU inside a read-side section must find the sets it pinned unedited
+    and the slots it looked up unmodified; nothing it can reach may be freed
+    before its grace period ends; and a cache entry tagged with the current
+    generation must point into the set that generation belongs to.
+
+    >>> from kvmviz import VM
+    >>> vm = VM(); _ = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x100000)
+    >>> v = vm.add_vcpu(); v.srcu_read_lock(); _ = v.gfn_to_memslot(0)
+    >>> vm.free(vm.memslots(0)[0])          # free a slot a pinned reader holds
+    >>> [m for m in check_readers(vm) if m.startswith("vcpu0 can")]
+    ['vcpu0 can still reach #1 (inside its read section since event 16), but it was freed before vcpu0 left the section (its grace period had not ended)']
+    """
+    out = []
+    for vcpu in vm.vcpus:
+        if vcpu.pinned is not None:
+            out += _check_pinned(vm, vcpu)
+        out += _check_caches(vm, vcpu)
+    return out
+
+
+def _check_pinned(vm, vcpu):
+    from .vcpu import snapshot
+    out, since = [], f"inside its read section since event {vcpu.locked_at}"
+    reachable = {}
+    for as_id, node in enumerate(vcpu.pinned):
+        s = vm.sets[as_id][node]
+        if s.edits != vcpu.pinned_edits[as_id]:
+            out.append(f"{vcpu.name} pinned {s.name} ({since}) but the writer edited that set "
+                       f"{s.edits - vcpu.pinned_edits[as_id]} time(s) while it was pinned: kvm_replace_memslot "
+                       "ran on a set a reader still uses")
+        for slot in s.gfn_tree.values():
+            reachable[id(slot)] = slot
+    for slot, snap in vcpu.seen:
+        reachable[id(slot)] = slot
+        if snapshot(slot) != snap:
+            out.append(f"{vcpu.name} looked up {slot.label} ({since}) and {slot.label} was modified after "
+                       "it was published: a reader may see a torn or changed slot")
+    for slot in reachable.values():
+        freed = [slot.label] if slot.freed else []
+        freed += [f"{slot.label}'s {a.kind} {a.label}" for a in (slot.dirty_bitmap, slot.arch)
+                  if a is not None and a.freed]
+        out += [f"{vcpu.name} can still reach {what} ({since}), but it was freed before {vcpu.name} left "
+                "the section (its grace period had not ended)" for what in freed]
+    return out
+
+
+def _check_caches(vm, vcpu):
+    out = []
+    entries = [("slot cache (last_used_slot)", vcpu.last_used_slot, vcpu.last_used_slot_gen, None)]
+    entries += [(f"gfn_to_hva_cache of gpa {g.gpa:#x}", g.memslot, g.generation, 0) for g in vcpu.hva_caches]
+    for what, slot, gen, only_as in entries:
+        if slot is None:
+            continue
+        for as_id in range(len(vm.sets)) if only_as is None else (only_as,):
+            s = vcpu.memslots(as_id)
+            if s.generation == gen and slot not in s:
+                out.append(f"{vcpu.name}'s {what} holds {slot.label} under generation {_g(gen)}, which is "
+                           f"current for {s.name}, but {s.name} does not hold {slot.label}: the stale entry "
+                           "would be used")
     return out
 
 

@@ -46,14 +46,14 @@ class MemslotSet(Journaled):
     """One of the two sets of an address space (``__memslots[as][node_idx]``)."""
 
     __slots__ = ("as_id", "node_idx", "generation", "last_used_slot",
-                 "gfn_tree", "hva_tree", "id_hash", "cost")
+                 "gfn_tree", "hva_tree", "id_hash", "cost", "edits")
 
     def __init__(self, history=None, *, as_id=0, node_idx=0, cost=None):
         super().__init__(history, as_id=as_id, node_idx=node_idx, generation=as_id,
                          last_used_slot=None, gfn_tree=SortedDict(),
                          hva_tree=IntervalTree(tie=lambda slot: slot.uid),
                          id_hash=[{} for _ in range(1 << ID_HASH_BITS)],
-                         cost=cost if cost is not None else Counter())
+                         cost=cost if cost is not None else Counter(), edits=0)
 
     @property
     def name(self):
@@ -167,7 +167,9 @@ class MemslotSet(Journaled):
         Models ``kvm_replace_memslot`` (reference §2.1) on the set it is given;
         the caller passes the inactive set. The gfn tree uses the O(1) replace
         when ``base_gfn`` is unchanged; the hva tree always removes and inserts.
+        ``edits`` counts the calls, so a reader that pinned the set can tell.
         """
+        self.edits += 1
         if old is not None:
             self.hash_del(old)
             self.hva_remove(old)

@@ -16,7 +16,36 @@ False
 (True, ())
 """
 
+from dataclasses import dataclass
+
 from .history import Journaled
+
+
+@dataclass(eq=False)
+class ReaderAction:
+    """One thing a reader did (a vCPU or the MMU notifier), as a history event.
+
+    Writer steps are ``Step``s; reader actions sit between them in
+    ``vm.history`` so stepping back and forth replays readers too. ``actor``
+    names the reader, ``function`` the kernel function modelled, ``result``
+    what it returned, ``gens`` the generations right after it.
+
+    >>> a = ReaderAction("vcpu0", "srcu_read_lock", "pins as0/set0")
+    >>> str(a), a.waiting, a.stage
+    ('vcpu0: srcu_read_lock: pins as0/set0', False, 'reader')
+    """
+
+    actor: str
+    function: str
+    text: str
+    result: object = None
+    gens: tuple = ()
+    index: object = None
+    stage = "reader"
+    waiting = False
+
+    def __str__(self):
+        return f"{self.actor}: {self.function}: {self.text}"
 
 
 class Srcu(Journaled):
@@ -29,7 +58,7 @@ class Srcu(Journaled):
 
     def read_lock(self, reader):
         """``srcu_read_lock``: returns the sequence the reader entered under."""
-        if any(r is reader for r, _ in self.readers):
+        if self.inside(reader):
             raise RuntimeError(f"{reader} is already inside an SRCU read-side section")
         self.readers = self.readers + ((reader, self.seq),)
         return self.seq
@@ -45,6 +74,10 @@ class Srcu(Journaled):
         """Begin a grace period; returns its sequence number."""
         self.seq += 1
         return self.seq
+
+    def inside(self, reader):
+        """True while ``reader`` is inside a read-side section."""
+        return any(r is reader for r, _ in self.readers)
 
     def holders(self, gp):
         """Readers that entered before grace period ``gp`` and are still inside."""
