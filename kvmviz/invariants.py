@@ -23,6 +23,9 @@ N = KVM_ADDRESS_SPACE_NUM
 
 def check_invariants(vm):
     """All violated invariants of ``vm``, as sentences (empty list: all hold)."""
+    if vm.implementation == "array":
+        from .memslots_array import check_array_invariants
+        return check_array_invariants(vm)
     out = [f"as{w[0]}: {w[1]}.{w[2]} changed in place ({_fmt(w[3])} -> {_fmt(w[4])}) "
            f"while readers could reach it (after event {w[5]})" for w in vm.in_place_writes]
     for as_id in range(len(vm.sets)):
@@ -102,13 +105,12 @@ def _check_pinned(vm, vcpu):
     from .vcpu import snapshot
     out, since = [], f"inside its read section since event {vcpu.locked_at}"
     reachable = {}
-    for as_id, node in enumerate(vcpu.pinned):
-        s = vm.sets[as_id][node]
-        if s.edits != vcpu.pinned_edits[as_id]:
+    for as_id, s in enumerate(vcpu.pinned_sets):
+        if getattr(s, "edits", 0) != vcpu.pinned_edits[as_id]:
             out.append(f"{vcpu.name} pinned {s.name} ({since}) but the writer edited that set "
                        f"{s.edits - vcpu.pinned_edits[as_id]} time(s) while it was pinned: kvm_replace_memslot "
                        "ran on a set a reader still uses")
-        for slot in s.gfn_tree.values():
+        for slot in s.slots():
             reachable[id(slot)] = slot
     for slot, snap in vcpu.seen:
         reachable[id(slot)] = slot
@@ -133,7 +135,7 @@ def _check_caches(vm, vcpu):
             continue
         for as_id in range(len(vm.sets)) if only_as is None else (only_as,):
             s = vcpu.memslots(as_id)
-            if s.generation == gen and slot not in s:
+            if s.generation == gen and all(x is not slot for x in s.slots()):
                 out.append(f"{vcpu.name}'s {what} holds {slot.label} under generation {_g(gen)}, which is "
                            f"current for {s.name}, but {s.name} does not hold {slot.label}: the stale entry "
                            "would be used")

@@ -166,13 +166,13 @@ class Vcpu(Journaled):
     (x86 System Management Mode). Every action is recorded in ``vm.history``.
     """
 
-    __slots__ = ("vm", "vcpu_id", "name", "smm", "pinned", "pinned_gens", "pinned_edits",
+    __slots__ = ("vm", "vcpu_id", "name", "smm", "pinned", "pinned_sets", "pinned_gens", "pinned_edits",
                  "locked_at", "seen", "last_used_slot", "last_used_slot_gen",
                  "mmio_gfn", "mmio_gen", "hva_caches")
 
     def __init__(self, vm, vcpu_id):
         super().__init__(vm.history, vm=vm, vcpu_id=vcpu_id, name=f"vcpu{vcpu_id}", smm=False,
-                         pinned=None, pinned_gens=None, pinned_edits=None, locked_at=None, seen=(),
+                         pinned=None, pinned_sets=None, pinned_gens=None, pinned_edits=None, locked_at=None, seen=(),
                          last_used_slot=None, last_used_slot_gen=0, mmio_gfn=None, mmio_gen=None,
                          hva_caches=())
 
@@ -211,7 +211,7 @@ class Vcpu(Journaled):
         as_id = self.address_space if as_id is None else as_id
         if self.pinned is None:
             return self.vm.active_set(as_id)
-        return self.vm.sets[as_id][self.pinned[as_id]]
+        return self.pinned_sets[as_id]
 
     def generation(self, as_id=None):
         """The generation this vCPU sees now (its set's current value)."""
@@ -233,8 +233,9 @@ class Vcpu(Journaled):
         idx = vm.srcu.read_lock(self)
         sets = [vm.active_set(a) for a in range(len(vm.sets))]
         self.pinned = tuple(s.node_idx for s in sets)
+        self.pinned_sets = tuple(sets)
         self.pinned_gens = tuple(s.generation for s in sets)
-        self.pinned_edits = tuple(s.edits for s in sets)
+        self.pinned_edits = tuple(getattr(s, "edits", 0) for s in sets)
         self.locked_at = len(vm.history)
         self.seen = ()
         pins = ", ".join(f"{s.name} (gen {_gen(s.generation)})" for s in sets)
@@ -255,7 +256,7 @@ class Vcpu(Journaled):
         upd = vm.update
         blocked = upd is not None and upd.blocked
         vm.srcu.read_unlock(self)
-        self.pinned = self.pinned_gens = self.pinned_edits = self.locked_at = None
+        self.pinned = self.pinned_sets = self.pinned_gens = self.pinned_edits = self.locked_at = None
         self.seen = ()
         tail = ""
         if blocked and not upd.blocked:
