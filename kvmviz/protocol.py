@@ -16,7 +16,7 @@ Each method models the kernel function of the same name (reference §2.1-§2.4,
 import errno
 
 from .constants import (KVM_ADDRESS_SPACE_NUM, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS,
-                        KVM_MEMSLOT_INVALID)
+                        KVM_MEMSLOT_INVALID, SIZEOF_KVM_MEMORY_SLOT)
 from .errors import KvmError
 from .memslot import kvm_copy_memslot
 from .set_memory_region import CREATE, DELETE, FLAGS_ONLY, MOVE, NONE, check_ioctl, check_memory_region
@@ -43,6 +43,8 @@ class MergedProtocol:
     """The memslot update as merged for Linux 5.17 (the default)."""
 
     name = "merged"
+    #: Kernel function that swaps the active set (5.10-5.15: ``install_new_memslots``).
+    swap_function = "kvm_swap_active_memslots"
 
     def __init__(self, vm):
         self.vm = vm
@@ -101,20 +103,30 @@ class MergedProtocol:
         yield self.step("__kvm_set_memory_region", _plan_text(plan))
         new = None
         if plan.change != DELETE:
-            new = vm.alloc_memslot(plan)
-            yield self.step("__kvm_set_memory_region",
-                            f"allocate {new.label} and fill it with the new values; no set links it yet.")
+            new, text = self.new_memslot(plan)
+            yield self.step("__kvm_set_memory_region", text)
         r = yield from self.kvm_set_memslot(plan.old, new, plan.change, fail)
-        if r and new is not None:
-            vm.free(new)
+        freed = self.drop_new(new) if r and new is not None else ""
         vm.unlock(SL)
         vm.changing = None
-        freed = f"free {new.label} (it was never reachable); " if r and new is not None else ""
         yield self.step("kvm_set_memory_region",
                         f"{freed}release slots_lock; the ioctl returns {_ret(r)}.", result=r,
                         error=KvmError(-r, f"kvm_prepare_memory_region failed for {region.where()} "
                                            f"({upd.change}; {_revert_note(upd.change)})", rule="4.4",
                                        slot=region.id) if r else None)
+
+    def new_memslot(self, plan):
+        """The ``new`` slot of ``__kvm_set_memory_region``: on the heap since [P30].
+
+        Returns ``(new, text)``; variants that keep ``new`` elsewhere override it.
+        """
+        new = self.vm.alloc_memslot(plan)
+        return new, f"allocate {new.label} and fill it with the new values; no set links it yet."
+
+    def drop_new(self, new):
+        """Free ``new`` after ``kvm_set_memslot`` failed; returns the text for the last step."""
+        self.vm.free(new)
+        return f"free {new.label} (it was never reachable); "
 
     # -- kvm_set_memslot -------------------------------------------------------
     def kvm_set_memslot(self, old, new, change, fail):
@@ -163,6 +175,8 @@ class MergedProtocol:
         """``kvm_invalidate_memslot``: publish an INVALID copy of ``old``."""
         vm = self.vm
         kvm_copy_memslot(invalid, old)
+        vm.cost["slots_copied"] += 1
+        vm.cost["bytes_copied"] += SIZEOF_KVM_MEMORY_SLOT
         invalid.flags |= KVM_MEMSLOT_INVALID
         yield self.step("kvm_copy_memslot", f"copy {old.label} into {invalid.label} (sharing its dirty "
                                             f"bitmap and arch data) and set KVM_MEMSLOT_INVALID on the copy.")
@@ -216,7 +230,7 @@ class MergedProtocol:
         gen = active.generation
         warn = " WARN: the active generation already had the in-progress bit!" if gen & IP else ""
         inactive.generation = gen | IP
-        yield self.step("kvm_swap_active_memslots",
+        yield self.step(self.swap_function,
                         f"mark {inactive.name} in progress: generation {_gen(gen | IP)}.{warn}",
                         touched=((as_id, inactive.node_idx, "gen", "gen"),))
         vm.lock(MNL)
@@ -234,14 +248,14 @@ class MergedProtocol:
                         f"is running). New SRCU readers see it and generation {_gen(inactive.generation)}.")
         vm.unlock(MNL)
         vm.unlock(SAL)
-        yield self.step("kvm_swap_active_memslots",
+        yield self.step(self.swap_function,
                         "release mn_invalidate_lock and slots_arch_lock (an SRCU reader may be waiting for "
                         "slots_arch_lock: holding it across the grace period could deadlock).")
         yield from self.synchronize_srcu_expedited(gp, active)
         final = (inactive.generation & ~IP) + KVM_ADDRESS_SPACE_NUM
         yield self.step("kvm_arch_memslots_updated", vm.arch.memslots_updated(final))
         inactive.generation = final
-        yield self.step("kvm_swap_active_memslots",
+        yield self.step(self.swap_function,
                         f"store the final generation {final:#x} (= {gen:#x} + {KVM_ADDRESS_SPACE_NUM}) in "
                         f"{inactive.name}; {active.name} is now inactive with stale generation {_gen(active.generation)}.",
                         touched=((as_id, inactive.node_idx, "gen", "gen"),))

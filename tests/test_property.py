@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 import kvmviz
 from reference_model import RefVM
 
-IMPLEMENTATIONS = ["tree"]
+IMPLEMENTATIONS = ["tree", "array"]
 OUTCOMES = Counter()      # what the random calls exercised, printed by test_outcomes_cover_every_path
 
 PAGE = 0x1000

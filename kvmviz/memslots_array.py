@@ -1,0 +1,449 @@
+"""``struct kvm_memslots`` of Linux 5.10-5.15: slot values in one sorted array (reference §6).
+
+One allocated structure per address space holds a header (``generation``,
+``last_used_slot`` as an array **index**, ``used_slots``, ``id_to_index`` of
+``KVM_MEM_SLOTS_NUM`` shorts) and the slots themselves, by value, sorted by
+``base_gfn`` **descending** (reference §6.1). Every update duplicates the
+whole structure (``kvm_dup_memslots``), edits the copy (``update_memslots``,
+which re-sorts by shifting entries) and installs it.
+
+Entries are value records (``list``s indexed by the ``BASE``..``UID``
+constants), copied entry by entry on every duplication, as the kernel's
+``memcpy`` copies each 88-byte struct; ``ArraySlot`` is a read/write view of
+one record for the public API (``.id``, ``.base_gfn``, ``.label``, ...).
+A value has no identity: compare views with ``.values()``, not ``is``. The
+``label`` (``#uid``) names the update that wrote the value, so a learner can
+follow an entry as it is shifted and copied.
+
+>>> s = ArrayMemslots(as_id=0)
+>>> for uid, gfn in ((1, 0x100000), (2, 0xc0000), (3, 0x0), (4, 0x80000)):
+...     _ = s.update_memslots(new_entry(uid=uid, id=uid, base_gfn=gfn, npages=0x10), "CREATE")
+>>> [e.label for e in s.entries()], s.used_slots, s.id_to_index[4]
+(['#1', '#2', '#4', '#3'], 4, 2)
+>>> s.gfn_to_memslot(0x80001).label, s.last_used_slot
+('#4', 2)
+"""
+
+from array import array
+from collections import Counter
+
+from .constants import (KVM_ADDRESS_SPACE_NUM, KVM_MEM_SLOTS_NUM, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP,
+                        KVM_MEMSLOT_INVALID, PAGE_SHIFT, SIZEOF_KVM_MEMORY_SLOT, flag_names)
+from .history import Journaled
+
+#: Fields of an entry record, in the order the record stores them.
+BASE, NPAGES, FLAGS, HVA, ID, AS, BITMAP, ARCH, UID = range(9)
+
+#: ``id_to_index``: one short per possible slot id (reference §6.1: ~64 KiB).
+SIZEOF_ID_TO_INDEX = 2 * KVM_MEM_SLOTS_NUM
+#: Header of ``struct kvm_memslots`` in 5.15: u64 generation, atomic_t
+#: last_used_slot, int used_slots, then ``id_to_index``; padded to 8 bytes.
+SIZEOF_MEMSLOTS_HEADER = (8 + 4 + 4 + SIZEOF_ID_TO_INDEX + 7) // 8 * 8
+
+
+def kvm_memslots_size(nslots):
+    """Bytes of a ``struct kvm_memslots`` holding ``nslots`` slot values.
+
+    Models ``kvm_memslots_size`` of 5.15 (reference §6.1, §6.3): the header
+    with ``id_to_index`` plus 88 bytes per slot.
+
+    >>> kvm_memslots_size(0), kvm_memslots_size(32764)
+    (65552, 2948784)
+    """
+    return SIZEOF_MEMSLOTS_HEADER + nslots * SIZEOF_KVM_MEMORY_SLOT
+
+
+def new_entry(*, uid=0, id=0, as_id=0, base_gfn=0, npages=0, flags=0, userspace_addr=0):
+    """A fresh slot value record (a zeroed ``struct kvm_memory_slot`` filled in).
+
+    >>> ArraySlot(new_entry(uid=7, id=2, base_gfn=0x10, npages=1))
+    #7(id=2 as=0 gfn=0x10..0x10 hva=0x0 flags=-)
+    """
+    return [base_gfn, npages, flags, userspace_addr, id, as_id, None, None, uid]
+
+
+def _field(i, doc):
+    def get(self):
+        return self.entry[i]
+
+    def put(self, value):
+        self.entry[i] = value
+    return property(get, put, doc=doc)
+
+
+class ArraySlot:
+    """A view of one slot value (``struct kvm_memory_slot`` inside the array).
+
+    Reads and writes go to the record it wraps; the protocol only writes
+    records that no reader can reach (the stack ``new``, the scratch copy).
+
+    >>> v = ArraySlot(new_entry(uid=1, id=3, base_gfn=0x100, npages=2, flags=KVM_MEMSLOT_INVALID))
+    >>> v.end_gfn, v.invalid, v.values()
+    (258, True, (3, 0, 256, 2, 65536, 0))
+    """
+
+    __slots__ = ("entry",)
+    freed = False          # values are never freed one by one: their structure is
+
+    def __init__(self, entry):
+        self.entry = entry
+
+    base_gfn = _field(BASE, "First gfn.")
+    npages = _field(NPAGES, "Size in pages.")
+    flags = _field(FLAGS, "Slot flags (KVM_MEMSLOT_INVALID is bit 16).")
+    userspace_addr = _field(HVA, "hva of the first page.")
+    id = _field(ID, "Slot id.")
+    as_id = _field(AS, "Address space.")
+    dirty_bitmap = _field(BITMAP, "The dirty bitmap ``Allocation`` or None.")
+    arch = _field(ARCH, "The x86 arch metadata ``Allocation`` or None.")
+    uid = _field(UID, "Serial of the update that wrote this value.")
+
+    @property
+    def label(self):
+        """Display name of the value, e.g. ``#7``."""
+        return f"#{self.entry[UID]}"
+
+    @property
+    def end_gfn(self):
+        """First gfn after the slot."""
+        return self.entry[BASE] + self.entry[NPAGES]
+
+    @property
+    def hva_last(self):
+        """Last byte of the slot's hva range (inclusive)."""
+        return self.entry[HVA] + (self.entry[NPAGES] << PAGE_SHIFT) - 1
+
+    @property
+    def invalid(self):
+        """True while ``KVM_MEMSLOT_INVALID`` is set on this value."""
+        return bool(self.entry[FLAGS] & KVM_MEMSLOT_INVALID)
+
+    def values(self):
+        """The userspace-visible values, as ``Memslot.values()`` returns them."""
+        e = self.entry
+        return (e[ID], e[AS], e[BASE], e[NPAGES], e[FLAGS], e[HVA])
+
+    def __repr__(self):
+        return (f"{self.label}(id={self.id} as={self.as_id} gfn={self.base_gfn:#x}..{self.end_gfn - 1:#x} "
+                f"hva={self.userspace_addr:#x} flags={flag_names(self.flags)})")
+
+
+class ArrayMemslots(Journaled):
+    """One allocated ``struct kvm_memslots`` of 5.15 (see module doc).
+
+    ``node_idx`` is the structure's position in ``vm.sets[as_id]`` (0: the
+    active one, 1: the scratch copy), kept so steps can name what they touched.
+
+    ``memslots`` holds exactly ``used_slots`` records, highest ``base_gfn``
+    first; ``id_to_index`` is an ``array('h')`` of 32767 shorts (-1: absent).
+    Container edits are journaled as before/after snapshots when the VM keeps
+    history (O(n) per edit, teaching sizes only; benchmarks turn history off).
+    """
+
+    __slots__ = ("as_id", "seq", "node_idx", "generation", "used_slots", "last_used_slot",
+                 "memslots", "id_to_index", "freed", "cost")
+
+    def __init__(self, history=None, *, as_id=0, seq=0, node_idx=0, cost=None):
+        super().__init__(history, as_id=as_id, seq=seq, node_idx=node_idx, generation=as_id, used_slots=0,
+                         last_used_slot=0, memslots=[], id_to_index=array("h", [-1]) * KVM_MEM_SLOTS_NUM,
+                         freed=False, cost=cost if cost is not None else Counter())
+
+    @property
+    def name(self):
+        """Display name: address space and the update that allocated it."""
+        return f"as{self.as_id}/memslots@{self.seq}"
+
+    @property
+    def label(self):
+        """Same as ``name`` (``vm.free`` reports labels)."""
+        return self.name
+
+    # -- copies (reference §6.3 steps 1-2) -----------------------------------
+    def kvm_dup_memslots(self, seq, change):
+        """``kvm_dup_memslots``: allocate a new structure and copy this one into it.
+
+        Copies the header with ``id_to_index`` and every slot value: O(n)
+        on every update. The kernel sizes the copy for one more slot on CREATE.
+        """
+        dup = ArrayMemslots(self._history, as_id=self.as_id, seq=seq, node_idx=1, cost=self.cost)
+        self.cost["arrays_allocated"] += 1
+        self.cost["bytes_allocated"] += kvm_memslots_size(self.used_slots + (change == "CREATE"))
+        dup._copy_containers(self)
+        for name in ("generation", "used_slots", "last_used_slot"):
+            object.__setattr__(dup, name, getattr(self, name))
+        return dup
+
+    def kvm_copy_memslots(self, src):
+        """``kvm_copy_memslots``: overwrite this (scratch) structure with ``src``.
+
+        The second O(n) copy of a 5.15 DELETE/MOVE, after retaking
+        ``slots_arch_lock`` (reference §6.3 step 2).
+        """
+        self._edit(lambda: self._copy_containers(src))
+        self.generation = src.generation
+        self.used_slots = src.used_slots
+        self.last_used_slot = src.last_used_slot
+
+    def _copy_containers(self, src):
+        object.__setattr__(self, "memslots", [e.copy() for e in src.memslots])
+        object.__setattr__(self, "id_to_index", array("h", src.id_to_index))
+        self.cost["slots_copied"] += src.used_slots
+        self.cost["bytes_copied"] += kvm_memslots_size(src.used_slots)
+
+    def _edit(self, change):
+        """Run ``change`` on the containers, journaling before/after snapshots."""
+        h = self._history
+        if h is None or not h.enabled:
+            change()
+            return
+        before = self._containers()
+        change()
+        after = self._containers()
+        h.log_op(lambda: self._restore(before), lambda: self._restore(after))
+
+    def _containers(self):
+        return tuple(tuple(e) for e in self.memslots), self.id_to_index.tobytes()
+
+    def _restore(self, state):
+        entries, index = state
+        object.__setattr__(self, "memslots", [list(e) for e in entries])
+        restored = array("h")
+        restored.frombytes(index)
+        object.__setattr__(self, "id_to_index", restored)
+
+    # -- edits on the scratch copy -----------------------------------------------
+    def set_flags(self, id, flags):
+        """Write ``flags`` into the entry of slot ``id`` (set/clear INVALID)."""
+        i = self.id_to_index[id]
+        self._edit(lambda: self.memslots[i].__setitem__(FLAGS, flags))
+        return i
+
+    def update_memslots(self, new, change):
+        """``update_memslots``: apply ``change`` for the slot value ``new``; O(n).
+
+        DELETE drops the entry of ``new[ID]``; CREATE appends and moves it
+        forward; MOVE/FLAGS_ONLY move it backward then forward, shifting the
+        entries in between one place (reference §6.2). Returns
+        ``(old_index, new_index, shifted)``.
+        """
+        result = []
+        self._edit(lambda: result.append(self._update(new, change)))
+        if change == "DELETE":
+            self.used_slots -= 1
+            if self.last_used_slot >= self.used_slots:
+                self.last_used_slot = 0
+        elif change == "CREATE":
+            self.used_slots += 1
+        return result[0]
+
+    def _update(self, new, change):
+        slots, index = self.memslots, self.id_to_index
+        if change == "DELETE":
+            i = index[new[ID]]
+            shifted = len(slots) - 1 - i
+            for j in range(i, len(slots) - 1):
+                slots[j] = slots[j + 1]
+                index[slots[j][ID]] = j
+            del slots[-1]
+            index[new[ID]] = -1
+            self._count_shifts(shifted)
+            return i, -1, shifted
+        if change == "CREATE":
+            start = len(slots)
+            slots.append(None)
+            end = start
+        else:
+            start = index[new[ID]]
+            end = self.kvm_memslot_move_backward(start, new[BASE])
+        i = self.kvm_memslot_move_forward(end, new[BASE])
+        slots[i] = new.copy()
+        index[new[ID]] = i
+        shifted = end - start + end - i
+        self._count_shifts(shifted)
+        return start, i, shifted
+
+    def kvm_memslot_move_backward(self, i, gfn):
+        """``kvm_memslot_move_backward``: shift lower-gfn entries one place toward the front."""
+        slots, index = self.memslots, self.id_to_index
+        last = len(slots) - 1
+        while i < last and gfn <= slots[i + 1][BASE]:
+            slots[i] = slots[i + 1]
+            index[slots[i][ID]] = i
+            i += 1
+        return i
+
+    def kvm_memslot_move_forward(self, i, gfn):
+        """``kvm_memslot_move_forward``: shift higher-gfn entries one place toward the back."""
+        slots, index = self.memslots, self.id_to_index
+        while i > 0 and gfn >= slots[i - 1][BASE]:
+            slots[i] = slots[i - 1]
+            index[slots[i][ID]] = i
+            i -= 1
+        return i
+
+    def _count_shifts(self, shifted):
+        # each shift is one struct assignment, plus the final write of the value
+        self.cost["entries_shifted"] += shifted
+        self.cost["bytes_copied"] += (shifted + 1) * SIZEOF_KVM_MEMORY_SLOT
+
+    # -- lookups (reference §6.4, §5.3) -------------------------------------------
+    def id_to_memslot(self, id):
+        """``id_to_memslot``: ``id_to_index[id]``, O(1); None if absent."""
+        self.cost["array_index_ops"] += 1
+        i = self.id_to_index[id]
+        return ArraySlot(self.memslots[i]) if i >= 0 else None
+
+    def search_memslots(self, gfn):
+        """``search_memslots``: binary search on the descending array; the index or -1."""
+        slots = self.memslots
+        lo, hi = 0, len(slots)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            self.cost["array_search_probes"] += 1
+            if gfn >= slots[mid][BASE]:
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo < len(slots) and gfn < slots[lo][BASE] + slots[lo][NPAGES]:
+            return lo
+        return -1
+
+    def gfn_to_memslot(self, gfn):
+        """``__gfn_to_memslot`` (5.15): try the cached index, then search and cache."""
+        slots, i = self.memslots, self.last_used_slot
+        if i < len(slots) and slots[i][BASE] <= gfn < slots[i][BASE] + slots[i][NPAGES]:
+            return ArraySlot(slots[i])
+        i = self.search_memslots(gfn)
+        if i < 0:
+            return None
+        self.last_used_slot = i
+        return ArraySlot(slots[i])
+
+    def iter_gfn_range(self, start, end):
+        """Slots meeting ``[start, end)``, ascending: a linear scan of every entry.
+
+        Models the O(n) ``kvm_for_each_memslot`` walk of the 5.15 overlap
+        check (reference §6.3).
+        """
+        self.cost["array_entries_scanned"] += len(self.memslots)
+        hits = [ArraySlot(e) for e in self.memslots if e[BASE] < end and start < e[BASE] + e[NPAGES]]
+        return hits[::-1]
+
+    def iter_hva_range(self, start, last):
+        """Slots whose hva range meets ``[start, last]``: an O(n) scan (reference §5.3)."""
+        self.cost["array_entries_scanned"] += len(self.memslots)
+        return [ArraySlot(e) for e in self.memslots
+                if e[HVA] <= last and start < e[HVA] + (e[NPAGES] << PAGE_SHIFT)]
+
+    def entries(self):
+        """The array as the kernel holds it: views, highest gfn first."""
+        return [ArraySlot(e) for e in self.memslots]
+
+    def slots(self):
+        """All slots in ascending gfn order (as ``MemslotSet.slots``)."""
+        return self.entries()[::-1]
+
+    def __len__(self):
+        return self.used_slots
+
+    def __repr__(self):
+        return f"<{self.name} gen={self.generation:#x} used_slots={self.used_slots}>"
+
+
+def initial_sets(history, cost):
+    """``kvm_create_vm`` (5.15): one empty structure per address space.
+
+    Returned in the ``vm.sets`` layout of the array model: per address space
+    ``(active, inactive view)``, both the same structure at rest.
+    """
+    return tuple((s, s) for s in (ArrayMemslots(history, as_id=a, cost=cost)
+                                  for a in range(KVM_ADDRESS_SPACE_NUM)))
+
+
+# -- invariants of the array model (dispatched from ``invariants.py``) -------------
+def check_array_invariants(vm):
+    """Violated invariants of an array-model VM, as sentences (reference §6).
+
+    Each reachable structure: sorted by ``base_gfn`` strictly descending, no
+    gfn overlap, ``id_to_index`` and ``used_slots`` consistent, no freed
+    structure or allocation reachable; at rest no scratch copy exists and
+    mid-update it differs from the active one only in the changing slot;
+    generation rules as in reference §3.1.
+    """
+    out = []
+    for as_id, (active, scratch) in enumerate(vm.sets):
+        out += check_struct(active, as_id)
+        if scratch is not active:
+            # A structure with a stale generation was replaced by an install whose
+            # grace period is over: no reader reaches it, so what it points to may
+            # already be freed (it is about to be freed or overwritten itself).
+            replaced = scratch.generation < active.generation & ~IP
+            out += check_struct(scratch, as_id, pointers=not replaced)
+        out += _check_scratch(vm, as_id, active, scratch)
+        out += _check_array_generation(vm, as_id, active, scratch)
+    if vm.changing is None and vm.locks:
+        out.append(f"no update is running but {', '.join(sorted(vm.locks))} is still held")
+    return out
+
+
+def check_struct(s, as_id, pointers=True):
+    """One structure's array, ``id_to_index`` and counters agree.
+
+    With ``pointers``, no entry may point to a freed bitmap or arch allocation.
+    """
+    out, name, slots = [], s.name, s.memslots
+    if s.freed:
+        out.append(f"{name} was freed but is still reachable")
+    if s.as_id != as_id or len(slots) != s.used_slots:
+        out.append(f"{name}: as_id {s.as_id}, used_slots {s.used_slots}, {len(slots)} entries")
+    for i, e in enumerate(slots):
+        label = f"#{e[UID]}"
+        if s.id_to_index[e[ID]] != i:
+            out.append(f"{name}: {label} (id {e[ID]}) sits at index {i} but id_to_index says "
+                       f"{s.id_to_index[e[ID]]}")
+        if e[AS] != as_id:
+            out.append(f"{name}: {label} has as_id {e[AS]}")
+        if i and slots[i - 1][BASE] < e[BASE] + e[NPAGES]:
+            prev = slots[i - 1]
+            out.append(f"{name}: index {i - 1} (#{prev[UID]}, gfn {prev[BASE]:#x}) must lie above "
+                       f"index {i} ({label}, gfn {e[BASE]:#x}..{e[BASE] + e[NPAGES] - 1:#x}): not sorted "
+                       "descending, or overlapping")
+        for a in (e[BITMAP], e[ARCH]) if pointers else ():
+            if a is not None and a.freed:
+                out.append(f"{name}: {label} points to freed {a.kind} {a.label}")
+    listed = sum(1 for x in s.id_to_index if x >= 0)
+    if listed != s.used_slots:
+        out.append(f"{name}: id_to_index lists {listed} slots but used_slots is {s.used_slots}")
+    if s.last_used_slot and s.last_used_slot >= s.used_slots:
+        out.append(f"{name}: last_used_slot index {s.last_used_slot} >= used_slots {s.used_slots}")
+    return out
+
+
+def _check_scratch(vm, as_id, active, scratch):
+    if scratch is active:
+        return []
+    if vm.changing is None:
+        return [f"as{as_id}: no update is running but scratch copy {scratch.name} is still allocated"]
+    by_id = [{e[ID]: tuple(e[:UID]) for e in s.memslots} for s in (active, scratch)]
+    differ = sorted(i for i in by_id[0].keys() | by_id[1].keys() if by_id[0].get(i) != by_id[1].get(i))
+    if differ and vm.changing != (as_id, differ[0]) or len(differ) > 1:
+        return [f"as{as_id}: {scratch.name} may differ from {active.name} only in the changing slot, "
+                f"but ids {differ} differ"]
+    return []
+
+
+def _check_array_generation(vm, as_id, active, scratch):
+    ga, gi, n = active.generation, scratch.generation, KVM_ADDRESS_SPACE_NUM
+    completed = vm.swaps[as_id] - (1 if ga & IP else 0)
+    out, base = [], ga & ~IP
+    if base != as_id + n * completed:
+        out.append(f"as{as_id}: active generation {base:#x} after {completed} completed install(s); "
+                   f"expected {as_id + n * completed:#x} ({as_id} + {n} per install)")
+    if ga & IP and vm.changing is None:
+        out.append(f"as{as_id}: the in-progress bit is set but no update is running")
+    allowed = {base} if ga & IP else {ga, ga | IP, ga - n}
+    if gi not in allowed:
+        out.append(f"as{as_id}: scratch {scratch.name} has generation {gi:#x}; expected one of "
+                   f"{', '.join(hex(g) for g in sorted(allowed))} (a copy of the active one, marked "
+                   "in progress, or the stale value of the replaced structure)")
+    return out
