@@ -1,0 +1,356 @@
+"""Replay a QEMU memslot trace through the model and compare return values.
+
+Each logged call runs as ``KVM_SET_USER_MEMORY_REGION`` on a ``VM`` (history
+off by default, for speed): all checks of reference §4.2 in order, then the
+update steps. The model's return value is compared with the logged ``ret=``;
+a difference is a ``Mismatch`` that says why. What the log says wins:
+
+- a call the kernel refused (``ret<0``) but the model would accept is not
+  applied, so the VM stays what the real one was;
+- a call the kernel accepted but the model refuses (say, a delete of a slot
+  the log never created because it starts mid-run) leaves the VM unchanged,
+  as a refused ioctl does;
+- QEMU cannot change READONLY in place (check §4.2#15): its
+  ``kvm_set_user_memory_region`` first deletes the slot with an *untraced*
+  ``memory_size 0`` call. A logged success that toggles READONLY on an
+  existing slot is replayed as that implied DELETE plus the logged call;
+- guest_memfd slots (``KVM_MEM_GUEST_MEMFD``, Linux 6.8+, reference §4.5) are
+  outside the model: such calls are reported as ``OUTSIDE`` and not run.
+
+Every ioctl runs to its end or is refused by the checks before it changes
+anything, so no call leaves a half-applied VM; a VM with readers inside SRCU
+or running MMU-notifier invalidations is refused up front, as its updates
+could block midway.
+
+>>> r = replay('''kvm_set_user_memory Slot#1 flags=0x0 gpa=0x0 size=0x0 ua=0x7f0000000000 ret=0
+... kvm_set_user_memory Slot#1 flags=0x0 gpa=0x100000 size=0x200000 ua=0x7f0000000000 ret=0
+... kvm_set_user_memory Slot#1 flags=0x1 gpa=0x100000 size=0x200000 ua=0x7f0000000000 ret=0''')
+>>> {k: v for k, v in r.counts.items() if v}
+{'CREATE': 1, 'FLAGS_ONLY': 1, 'FAILED': 1}
+>>> m = r.mismatches[0]; m.line, m.logged, m.modelled
+(1, 0, -22)
+>>> r.peak_slots, r.vm.generation(0), r.layout()
+(1, 4, {0: [(1, 256, 512, 1)], 1: []})
+"""
+
+import errno
+from collections import Counter
+from contextlib import contextmanager
+from importlib import resources
+from typing import NamedTuple
+
+from ..constants import KVM_ADDRESS_SPACE_NUM, KVM_MEM_READONLY, flag_names
+from ..errors import KvmError
+from ..set_memory_region import CHANGES, DELETE, check_ioctl, check_memory_region, make_region
+from ..vm import VM
+from .qemu import QemuTrace, parse_qemu
+
+FAILED, OUTSIDE = "FAILED", "OUTSIDE"
+COUNT_KEYS = CHANGES + (FAILED, OUTSIDE)
+_DATA = "data"
+
+
+class Mismatch(NamedTuple):
+    """A call whose modelled return value differs from the logged one."""
+
+    number: int      # call number, from 1
+    line: int        # line of the log where the record starts
+    logged: int      # ret= in the log: 0 or -errno
+    modelled: int    # what the model returned (or would have returned)
+    why: str
+
+
+class ReplayedCall:
+    """What the replay did with one logged call.
+
+    ``change`` is the model's classification (None if refused before it),
+    ``modelled`` its return value, ``steps`` the model's ``Step``s (None when
+    the replay ran with ``keep_steps=False``), ``before``/``after`` the slot's
+    ``(base_gfn, npages, flags)`` in its address space (None: no such slot),
+    ``gens_before``/``gens_after`` the active generation of each address space.
+    """
+
+    __slots__ = ("number", "call", "change", "modelled", "error", "steps", "outside", "implied",
+                 "mismatch", "before", "after", "gens_before", "gens_after")
+
+    def __init__(self, number, call, before, gens_before):
+        self.number, self.call, self.before, self.gens_before = number, call, before, gens_before
+        self.change = self.modelled = self.error = self.outside = self.implied = self.mismatch = None
+        self.steps = []
+        self.after, self.gens_after = None, gens_before
+
+    def __repr__(self):
+        what = self.outside and "OUTSIDE" or self.change or "refused"
+        return (f"<call {self.number} line {self.call.line}: {what}, logged {_ret(self.call.ret)}, "
+                f"model {_ret(self.modelled)}>")
+
+
+class ReplayReport:
+    """The result of ``replay``: counts, mismatches, unparsed lines, the final VM.
+
+    ``counts`` counts the ioctls the model ran by change type (an implied
+    DELETE included), refused ones as ``FAILED`` and guest_memfd calls as
+    ``OUTSIDE``. ``calls`` holds a ``ReplayedCall`` per logged call.
+    """
+
+    def __init__(self, trace, calls, counts, mismatches, peak_slots, vm):
+        self.trace = trace
+        self.calls = calls
+        self.counts = counts
+        self.mismatches = mismatches
+        self.unparsed = trace.unparsed
+        self.other = trace.other
+        self.peak_slots = peak_slots
+        self.vm = vm
+
+    def call(self, number):
+        """The ``ReplayedCall`` of call ``number`` (counted from 1)."""
+        if not 1 <= number <= len(self.calls):
+            raise IndexError(f"call {number} is outside 1..{len(self.calls)}")
+        return self.calls[number - 1]
+
+    @property
+    def outside(self):
+        """The calls left out because they use guest_memfd."""
+        return [c for c in self.calls if c.outside]
+
+    def layout(self):
+        """Final slots per address space: ``{as_id: [(id, base_gfn, npages, flags)]}``."""
+        return {a: [(s.id, s.base_gfn, s.npages, s.flags) for s in self.vm.memslots(a)]
+                for a in range(KVM_ADDRESS_SPACE_NUM)}
+
+    def vm_before(self, number):
+        """A fresh VM, history on, in the state the log had just before call ``number``.
+
+        Replays calls 1..number-1 with history off, then turns history on, so
+        a notebook can step through call ``number`` and back.
+        """
+        self.call(number)
+        vm = VM(history=False)
+        replay(self.trace.calls[:number - 1], vm, keep_steps=False)
+        vm.history.enabled = True
+        return vm
+
+    def summary(self):
+        """Plain-text summary: calls, counts, slots, generations, mismatches, unparsed lines."""
+        counts = ", ".join(f"{k} {self.counts[k]}" for k in COUNT_KEYS)
+        lines = [f"{len(self.calls)} kvm_set_user_memory calls, {len(self.other)} other trace events, "
+                 f"{len(self.unparsed)} unparsed lines",
+                 f"replayed ioctls: {counts}",
+                 f"peak slots: {self.peak_slots} (all address spaces)"]
+        for a, slots in self.layout().items():
+            lines.append(f"as{a}: {len(slots)} slots at the end, generation {self.vm.generation(a):#x}")
+        lines.append(f"mismatches: {len(self.mismatches)}")
+        lines += [f"  line {m.line} (call {m.number}): logged {_ret(m.logged)}, model {_ret(m.modelled)}: "
+                  f"{m.why}" for m in self.mismatches]
+        lines += [f"  line {u.line} unparsed ({u.reason}): {u.text.strip()}" for u in self.unparsed]
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return (f"<ReplayReport: {len(self.calls)} calls, {len(self.mismatches)} mismatches, "
+                f"{len(self.unparsed)} unparsed, peak {self.peak_slots} slots>")
+
+
+@contextmanager
+def _uncounted(vm):
+    """Look at the VM without charging the lookups to its cost counters."""
+    saved = dict(vm.cost)
+    try:
+        yield
+    finally:
+        vm.cost.clear()
+        vm.cost.update(saved)
+
+
+def _span(vm, as_id, id):
+    if as_id >= KVM_ADDRESS_SPACE_NUM:
+        return None
+    with _uncounted(vm):
+        slot = vm.id_to_memslot(id, as_id)
+    return None if slot is None else (slot.base_gfn, slot.npages, slot.flags)
+
+
+def _gens(vm):
+    return tuple(vm.generation(a) for a in range(KVM_ADDRESS_SPACE_NUM))
+
+
+def _ret(r):
+    if r is None:
+        return "none"
+    return "0" if r == 0 else f"{r} ({errno.errorcode.get(-r, '?')})"
+
+
+class _Replayer:
+    """Runs calls one by one on ``vm`` and keeps the tallies."""
+
+    def __init__(self, vm, keep_steps):
+        if vm.update is not None or vm.mn_active_invalidate_count or vm.srcu.readers:
+            raise ValueError("replay needs a VM at rest: no update running, no vCPU inside SRCU, no "
+                             "MMU-notifier invalidation in progress (an update could block midway)")
+        self.vm, self.keep_steps = vm, keep_steps
+        self.gmem = set()
+        self.counts = Counter(dict.fromkeys(COUNT_KEYS, 0))
+        self.calls, self.mismatches = [], []
+        self.peak = self.nslots()
+
+    def nslots(self):
+        return sum(len(self.vm.active_set(a)) for a in range(KVM_ADDRESS_SPACE_NUM))
+
+    def run(self, number, call):
+        vm = self.vm
+        rc = ReplayedCall(number, call, _span(vm, call.as_id, call.id), _gens(vm))
+        if call.uses_guest_memfd or (call.as_id, call.id) in self.gmem:
+            self.outside(rc)
+        elif call.ret:
+            self.logged_failure(rc)
+        else:
+            self.logged_success(rc)
+        if rc.modelled is not None and rc.modelled != call.ret:
+            rc.mismatch = Mismatch(number, call.line, call.ret, rc.modelled, _why(rc))
+            self.mismatches.append(rc.mismatch)
+        rc.after, rc.gens_after = _span(vm, call.as_id, call.id), _gens(vm)
+        if not self.keep_steps:
+            rc.steps = None
+        self.peak = max(self.peak, self.nslots())
+        self.calls.append(rc)
+
+    def outside(self, rc):
+        c = rc.call
+        what = "binds a guest_memfd" if c.uses_guest_memfd else "changes a guest_memfd slot"
+        rc.outside = (f"{what}: KVM_MEM_GUEST_MEMFD slots (Linux 6.8+, reference §4.5) are outside the "
+                      "model, so the call is not replayed")
+        if not c.ret:
+            (self.gmem.add if c.memory_size else self.gmem.discard)((c.as_id, c.id))
+        self.counts[OUTSIDE] += 1
+
+    def logged_success(self, rc):
+        c = rc.call
+        if rc.before is not None and c.memory_size and (rc.before[2] ^ c.flags) & KVM_MEM_READONLY:
+            rc.implied = DELETE
+            self.ioctl(rc, (c.slot, 0, c.guest_phys_addr, 0, c.userspace_addr))
+        self.ioctl(rc, c.args)
+
+    def logged_failure(self, rc):
+        c = rc.call
+        try:
+            region = make_region(*c.args)
+            with _uncounted(self.vm):
+                check_ioctl(region)
+                plan = check_memory_region(self.vm, region)
+        except KvmError:
+            self.ioctl(rc, c.args)       # refused by the checks: the VM stays as it is
+            return
+        rc.change, rc.modelled = plan.change, 0
+        self.counts[FAILED] += 1
+
+    def ioctl(self, rc, args):
+        upd = self.vm.begin_set_user_memory_region(*args)
+        for step in upd:
+            if self.keep_steps:
+                rc.steps.append(step)
+        rc.change, rc.modelled, rc.error = upd.change, upd.result, upd.error
+        self.counts[upd.change if upd.result == 0 else FAILED] += 1
+
+
+def _why(rc):
+    c, modelled = rc.call, rc.modelled
+    where = f"slot {c.id} of as{c.as_id}"
+    if c.ret == 0 and c.memory_size == 0 and rc.before is None:
+        return (f"the log deletes {where}, which it never created: the log starts mid-run (QEMU created the "
+                "slot before the first logged line), so the model has nothing to delete; VM left unchanged")
+    if c.ret == 0:
+        hint = {errno.EEXIST: "the model still holds a slot the real VM had deleted: the log misses that "
+                              "delete (it starts mid-run, or lines were lost)",
+                errno.EINVAL: "the slot exists in the model with other values: the log misses its delete"}
+        return (f"the kernel accepted the call, the model refuses it ({rc.error.message}); "
+                f"{hint.get(-modelled, 'the kernel that ran differs from the model here')}; VM left unchanged")
+    if modelled == 0:
+        return (f"the kernel refused this {rc.change} of {where} but the model's checks accept it: the kernel "
+                "that ran had a check the model lacks, or failed after the checks (e.g. -ENOMEM, arch prepare, "
+                "reference §4.4); the replay follows the log and leaves the VM unchanged")
+    return (f"kernel and model both refuse the call, with different errnos "
+            f"(kernel {_ret(c.ret)}, model: {rc.error.message})")
+
+
+def replay(text_or_calls, vm=None, *, keep_steps=True):
+    """Replay a QEMU trace (text, ``QemuTrace`` or iterable of ``MemoryCall``).
+
+    Runs on ``vm`` (default: a fresh ``VM(history=False)``) and returns a
+    ``ReplayReport``. ``keep_steps=False`` drops the per-call steps to save
+    memory on long traces. Models ``KVM_SET_USER_MEMORY_REGION`` as QEMU's
+    ``kvm_set_user_memory_region`` issued it (see the module doc).
+
+    >>> replay("kvm_set_user_memory AddrSpace#0 Slot#0 flags=0x4 gpa=0x0 size=0x1000 ua=0x0 ret=0").counts["OUTSIDE"]
+    1
+    """
+    if isinstance(text_or_calls, str):
+        trace = parse_qemu(text_or_calls)
+    elif isinstance(text_or_calls, QemuTrace):
+        trace = text_or_calls
+    else:
+        trace = QemuTrace(list(text_or_calls), [], [])
+    replayer = _Replayer(VM(history=False) if vm is None else vm, keep_steps)
+    for number, call in enumerate(trace.calls, 1):
+        replayer.run(number, call)
+    return ReplayReport(trace, replayer.calls, replayer.counts, replayer.mismatches, replayer.peak,
+                        replayer.vm)
+
+
+def explain(report, number):
+    """Plain-text account of call ``number``: the record, the decoded ioctl, the steps, the verdict.
+
+    >>> r = replay("kvm_set_user_memory Slot#65539 flags=0x0 gpa=0xd0000 size=0x0 ua=0x7f0000000000 ret=0")
+    >>> print(explain(r, 1).splitlines()[1])
+    ioctl: slot=0x10003 (address space 1, slot id 3), flags=0x0 (-), DELETE request (memory_size 0)
+    """
+    rc = report.call(number)
+    c = rc.call
+    lines = [f"Call {number}, line {c.line}: {c.text}", _decode(c)]
+    if rc.outside:
+        lines.append(f"Not replayed: it {rc.outside}.")
+        return "\n".join(lines)
+    steps = rc.steps if rc.steps is not None else _rerun(report, number)
+    if rc.implied:
+        lines.append("QEMU changed READONLY on an existing slot, which KVM refuses (reference §4.2#15), so "
+                     "its kvm_set_user_memory_region first deleted the slot with an untraced memory_size-0 "
+                     "call; the steps below start with that DELETE.")
+    if not steps:
+        lines.append(f"The model did not run it: the kernel refused it ({_ret(c.ret)}) and the replay "
+                     f"follows the log (the model would have classified it as {rc.change}).")
+    lines += [f"  {i:2}. {step}" for i, step in enumerate(steps, 1)]
+    verdict = "match" if rc.mismatch is None else f"MISMATCH: {rc.mismatch.why}"
+    lines.append(f"Result: logged {_ret(c.ret)}, model {_ret(rc.modelled)} ({verdict}).")
+    gens = ", ".join(f"as{a} {b:#x} -> {g:#x}" for a, (b, g) in enumerate(zip(rc.gens_before, rc.gens_after)))
+    lines.append(f"Generations: {gens}.")
+    return "\n".join(lines)
+
+
+def _decode(c):
+    head = (f"ioctl: slot={c.slot:#x} (address space {c.as_id}, slot id {c.id}), "
+            f"flags={c.flags:#x} ({flag_names(c.flags)}), ")
+    if not c.memory_size:
+        return head + "DELETE request (memory_size 0)"
+    return (head + f"gpa={c.guest_phys_addr:#x} (gfn {c.base_gfn:#x}..{c.base_gfn + c.npages - 1:#x}), "
+            f"size={c.memory_size:#x} ({c.npages:#x} pages), hva={c.userspace_addr:#x}")
+
+
+def _rerun(report, number):
+    vm = report.vm_before(number)
+    return replay([report.call(number).call], vm).calls[0].steps
+
+
+def shipped():
+    """Names of the traces shipped with kvmviz (``kvmviz/trace/data``).
+
+    >>> "qemu-boot-smm.log" in shipped()
+    True
+    """
+    return sorted(p.name for p in resources.files(__package__).joinpath(_DATA).iterdir()
+                  if p.name.endswith(".log"))
+
+
+def load(name):
+    """Text of the shipped trace ``name`` (see ``shipped()``)."""
+    if name not in shipped():
+        raise ValueError(f"no shipped trace {name!r}; choose from {shipped()}")
+    return resources.files(__package__).joinpath(_DATA, name).read_text(encoding="utf-8")
