@@ -395,13 +395,14 @@ INVARIANTS = {
     "generation": "the generation rules: +N per swap, IP bit only mid-swap (§3.1)",
     "indexes-agree": "the gfn tree, hva tree and id hash of a set hold the same slots (§1.3)",
     "locks": "every lock is released when the ioctl returns (§1.5)",
+    "accounting": "nr_memslot_pages counts the pages of all slots (§1.4)",
 }
 
 _INVARIANT_WORDS = (("changed in place", "in-place"), ("at rest both sets", "same-at-rest"),
                     ("mid-update the sets", "differ-by-one"), ("freed", "free-after-gp"),
                     ("overlaps", "gfn-order"), ("sits under gfn", "gfn-order"),
                     ("generation", "generation"), ("in-progress", "generation"),
-                    ("still held", "locks"))
+                    ("still held", "locks"), ("nr_memslot_pages", "accounting"))
 
 
 def invariant_of(violation):
