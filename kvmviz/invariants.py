@@ -134,7 +134,7 @@ def _check_caches(vm, vcpu):
         if slot is None:
             continue
         for as_id in range(len(vm.sets)) if only_as is None else (only_as,):
-            s = vcpu.memslots(as_id)
+            s = vcpu.memslots(as_id) if only_as is None else vm.active_set(as_id)
             if s.generation == gen and all(x is not slot for x in s.slots()):
                 out.append(f"{vcpu.name}'s {what} holds {slot.label} under generation {_g(gen)}, which is "
                            f"current for {s.name}, but {s.name} does not hold {slot.label}: the stale entry "

@@ -214,8 +214,18 @@ class Vcpu(Journaled):
         return self.pinned_sets[as_id]
 
     def generation(self, as_id=None):
-        """The generation this vCPU sees now (its set's current value)."""
+        """The generation of the set this vCPU reads (pinned inside a section)."""
         return self.memslots(as_id).generation
+
+    def current_generation(self, as_id=None):
+        """The generation of the set ``kvm->memslots`` points to right now.
+
+        The MMIO caches and ``gfn_to_hva_cache`` read the pointer afresh when
+        they check or store a generation, as the kernel does on every
+        ``kvm_memslots()``/``kvm_vcpu_memslots()`` call; they keep no slot
+        pointer from a pinned set, so the model lets them see the newest set.
+        """
+        return self.vm.active_set(self._as(as_id)).generation
 
     # -- SRCU ------------------------------------------------------------------------
     def srcu_read_lock(self):
@@ -348,7 +358,7 @@ class Vcpu(Journaled):
         """
         self._start()
         as_id = self._as(as_id)
-        gen = self.generation(as_id)
+        gen = self.current_generation(as_id)
         notes = []
         spte = self._mmio_spte(as_id, gfn)
         if spte is not None:
@@ -361,11 +371,12 @@ class Vcpu(Journaled):
             notes.append(f"stale MMIO SPTE for gfn {gfn:#x} rejected: {why}; take the slow path")
         slot, lookup_notes = self._lookup(gfn, as_id)
         notes += lookup_notes
+        gen = self.generation(as_id)
         reason, hva = gfn_to_hva(slot, gfn, write)
         notes.append(_VERDICT_TEXT[reason])
         if reason in ("no-slot", "invalid-slot"):
             notes.append(self._cache_mmio_info(gfn))
-            notes.append(self._make_mmio_spte(as_id, gfn, gen, reason))
+            notes.append(self._make_mmio_spte(as_id, gfn, reason))
         return self._done(Access(self.name, gfn, write, as_id, reason, gen, slot=slot, hva=hva,
                                  notes=tuple(notes)))
 
@@ -381,8 +392,9 @@ class Vcpu(Journaled):
                 return spte
         return None
 
-    def _make_mmio_spte(self, as_id, gfn, gen, reason):
+    def _make_mmio_spte(self, as_id, gfn, reason):
         """``make_mmio_spte``: keep only the 19 MMIO generation bits."""
+        gen = self.current_generation(as_id)
         spte = MmioSpte(as_id, gfn, gen & MMIO_SPTE_GEN_MASK, self.vm.arch.mmu_valid_gen, reason)
         valid = self.vm.arch.mmu_valid_gen
         kept = tuple(s for s in self.vm.mmio_sptes
@@ -393,7 +405,7 @@ class Vcpu(Journaled):
 
     def _cache_mmio_info(self, gfn):
         """``vcpu_cache_mmio_info``: refuses while bit 63 is set; returns a note."""
-        gen = self.memslots(0).generation      # x86 reads address space 0 here
+        gen = self.current_generation(0)      # x86 reads address space 0 here
         if gen & IP:
             return (f"vcpu_cache_mmio_info refuses to cache gfn {gfn:#x}: generation {_gen(gen)} "
                     "has the in-progress bit")
@@ -412,7 +424,7 @@ class Vcpu(Journaled):
         True
         """
         self._start()
-        current = self.memslots(0).generation
+        current = self.current_generation(0)
         if self.mmio_gfn != gfn:
             ok, text = False, f"gfn {gfn:#x} is not in the MMIO info cache"
         elif self.mmio_gen != current:
@@ -462,7 +474,7 @@ class GfnToHvaCache(Journaled):
 
     def init(self):
         """``__kvm_gfn_to_hva_cache_init``: returns ``(0 or -errno, notes)``."""
-        slots = self.vcpu.memslots(0)
+        slots = self.vcpu.vm.active_set(0)      # kvm_memslots(kvm), read afresh
         self.generation = slots.generation
         self.inits += 1
         self.hva, self.memslot = None, None
@@ -496,7 +508,7 @@ class GfnToHvaCache(Journaled):
         vcpu = self.vcpu
         vcpu._start()
         length = self.len - offset if length is None else length
-        gen = vcpu.memslots(0).generation
+        gen = vcpu.current_generation(0)
         notes, reason, hva = [], "ok", None
         if offset < 0 or length <= 0 or offset + length > self.len:
             reason = "einval"
