@@ -1,0 +1,573 @@
+"""Plain-text and Markdown renderings of traces and states, trace diffs, recipes.
+
+Kernel patches are reviewed by e-mail: ``text`` renders a trace (stage,
+kernel function, the generations of both sets and the locks per step) or a VM
+state (a table per memslot set) in ASCII no wider than 78 columns;
+``markdown`` renders the same for issue trackers; ``diff`` aligns two traces
+of the same call (two variants, say) and shows where they part; a *recipe* is
+a few lines of text that re-run a scenario to the same trace.
+
+>>> from kvmviz import VM
+>>> vm = VM()
+>>> steps = vm.set_user_memory_region(1, 0, 0x100000, 0x10000, 0x7f0000000000)
+>>> print(text(steps).splitlines()[0])
+  # stage      function                       as0 set0    as0 set1    lk
+>>> print(text(vm).splitlines()[3])
+slot   id    base_gfn         npages userspace_addr   flags          data
+"""
+
+import difflib
+import errno
+import re
+import shlex
+import textwrap
+
+from .constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEMSLOT_INVALID
+from .constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
+
+WIDTH = 78
+_LOCKS = (("slots_lock", "S"), ("slots_arch_lock", "A"), ("mn_invalidate_lock", "M"))
+_SHORT_FLAGS = ((KVM_MEM_LOG_DIRTY_PAGES, "LOG"), (KVM_MEM_READONLY, "RO"), (KVM_MEMSLOT_INVALID, "INVALID"))
+_STEP_COLS = (("#", 3, ">"), ("stage", 10, "<"), ("function", 30, "<"), ("set0", 11, "<"),
+              ("set1", 11, "<"), ("lk", 3, "<"))
+_SLOT_COLS = (("slot", 6, "<"), ("id", 5, "<"), ("base_gfn", 12, "<"), ("npages", 10, ">"),
+              ("userspace_addr", 16, "<"), ("flags", 14, "<"), ("data", 9, "<"))
+
+
+# -- small formatting helpers -------------------------------------------------------
+def gen_text(g):
+    """A generation as the kernel would print it, with ``|IP`` for bit 63.
+
+    >>> gen_text(2), gen_text(2 | 1 << 63)
+    ('0x2', '0x2|IP')
+    """
+    return f"{g & ~IP:#x}|IP" if g & IP else f"{g:#x}"
+
+
+def _cell(value, width, align):
+    value = str(value)
+    if len(value) > width:
+        value = value[:width - 1] + "~"
+    return f"{value:{align}{width}}"
+
+
+def _row(cols, values):
+    return " ".join(_cell(v, w, a) for (_, w, a), v in zip(cols, values)).rstrip()
+
+
+def _wrap(body, indent=4):
+    return textwrap.wrap(body, WIDTH, initial_indent=" " * indent, subsequent_indent=" " * indent,
+                         break_on_hyphens=False) or [""]
+
+
+def _flags(flags):
+    names = [n for bit, n in _SHORT_FLAGS if flags & bit]
+    rest = flags & ~sum(bit for bit, _ in _SHORT_FLAGS)
+    return "|".join(names + ([hex(rest)] if rest else [])) or "-"
+
+
+def _locks(locks):
+    return "".join(c if name in locks else "-" for name, c in _LOCKS)
+
+
+def _result(r):
+    if r is None:
+        return ""
+    if isinstance(r, int) and r < 0:
+        return f"-{errno.errorcode.get(-r, -r)}"
+    return str(r)
+
+
+# -- what a trace step looks like -------------------------------------------------------
+def _as_of(steps):
+    for s in steps:
+        for t in getattr(s, "touched", ()):
+            return t[0]
+    return 0
+
+
+def _gen_cells(step, as_id):
+    gens = getattr(step, "gens", ())
+    if len(gens) <= as_id:
+        return "", ""
+    g0, g1, active = gens[as_id]
+    return tuple(("*" if active == j else " ") + gen_text(g) for j, g in enumerate((g0, g1)))
+
+
+def _edits(step):
+    return "; ".join(f"as{a}/set{j} {o} -> {n}" for a, j, o, n in getattr(step, "touched", ()) if o != "gen")
+
+
+def _step_body(step):
+    parts = []
+    actor = getattr(step, "actor", None)
+    if actor:
+        parts.append(f"{actor}:")
+    edits = _edits(step)
+    if edits:
+        parts.append(f"[edit {edits}]")
+    if getattr(step, "waiting", False):
+        parts.append("(waiting)")
+    parts.append(step.text)
+    result = _result(getattr(step, "result", None))
+    if result and not actor and result not in step.text:
+        parts.append(f"=> result {result}")
+    return " ".join(parts)
+
+
+def _steps_of(obj):
+    """The step list behind ``obj`` (a list, an ``Update``, a ``Scenario``), or None for a VM."""
+    if hasattr(obj, "sets") and hasattr(obj, "history"):
+        return None
+    steps = getattr(obj, "steps", obj)
+    return list(steps)
+
+
+# -- text -------------------------------------------------------------------------------
+def text(steps_or_vm, notes=None):
+    """ASCII rendering (<= 78 columns) of a trace or of a VM's state.
+
+    A trace (a list of ``Step``s, an ``Update`` or a ``Scenario``) gives one
+    row per step: number, stage, kernel function, the generation of each set
+    of the address space being changed (``*`` marks the active set, ``|IP``
+    the in-progress bit) and the locks held (S = slots_lock, A =
+    slots_arch_lock, M = mn_invalidate_lock), then the step's text. ``notes``
+    maps a step's position to extra lines (e.g. invariant violations). A VM
+    gives a table per memslot set.
+
+    >>> from kvmviz import VM
+    >>> vm = VM(); steps = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x7f0000000000)
+    >>> print("\\n".join(text(steps[-4:]).splitlines()[2:4]))
+      1 activate   kvm_swap_active_memslots        0x0        *0x2        S--
+        store the final generation 0x2 (= 0x0 + 2) in as0/set1; as0/set0 is now
+    """
+    steps = _steps_of(steps_or_vm)
+    if steps is None:
+        return _state_text(steps_or_vm)
+    as_id = _as_of(steps)
+    header = [f"{n if n in ('#', 'stage', 'function', 'lk') else f'as{as_id} {n}'}" for n, _, _ in _STEP_COLS]
+    lines = [_row(_STEP_COLS, header), _row(_STEP_COLS, ["-" * w for _, w, _ in _STEP_COLS])]
+    for i, step in enumerate(steps, 1):
+        g0, g1 = _gen_cells(step, as_id)
+        lines.append(_row(_STEP_COLS, (i, step.stage, step.function, g0, g1, _locks(getattr(step, "locks", ())))))
+        lines += _wrap(_step_body(step))
+        for note in (notes or {}).get(i - 1, ()):
+            lines += _wrap(f"!! {note}", 6)
+    return "\n".join(lines)
+
+
+def _slot_row(slot):
+    data = " ".join(a.label for a in (slot.dirty_bitmap, slot.arch) if a is not None) or "-"
+    return (slot.label, slot.id, f"{slot.base_gfn:#x}", f"{slot.npages:#x}", f"{slot.userspace_addr:#x}",
+            _flags(slot.flags), data)
+
+
+def _set_rows(vm, as_id):
+    out = []
+    for s in vm.sets[as_id]:
+        active = vm.active_idx[as_id] == s.node_idx
+        last = s.last_used_slot.label if s.last_used_slot is not None else "-"
+        title = (f"{s.name} ({'ACTIVE' if active else 'inactive'}), generation {gen_text(s.generation)}, "
+                 f"last_used_slot {last}")
+        out.append((title, [_slot_row(slot) for slot in s.slots()]))
+    return out
+
+
+def _shown_address_spaces(vm):
+    shown = [a for a in range(len(vm.sets)) if any(len(s) for s in vm.sets[a])]
+    return shown or [0]
+
+
+def _vm_summary(vm):
+    upd = vm.update
+    running = f"update {upd.call} running ({upd.change})" if upd is not None else "no update running"
+    locks = ", ".join(sorted(vm.locks)) or "none"
+    return (f"VM variant {vm.variant}: nr_memslot_pages {vm.nr_memslot_pages:#x}, locks held: {locks}, "
+            f"{running}")
+
+
+def _state_text(vm):
+    lines = _wrap(_vm_summary(vm), 0)
+    for as_id in _shown_address_spaces(vm):
+        for title, rows in _set_rows(vm, as_id):
+            lines += ["", title, _row(_SLOT_COLS, [n for n, _, _ in _SLOT_COLS]),
+                      _row(_SLOT_COLS, ["-" * w for _, w, _ in _SLOT_COLS])]
+            lines += [_row(_SLOT_COLS, r) for r in rows] or ["(empty)"]
+    return "\n".join(lines)
+
+
+# -- markdown ------------------------------------------------------------------------------
+def _md(value):
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _md_table(headers, rows):
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_md(v) for v in r) + " |" for r in rows]
+    return lines
+
+
+def markdown(steps_or_vm, notes=None):
+    """Markdown rendering of a trace or a VM state (GitHub-style tables).
+
+    >>> from kvmviz import VM
+    >>> vm = VM(); steps = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x7f0000000000)
+    >>> print(markdown(steps).splitlines()[0])
+    | # | stage | function | as0 set0 | as0 set1 | locks | what happens |
+    """
+    steps = _steps_of(steps_or_vm)
+    if steps is None:
+        vm = steps_or_vm
+        lines = [_vm_summary(vm)]
+        for as_id in _shown_address_spaces(vm):
+            for title, rows in _set_rows(vm, as_id):
+                lines += ["", f"**{title}**", ""] + _md_table([n for n, _, _ in _SLOT_COLS], rows)
+        return "\n".join(lines)
+    as_id = _as_of(steps)
+    rows = []
+    for i, step in enumerate(steps, 1):
+        g0, g1 = _gen_cells(step, as_id)
+        body = " ".join([_step_body(step)] + [f"**{n}**" for n in (notes or {}).get(i - 1, ())])
+        g0, g1 = (g[1:] + " (active)" if g.startswith("*") else g.strip() for g in (g0, g1))
+        rows.append((i, step.stage, f"`{step.function}`", g0, g1,
+                     _locks(getattr(step, "locks", ())), body))
+    return "\n".join(_md_table(["#", "stage", "function", f"as{as_id} set0", f"as{as_id} set1", "locks",
+                                "what happens"], rows))
+
+
+# -- diff --------------------------------------------------------------------------------------
+_LABEL = re.compile(r"#\d+|`new`")
+
+
+def _key(step):
+    return (step.stage, step.function, frozenset(getattr(step, "locks", ())))
+
+
+def _differences(a, b):
+    out = []
+    if _key(a) != _key(b):
+        out.append(("function", f"{a.stage} {a.function}", f"{b.stage} {b.function}"))
+    ta, tb = getattr(a, "touched", ()), getattr(b, "touched", ())
+    if [t[:2] for t in ta] != [t[:2] for t in tb]:
+        out.append(("sets", _edits(a) or "-", _edits(b) or "-"))
+    elif [t[2:] for t in ta] != [t[2:] for t in tb]:
+        out.append(("slots", _edits(a) or "-", _edits(b) or "-"))
+    elif not out and _LABEL.findall(a.text) != _LABEL.findall(b.text):
+        out.append(("objects", a.text, b.text))
+    if getattr(a, "gens", ()) != getattr(b, "gens", ()):
+        out.append(("gens", _gens_line(a), _gens_line(b)))
+    if frozenset(getattr(a, "locks", ())) != frozenset(getattr(b, "locks", ())):
+        out.append(("locks", _locks(a.locks), _locks(b.locks)))
+    if getattr(a, "result", None) != getattr(b, "result", None):
+        out.append(("result", _result(a.result) or "-", _result(b.result) or "-"))
+    return out
+
+
+def _gens_line(step):
+    return "; ".join(f"as{i} " + " ".join(("*" if act == j else "") + gen_text(g) for j, g in enumerate((g0, g1)))
+                     for i, (g0, g1, act) in enumerate(getattr(step, "gens", ())))
+
+
+def _pairs(a, b):
+    """Align two step lists on (stage, function); yields (i, j) with None for a gap."""
+    matcher = difflib.SequenceMatcher(None, [_key(s) for s in a], [_key(s) for s in b], autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal" or op == "replace":
+            n = min(i2 - i1, j2 - j1)
+            yield from ((i1 + k, j1 + k) for k in range(n))
+            yield from ((i, None) for i in range(i1 + n, i2))
+            yield from ((None, j) for j in range(j1 + n, j2))
+        else:
+            yield from ((i, None) for i in range(i1, i2))
+            yield from ((None, j) for j in range(j1, j2))
+
+
+def diff(steps_a, steps_b, labels=("a", "b")):
+    """Align two traces step by step and show where they differ (<= 78 columns).
+
+    Steps are matched on (stage, kernel function, locks held). Each line is ``=`` (same
+    function, edits, slot objects, generations, locks and result), ``!``
+    (matched but different; the differences follow), ``-`` (only in the first
+    trace) or ``+`` (only in the second). A summary ends the diff.
+
+    >>> from kvmviz import VM
+    >>> a = VM().set_user_memory_region(1, 0, 0, 0x1000, 0x7f0000000000)
+    >>> b = VM(variant="seed").set_user_memory_region(1, 0, 0, 0x1000, 0x7f0000000000)
+    >>> print(diff(a, b, labels=("merged", "seed")).splitlines()[-1])
+    in seed; results 0 / 0; final generations equal
+    """
+    a, b = _steps_of(steps_a), _steps_of(steps_b)
+    la, lb = labels
+    lines = [f"a = {la} ({len(a)} steps), b = {lb} ({len(b)} steps)",
+             "   a    b    stage      function", "---- ----  - ---------- " + "-" * 30]
+    counts = {"equal": 0, "differ": 0, "a": 0, "b": 0}
+    kinds = {}
+    for i, j in _pairs(a, b):
+        step = a[i] if i is not None else b[j]
+        if i is None or j is None:
+            mark, who = ("-", "a") if j is None else ("+", "b")
+            counts[who] += 1
+            lines.append(_diff_row(i, j, mark, step))
+            lines += _wrap(_step_body(step), 12)
+            continue
+        found = _differences(a[i], b[j])
+        counts["differ" if found else "equal"] += 1
+        lines.append(_diff_row(i, j, "!" if found else "=", step))
+        for kind, va, vb in found:
+            kinds[kind] = kinds.get(kind, 0) + 1
+            lines += _wrap_pair(kind, va, vb)
+    ra, rb = (_result(s[-1].result) or "none" if s else "-" for s in (a, b))
+    same = "equal" if a and b and a[-1].gens == b[-1].gens else "different"
+    what = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
+    lines += [""] + _wrap(f"summary: {counts['equal'] + counts['differ']} aligned ({counts['equal']} equal, "
+                          f"{counts['differ']} differ{': ' + what if what else ''}), {counts['a']} only in "
+                          f"{la}, {counts['b']} only in {lb}; results {ra} / {rb}; final generations {same}", 0)
+    return "\n".join(lines)
+
+
+def _wrap_pair(kind, va, vb):
+    out = []
+    for head, value in ((f"{kind:<8} a: ", va), (f"{'':<8} b: ", vb)):
+        out += textwrap.wrap(value, WIDTH, initial_indent=" " * 12 + head, subsequent_indent=" " * 23,
+                             break_on_hyphens=False)
+    return out
+
+
+def _diff_row(i, j, mark, step):
+    num = (lambda k: "-" if k is None else str(k + 1))
+    return f"{num(i):>4} {num(j):>4}  {mark} {_cell(step.stage, 10, '<')} {_cell(step.function, 50, '<')}".rstrip()
+
+
+# -- recipes -------------------------------------------------------------------------------------
+RECIPE_MAGIC = "kvmviz-recipe 1"
+_CALL_KEYS = ("slot", "flags", "gpa", "size", "hva")
+
+
+class RecipeError(ValueError):
+    """A recipe line that cannot be understood; names the line."""
+
+
+class Scenario:
+    """A scenario that runs as it is written and can be saved as a recipe.
+
+    Every action runs on ``self.vm`` at once and is remembered, so
+    ``recipe(scenario)`` gives the text that ``replay_recipe`` turns back into
+    the same trace. ``steps`` are the writer's steps, ``events`` everything
+    recorded (steps and reader actions), ``results`` each call's result.
+
+    >>> sc = Scenario(variant="seed")
+    >>> sc.call(1, 0, 0x100000, 0x1000, 0x7f0000000000).result
+    0
+    >>> print(recipe(sc))
+    kvmviz-recipe 1
+    version 0.1.0
+    variant seed
+    call slot=0x1 flags=0x0 gpa=0x100000 size=0x1000 hva=0x7f0000000000
+    """
+
+    def __init__(self, variant="merged", version=None):
+        from . import VM, __version__
+        self.variant = variant
+        self.version = version or __version__
+        self.vm = VM(variant=variant)
+        self.actions = []
+        self.updates = []
+        self.vcpus = {}
+
+    # -- writer --------------------------------------------------------------------
+    def begin(self, slot, flags, gpa, size, hva, fail_prepare=0):
+        """Start a call without running it (``vm.begin_set_user_memory_region``)."""
+        upd = self.vm.begin_set_user_memory_region(slot, flags, gpa, size, hva, fail_prepare=fail_prepare)
+        self.actions.append(("begin", (slot, flags, gpa, size, hva, _errno_of(fail_prepare))))
+        self.updates.append(upd)
+        return upd
+
+    def step(self, n=1):
+        """Run ``n`` steps of the running call (fewer if it ends)."""
+        upd = self._running()
+        for _ in range(n):
+            if next(upd, None) is None:
+                break
+        self.actions.append(("step", (n,)))
+        return upd
+
+    def finish(self):
+        """Run the running call to its end; ``RuntimeError`` if it stays blocked."""
+        upd = self._running()
+        for step in upd:
+            if step.waiting:
+                raise RuntimeError(f"call {upd.call} is blocked ({upd.blocked}); let the readers go on first")
+        self.actions.append(("finish", ()))
+        return upd
+
+    def call(self, slot, flags, gpa, size, hva, fail_prepare=0):
+        """A whole call: begin and finish; returns its ``Update`` (errors are results)."""
+        upd = self.begin(slot, flags, gpa, size, hva, fail_prepare)
+        self.actions[-1] = ("call", self.actions[-1][1])
+        for step in upd:
+            if step.waiting:
+                raise RuntimeError(f"call {upd.call} is blocked ({upd.blocked}); use begin/step and let "
+                                   "the readers go on")
+        return upd
+
+    def _running(self):
+        upd = self.vm.update
+        if upd is None:
+            raise RuntimeError("no call is running: begin one first")
+        return upd
+
+    # -- readers -------------------------------------------------------------------
+    def vcpu(self, n, action, *args):
+        """A vCPU action: ``lock``, ``unlock``, ``lookup GFN``, ``access GFN [write]``, ``smm on|off``."""
+        while len(self.vcpus) <= n:
+            self.vcpus[len(self.vcpus)] = self.vm.add_vcpu()
+        v = self.vcpus[n]
+        run = {"lock": lambda: v.srcu_read_lock(), "unlock": lambda: v.srcu_read_unlock(),
+               "lookup": lambda gfn: v.gfn_to_memslot(gfn),
+               "access": lambda gfn, write=False: v.access(gfn, write=bool(write)),
+               "smm": lambda on="on": v.set_smm(on not in ("off", 0))}
+        if action not in run:
+            raise RecipeError(f"unknown vcpu action {action!r}; use {', '.join(run)}")
+        out = run[action](*args)
+        self.actions.append(("vcpu", (n, action) + tuple(args)))
+        return out
+
+    def mn(self, which, hva_start, hva_end):
+        """An MMU-notifier invalidation: ``start`` or ``end`` of ``[hva_start, hva_end)``."""
+        fn = {"start": self.vm.mmu_notifier_invalidate_range_start,
+              "end": self.vm.mmu_notifier_invalidate_range_end}.get(which)
+        if fn is None:
+            raise RecipeError(f"mn takes start or end, not {which!r}")
+        out = fn(hva_start, hva_end)
+        self.actions.append(("mn", (which, hva_start, hva_end)))
+        return out
+
+    # -- what happened -------------------------------------------------------------
+    @property
+    def steps(self):
+        """All writer steps, in order."""
+        return [s for u in self.updates for s in u.steps]
+
+    @property
+    def events(self):
+        """Everything recorded in the VM's history (steps and reader actions)."""
+        return list(self.vm.history.events)
+
+    @property
+    def results(self):
+        """The result of each call (0, -errno, ``"BUG"``, or None while running)."""
+        return [u.result for u in self.updates]
+
+
+def _errno_of(fail):
+    if fail is True:
+        return errno.ENOMEM
+    return int(fail or 0)
+
+
+def _num(v):
+    return f"{v:#x}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+
+
+def recipe(scenario):
+    """The recipe text of a ``Scenario``: version, variant and one action per line.
+
+    Lines: ``call``/``begin`` with ``slot= flags= gpa= size= hva=`` and an
+    optional ``fail-prepare=ERRNO``; ``step N``; ``finish``; ``vcpu N ACTION
+    [ARGS]``; ``mn start|end HVA_START HVA_END``. ``#`` starts a comment.
+
+    >>> sc = Scenario(); _ = sc.call(1, 0, 0, 0, 0)      # a failing DELETE is fine
+    >>> recipe(sc).splitlines()[-1]
+    'call slot=0x1 flags=0x0 gpa=0x0 size=0x0 hva=0x0'
+    """
+    lines = [RECIPE_MAGIC, f"version {scenario.version}", f"variant {scenario.variant}"]
+    for kind, args in scenario.actions:
+        if kind in ("call", "begin"):
+            *region, fail = args
+            words = [f"{k}={v:#x}" for k, v in zip(_CALL_KEYS, region)]
+            if fail:
+                words.append(f"fail-prepare={errno.errorcode.get(fail, fail)}")
+            lines.append(" ".join([kind] + words))
+        else:
+            lines.append(" ".join([kind] + [_num(a) for a in args]))
+    return "\n".join(lines)
+
+
+def parse_recipe(text):
+    """Parse recipe text into ``(version, variant, actions)``; ``RecipeError`` names the bad line.
+
+    >>> parse_recipe("variant seed\\ncall slot=1 gpa=0x1000 size=0x1000 hva=0x10000")[1:]
+    ('seed', [('call', (1, 0, 4096, 4096, 65536, 0))])
+    """
+    version, variant, actions = None, "merged", []
+    for n, raw in enumerate(text.replace(";", "\n").splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line or line == RECIPE_MAGIC:
+            continue
+        try:
+            words = shlex.split(line)
+            kind, rest = words[0], words[1:]
+            if kind == "version":
+                version = rest[0]
+            elif kind == "variant":
+                variant = rest[0]
+            else:
+                actions.append((kind, _parse_args(kind, rest)))
+        except (ValueError, IndexError) as e:
+            raise RecipeError(f"recipe line {n}: {raw.strip()!r}: {e}") from None
+    return version, variant, actions
+
+
+def _int(word):
+    return int(word, 0)
+
+
+def _parse_args(kind, rest):
+    if kind in ("call", "begin"):
+        kv = dict(w.split("=", 1) for w in rest)
+        unknown = set(kv) - set(_CALL_KEYS) - {"fail-prepare"}
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}; use {', '.join(_CALL_KEYS)}, "
+                             "fail-prepare")
+        missing = [k for k in ("slot", "size") if k not in kv]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        fail = kv.get("fail-prepare", "0")
+        fail = getattr(errno, fail) if fail.isalpha() and fail.startswith("E") else _int(fail)
+        return tuple(_int(kv.get(k, "0")) for k in _CALL_KEYS) + (fail,)
+    if kind == "step":
+        return (_int(rest[0]) if rest else 1,)
+    if kind == "finish":
+        return ()
+    if kind == "vcpu":
+        return (_int(rest[0]), rest[1]) + tuple(_int(w) if w[0].isdigit() else w for w in rest[2:])
+    if kind == "mn":
+        return (rest[0], _int(rest[1]), _int(rest[2]))
+    raise ValueError(f"unknown action {kind!r}; use call, begin, step, finish, vcpu, mn, variant, version")
+
+
+def replay_recipe(text, variant=None):
+    """Run a recipe; returns the ``Scenario`` (``.steps``, ``.vm``, ``.results``).
+
+    ``variant`` overrides the recipe's. A recipe written by another kvmviz
+    version still runs; ``scenario.version_note`` then says the trace may
+    differ.
+
+    >>> sc = replay_recipe("variant seed; call slot=1 gpa=0 size=0x1000 hva=0x7f0000000000")
+    >>> sc.results, sc.variant, sc.version_note
+    ([0], 'seed', '')
+    """
+    from . import __version__
+    version, recipe_variant, actions = parse_recipe(text)
+    sc = Scenario(variant=variant or recipe_variant)
+    sc.version_note = (f"recipe written by kvmviz {version}, replayed by {__version__}: the trace may differ"
+                       if version and version != __version__ else "")
+    runners = {"call": sc.call, "begin": sc.begin, "step": sc.step, "finish": sc.finish,
+               "vcpu": sc.vcpu, "mn": sc.mn}
+    for kind, args in actions:
+        runners[kind](*args)
+    return sc
+
+
+__all__ = ["text", "markdown", "diff", "recipe", "replay_recipe", "parse_recipe", "Scenario",
+           "RecipeError", "gen_text", "WIDTH"]
