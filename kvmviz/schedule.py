@@ -207,13 +207,12 @@ class Schedule:
 
     def _random_reader_action(self):
         rng, vm = self.rng, self.vm
-        who = rng.randrange(len(vm.vcpus) + 1)
-        if who == len(vm.vcpus):
+        if not vm.vcpus or rng.random() < 0.15:
             if vm.mn_ranges and rng.random() < 0.6:
                 return "mmu", "end", vm.mn_ranges[rng.randrange(len(vm.mn_ranges))]
             start = rng.choice(self.hvas) + (rng.randrange(4) << 12)
             return "mmu", "start", (start, start + (rng.randrange(1, 4) << 12))
-        vcpu = vm.vcpus[who]
+        vcpu = vm.vcpus[rng.randrange(len(vm.vcpus))]
         if not vcpu.inside:
             if rng.random() < 0.1:
                 return vcpu.name, "smm", (not vcpu.smm,)
