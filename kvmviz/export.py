@@ -22,6 +22,7 @@ import re
 import shlex
 import textwrap
 
+from .memslots import ModelBug
 from .constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEMSLOT_INVALID
 from .constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
 
@@ -365,7 +366,7 @@ class Scenario:
     call slot=0x1 flags=0x0 gpa=0x100000 size=0x1000 hva=0x7f0000000000
     """
 
-    def __init__(self, variant="merged", version=None):
+    def __init__(self, variant="merged", version=None, check=False):
         from . import VM, __version__
         self.variant = variant
         self.version = version or __version__
@@ -373,6 +374,34 @@ class Scenario:
         self.actions = []
         self.updates = []
         self.vcpus = {}
+        self.check = check
+        self.crash = None        # the ModelBug that stopped a call, if any
+        self.notes = {}          # history index -> invariant violations that appeared there
+        self._seen = []
+
+    def _checked(self):
+        """With ``check=True``: note the invariant violations new since the last event."""
+        if not self.check:
+            return
+        from .invariants import check_invariants
+        now = check_invariants(self.vm)
+        new = [v for v in now if v not in self._seen]
+        self._seen = now
+        if new:
+            self.notes[len(self.vm.history.events) - 1] = new
+
+    def _advance(self, upd):
+        """Iterate ``upd``, checking after each step; stops if a broken variant wrecks the model."""
+        while True:
+            try:
+                step = next(upd)
+            except StopIteration:
+                return
+            except ModelBug as e:
+                self.crash = e
+                return
+            self._checked()
+            yield step
 
     # -- writer --------------------------------------------------------------------
     def begin(self, slot, flags, gpa, size, hva, fail_prepare=0):
@@ -385,16 +414,15 @@ class Scenario:
     def step(self, n=1):
         """Run ``n`` steps of the running call (fewer if it ends)."""
         upd = self._running()
-        for _ in range(n):
-            if next(upd, None) is None:
-                break
+        for _, _step in zip(range(n), self._advance(upd)):
+            pass
         self.actions.append(("step", (n,)))
         return upd
 
     def finish(self):
         """Run the running call to its end; ``RuntimeError`` if it stays blocked."""
         upd = self._running()
-        for step in upd:
+        for step in self._advance(upd):
             if step.waiting:
                 raise RuntimeError(f"call {upd.call} is blocked ({upd.blocked}); let the readers go on first")
         self.actions.append(("finish", ()))
@@ -404,7 +432,7 @@ class Scenario:
         """A whole call: begin and finish; returns its ``Update`` (errors are results)."""
         upd = self.begin(slot, flags, gpa, size, hva, fail_prepare)
         self.actions[-1] = ("call", self.actions[-1][1])
-        for step in upd:
+        for step in self._advance(upd):
             if step.waiting:
                 raise RuntimeError(f"call {upd.call} is blocked ({upd.blocked}); use begin/step and let "
                                    "the readers go on")
@@ -430,6 +458,7 @@ class Scenario:
             raise RecipeError(f"unknown vcpu action {action!r}; use {', '.join(run)}")
         out = run[action](*args)
         self.actions.append(("vcpu", (n, action) + tuple(args)))
+        self._checked()
         return out
 
     def mn(self, which, hva_start, hva_end):
@@ -440,6 +469,7 @@ class Scenario:
             raise RecipeError(f"mn takes start or end, not {which!r}")
         out = fn(hva_start, hva_end)
         self.actions.append(("mn", (which, hva_start, hva_end)))
+        self._checked()
         return out
 
     # -- what happened -------------------------------------------------------------
@@ -546,10 +576,11 @@ def _parse_args(kind, rest):
     raise ValueError(f"unknown action {kind!r}; use call, begin, step, finish, vcpu, mn, variant, version")
 
 
-def replay_recipe(text, variant=None):
+def replay_recipe(text, variant=None, check=False):
     """Run a recipe; returns the ``Scenario`` (``.steps``, ``.vm``, ``.results``).
 
-    ``variant`` overrides the recipe's. A recipe written by another kvmviz
+    ``variant`` overrides the recipe's; ``check=True`` runs the invariant
+    checker after every event (``scenario.notes``). A recipe written by another kvmviz
     version still runs; ``scenario.version_note`` then says the trace may
     differ.
 
@@ -559,7 +590,7 @@ def replay_recipe(text, variant=None):
     """
     from . import __version__
     version, recipe_variant, actions = parse_recipe(text)
-    sc = Scenario(variant=variant or recipe_variant)
+    sc = Scenario(variant=variant or recipe_variant, check=check)
     sc.version_note = (f"recipe written by kvmviz {version}, replayed by {__version__}: the trace may differ"
                        if version and version != __version__ else "")
     runners = {"call": sc.call, "begin": sc.begin, "step": sc.step, "finish": sc.finish,

@@ -1,0 +1,8 @@
+"""``python -m kvmviz``: the ``kvmviz`` command (see ``kvmviz.cli``)."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""The ``kvmviz`` command (also ``python -m kvmviz``): explain, diff, recipes.
+
+- ``kvmviz explain --slot N --gpa X --size X --hva X [--flags X] [--as N]
+  [--variant V] [--fail-prepare [ERRNO]] [--setup RECIPE]`` prints the
+  plain-text trace of one ``KVM_SET_USER_MEMORY_REGION``, the invariant
+  violations each step introduces, and the memslot sets afterwards.
+- ``kvmviz diff --variant A --variant B ...`` (same call options) runs the call
+  under two variants and prints ``export.diff`` of the two traces.
+- ``kvmviz recipe run FILE`` re-runs a scenario recipe (``export.recipe``).
+
+``RECIPE`` is a file or the recipe text itself, lines separated by ``;``.
+Exit status: 0 on success, 1 when the call fails in the kernel (the errno is
+printed) or hits a kernel ``BUG()``, 2 for bad arguments or a bad recipe.
+
+Each subcommand is a function ``add_parser(subparsers)`` in ``SUBCOMMANDS``
+that registers its parser with ``set_defaults(func=run)``, where
+``run(args, out)`` returns the exit status; another module adds a subcommand
+by appending its own ``add_parser`` to the list.
+
+>>> import io; out = io.StringIO()
+>>> main(["explain", "--slot", "1", "--gpa", "0x1000", "--size", "0x1000", "--hva", "0x7f0000000000"], out)
+0
+>>> out.getvalue().splitlines()[0]
+'kvmviz 0.1.0, variant merged: KVM_SET_USER_MEMORY_REGION slot=0x1 flags=0x0'
+"""
+
+import argparse
+import errno
+import os
+import sys
+
+from . import __version__, export, variants
+from .invariants import check_invariants
+from .memslots import ModelBug
+
+
+class UsageError(Exception):
+    """Bad input from the command line or a recipe: exit status 2."""
+
+
+def _number(text):
+    """argparse type: a non-negative integer, decimal or 0x-hex."""
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number (use decimal or 0x...)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _errno_name(text):
+    """argparse type for ``--fail-prepare``: an errno name or number."""
+    value = getattr(errno, text.upper(), None) if text[:1].isalpha() else _number(text)
+    if not isinstance(value, int) or value not in errno.errorcode:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an errno (e.g. ENOMEM, EINVAL, 12)")
+    return value
+
+
+def _add_call_options(p):
+    p.add_argument("--slot", type=_number, required=True, help="slot id (bits 16..31 may carry the address space)")
+    p.add_argument("--gpa", type=_number, default=0, help="guest_phys_addr")
+    p.add_argument("--size", type=_number, default=0, help="memory_size (0 deletes the slot)")
+    p.add_argument("--hva", type=_number, default=0, help="userspace_addr")
+    p.add_argument("--flags", type=_number, default=0, help="1 = LOG_DIRTY_PAGES, 2 = READONLY")
+    p.add_argument("--as", dest="as_id", type=_number, default=0, help="address space (1 = SMM on x86)")
+    p.add_argument("--fail-prepare", nargs="?", const=errno.ENOMEM, default=0, type=_errno_name,
+                   metavar="ERRNO", help="make kvm_arch_prepare_memory_region fail (default ENOMEM)")
+    p.add_argument("--setup", metavar="RECIPE", help="a recipe (file, or text with ';' between lines) "
+                                                    "run first")
+
+
+def _slot(args):
+    if args.as_id and args.slot > 0xFFFF:
+        raise UsageError(f"--slot {args.slot:#x} already carries an address space; drop --as")
+    return args.as_id << 16 | args.slot
+
+
+def _recipe_text(spec):
+    if os.path.exists(spec):
+        with open(spec, encoding="utf-8") as f:
+            return f.read()
+    if "=" in spec or ";" in spec or spec.strip().startswith(("variant", "kvmviz-recipe")):
+        return spec
+    raise UsageError(f"no such recipe file: {spec}")
+
+
+def _scenario(args, variant):
+    """A checked ``Scenario`` after the ``--setup`` recipe, under ``variant``."""
+    if not args.setup:
+        return export.Scenario(variant=variant or "merged", check=True)
+    _, recipe_variant, _ = export.parse_recipe(_recipe_text(args.setup))
+    sc = export.replay_recipe(_recipe_text(args.setup), variant=variant or recipe_variant, check=True)
+    if sc.vm.update is not None:
+        raise UsageError("the --setup recipe leaves a call running; end it with 'finish'")
+    return sc
+
+
+def _run_call(sc, args):
+    """Run the call of ``args`` on ``sc``; returns its ``Update`` (it may be blocked)."""
+    upd = sc.begin(_slot(args), args.flags, args.gpa, args.size, args.hva, args.fail_prepare)
+    for step in sc._advance(upd):
+        if step.waiting:
+            break
+    return upd
+
+
+def _notes_for(sc, steps):
+    return {i: sc.notes[s.index] for i, s in enumerate(steps) if s.index in sc.notes}
+
+
+def _outcome(sc, upd, out):
+    """Print how the call ended; returns the exit status."""
+    if upd.result is None and sc.crash is not None:
+        print(f"result: none, the model stopped: {sc.crash}", file=out)
+        print(f"kvmviz: the model stopped inside the call: {sc.crash}. The variant corrupted the memslot "
+              "sets earlier (see the invariant violations); the kernel would corrupt memory or crash here.",
+              file=sys.stderr)
+        return 1
+    if upd.result is None:
+        print(f"kvmviz: the call is blocked: {upd.blocked}; readers must go on first "
+              "(write a recipe with begin/step/vcpu actions)", file=sys.stderr)
+        return 1
+    if upd.result == 0:
+        print("result: 0 (success)", file=out)
+        return 0
+    if isinstance(upd.error, ModelBug):
+        print("result: BUG() (no errno: the ioctl never returns)", file=out)
+        print(f"kvmviz: kernel BUG(): {upd.error}", file=sys.stderr)
+        return 1
+    err = upd.error
+    print(f"result: -{err.errname} (errno {err.errno})", file=out)
+    print(f"kvmviz: error: {err.errname} (errno {err.errno}): {err.message}", file=sys.stderr)
+    return 1
+
+
+def _header(args, variant):
+    return (f"kvmviz {__version__}, variant {variant}: KVM_SET_USER_MEMORY_REGION slot={_slot(args):#x} "
+            f"flags={args.flags:#x} gpa={args.gpa:#x} size={args.size:#x} hva={args.hva:#x}"
+            + (f" (prepare fails: {errno.errorcode[args.fail_prepare]})" if args.fail_prepare else "")
+            + (f", after setup {args.setup!r}" if args.setup else ""))
+
+
+# -- explain ------------------------------------------------------------------------------
+def add_explain(subparsers):
+    """Register ``explain``."""
+    p = subparsers.add_parser("explain", help="print the plain-text trace of one memslot update",
+                              description="Run one KVM_SET_USER_MEMORY_REGION and explain every step.")
+    _add_call_options(p)
+    p.add_argument("--variant", choices=variants.names(), help="algorithm variant (default: merged, "
+                                                               "or the setup recipe's)")
+    p.add_argument("--markdown", action="store_true", help="Markdown tables instead of plain text")
+    p.add_argument("--recipe", action="store_true", help="also print the recipe that re-runs all of this")
+    p.set_defaults(func=run_explain)
+
+
+def run_explain(args, out):
+    """``kvmviz explain``: returns the exit status."""
+    sc = _scenario(args, args.variant)
+    upd = _run_call(sc, args)
+    render = export.markdown if args.markdown else export.text
+    print("\n".join(export._wrap(_header(args, sc.variant), 0)), file=out)
+    print(f"change: {upd.change or 'none (refused before classification)'}", file=out)
+    print(file=out)
+    print(render(upd.steps, notes=_notes_for(sc, upd.steps)), file=out)
+    print(file=out)
+    print(render(sc.vm), file=out)
+    print(file=out)
+    if args.recipe:
+        if upd.result is not None:
+            sc.actions[-1] = ("call", sc.actions[-1][1])
+        print(export.recipe(sc) + "\n", file=out)
+    return _outcome(sc, upd, out)
+
+
+# -- diff -----------------------------------------------------------------------------------
+def add_diff(subparsers):
+    """Register ``diff``."""
+    p = subparsers.add_parser("diff", help="run one call under two variants and diff the traces",
+                              description="Run one KVM_SET_USER_MEMORY_REGION under two variants and "
+                                          "align the traces step by step.")
+    _add_call_options(p)
+    p.add_argument("--variant", action="append", choices=variants.names(), required=True,
+                   help="give it twice: --variant merged --variant seed")
+    p.set_defaults(func=run_diff)
+
+
+def _first_violation(sc, steps):
+    before = [n for k, n in sorted(sc.notes.items()) if not steps or k < steps[0].index]
+    if before:
+        return f"already violated during --setup: {before[0][0]}"
+    for i, step in enumerate(steps, 1):
+        if step.index in sc.notes:
+            return f"step {i} ({step.function}): {sc.notes[step.index][0]}"
+    if sc.crash is not None:
+        return f"the model stopped: {sc.crash}"
+    return "every invariant holds at every step"
+
+
+def run_diff(args, out):
+    """``kvmviz diff``: returns the exit status (0 once both traces exist)."""
+    if len(args.variant) != 2:
+        raise UsageError(f"diff needs exactly two --variant options, got {len(args.variant)}")
+    runs = []
+    for name in args.variant:
+        sc = _scenario(args, name)
+        runs.append((name, sc, _run_call(sc, args)))
+    print("\n".join(export._wrap(_header(args, " vs ".join(args.variant)), 0)), file=out)
+    print(file=out)
+    print(export.diff(runs[0][2].steps, runs[1][2].steps, labels=tuple(args.variant)), file=out)
+    print(file=out)
+    for name, sc, upd in runs:
+        print("\n".join(export._wrap(f"invariants under {name}: {_first_violation(sc, upd.steps)}", 0)), file=out)
+    return 0
+
+
+# -- recipe ---------------------------------------------------------------------------------------
+def add_recipe(subparsers):
+    """Register ``recipe run``."""
+    p = subparsers.add_parser("recipe", help="run a scenario recipe",
+                              description="Scenario recipes: a few lines that re-run to the same trace.")
+    sub = p.add_subparsers(dest="recipe_command", required=True)
+    r = sub.add_parser("run", help="re-run a recipe file and print its trace")
+    r.add_argument("file", help="recipe file ('-' for standard input)")
+    r.add_argument("--markdown", action="store_true", help="Markdown tables instead of plain text")
+    r.set_defaults(func=run_recipe)
+
+
+def run_recipe(args, out):
+    """``kvmviz recipe run FILE``: returns the exit status."""
+    if args.file == "-":
+        text = sys.stdin.read()
+    elif os.path.exists(args.file):
+        with open(args.file, encoding="utf-8") as f:
+            text = f.read()
+    else:
+        raise UsageError(f"no such recipe file: {args.file}")
+    sc = export.replay_recipe(text, check=True)
+    render = export.markdown if args.markdown else export.text
+    print(f"kvmviz {__version__}, variant {sc.variant}: recipe {args.file}", file=out)
+    if sc.version_note:
+        print(f"note: {sc.version_note}", file=out)
+    print(file=out)
+    print(render(sc.events, notes=sc.notes), file=out)
+    print(file=out)
+    print(render(sc.vm), file=out)
+    print(file=out)
+    print(f"results: {', '.join(export._result(r) or '0' if r is not None else 'running' for r in sc.results)}",
+          file=out)
+    print(f"invariants: {sum(map(len, sc.notes.values()))} violation(s)", file=out)
+    return 0
+
+
+#: ``add_parser(subparsers)`` functions, one per subcommand (append to add one).
+SUBCOMMANDS = [add_explain, add_diff, add_recipe]
+
+
+def build_parser():
+    """The ``kvmviz`` argument parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(prog="kvmviz", description="Explain and compare KVM memslot updates.")
+    parser.add_argument("--version", action="version", version=f"kvmviz {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_parser in SUBCOMMANDS:
+        add_parser(subparsers)
+    return parser
+
+
+def main(argv=None, out=None):
+    """Entry point of ``kvmviz`` and ``python -m kvmviz``; returns the exit status."""
+    out = out or sys.stdout
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:
+        return e.code
+    try:
+        return args.func(args, out)
+    except (UsageError, export.RecipeError, ValueError, RuntimeError, OSError) as e:
+        print(f"kvmviz {args.command}: {e}", file=sys.stderr)
+        return 2
