@@ -112,7 +112,7 @@ def _check_pinned(vm, vcpu):
                        "ran on a set a reader still uses")
         for slot in s.slots():
             reachable[id(slot)] = slot
-    for slot, snap in vcpu.seen:
+    for slot, snap in vcpu.seen.values():
         reachable[id(slot)] = slot
         if snapshot(slot) != snap:
             out.append(f"{vcpu.name} looked up {slot.label} ({since}) and {slot.label} was modified after "

@@ -172,7 +172,7 @@ class Vcpu(Journaled):
 
     def __init__(self, vm, vcpu_id):
         super().__init__(vm.history, vm=vm, vcpu_id=vcpu_id, name=f"vcpu{vcpu_id}", smm=False,
-                         pinned=None, pinned_sets=None, pinned_gens=None, pinned_edits=None, locked_at=None, seen=(),
+                         pinned=None, pinned_sets=None, pinned_gens=None, pinned_edits=None, locked_at=None, seen={},
                          last_used_slot=None, last_used_slot_gen=0, mmio_gfn=None, mmio_gen=None,
                          hva_caches=())
 
@@ -247,7 +247,7 @@ class Vcpu(Journaled):
         self.pinned_gens = tuple(s.generation for s in sets)
         self.pinned_edits = tuple(getattr(s, "edits", 0) for s in sets)
         self.locked_at = len(vm.history)
-        self.seen = ()
+        self.seen = {}
         pins = ", ".join(f"{s.name} (gen {_gen(s.generation)})" for s in sets)
         late = ""
         if vm.update is not None and vm.update.blocked and "SRCU" in vm.update.blocked:
@@ -267,7 +267,7 @@ class Vcpu(Journaled):
         blocked = upd is not None and upd.blocked
         vm.srcu.read_unlock(self)
         self.pinned = self.pinned_sets = self.pinned_gens = self.pinned_edits = self.locked_at = None
-        self.seen = ()
+        self.seen = {}
         tail = ""
         if blocked and not upd.blocked:
             tail = " It was the last reader the writer waited for: the grace period can end."
@@ -308,12 +308,19 @@ class Vcpu(Journaled):
                          + " (the VM-wide last_used_slot is left alone)")
             if slot is not None:
                 self.last_used_slot = slot
-        if slot is not None and self.pinned is not None and all(s is not slot for s, _ in self.seen):
-            self.seen = self.seen + ((slot, snapshot(slot)),)
+        if slot is not None and self.pinned is not None and id(slot) not in self.seen:
+            self._remember(slot)
         if self.pinned is None:
             notes.append("outside an SRCU read-side section: kernel code must hold kvm->srcu here "
                          "(lockdep would warn); the model reads the active set")
         return slot, notes
+
+    def _remember(self, slot):
+        """Note a slot pointer this reader now holds (for the reader invariants); O(1)."""
+        seen, key, entry = self.seen, id(slot), (slot, snapshot(slot))
+        seen[key] = entry
+        if self._history is not None:
+            self._history.log_op(lambda: seen.pop(key), lambda: seen.__setitem__(key, entry))
 
     def _as(self, as_id):
         return self.address_space if as_id is None else as_id
