@@ -7,6 +7,8 @@
 - ``kvmviz diff --variant A --variant B ...`` (same call options) runs the call
   under two variants and prints ``export.diff`` of the two traces.
 - ``kvmviz recipe run FILE`` re-runs a scenario recipe (``export.recipe``).
+- ``kvmviz replay FILE [--step N]`` replays a QEMU ``kvm_set_user_memory`` trace
+  (``kvmviz.trace.cli``).
 
 ``RECIPE`` is a file or the recipe text itself, lines separated by ``;``.
 Exit status: 0 on success, 1 when the call fails in the kernel (the errno is
@@ -32,6 +34,7 @@ import sys
 from . import __version__, export, variants
 from .invariants import check_invariants
 from .memslots import ModelBug
+from .trace.cli import add_parser as add_replay
 
 
 class UsageError(Exception):
@@ -252,7 +255,7 @@ def run_recipe(args, out):
 
 
 #: ``add_parser(subparsers)`` functions, one per subcommand (append to add one).
-SUBCOMMANDS = [add_explain, add_diff, add_recipe]
+SUBCOMMANDS = [add_explain, add_diff, add_recipe, add_replay]
 
 
 def build_parser():

@@ -87,7 +87,7 @@ def plot_replay(report, as_id=0, name="trace", yscale="symlog"):
     >>> from kvmviz import trace
     >>> fig = plot_replay(trace.replay(trace.load("qemu-boot-smm.log")), as_id=1, name="SMM boot")
     >>> fig.axes[0].get_title().splitlines()[0]
-    'SMM boot, address space 1: 56 calls, 35 CREATE, 25 DELETE, 0 FLAGS_ONLY'
+    'SMM boot, address space 1: 54 calls, 32 CREATE, 22 DELETE, 0 FLAGS_ONLY'
     """
     fig = Figure(figsize=(10, 5.5), dpi=72)
     ax = fig.add_axes((0.13, 0.12, 0.55, 0.76))
