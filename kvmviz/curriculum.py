@@ -82,7 +82,20 @@ def _grow_in_place(vm):
 
 
 def _reader_inside(vm):
-    vm.srcu.read_lock("vcpu0")
+    vm.add_vcpu().srcu_read_lock()
+
+
+REASONS = ("ok", "no-slot", "invalid-slot", "readonly")
+
+
+def _access(gfn, fresh=False):
+    def probe(sit):
+        vcpu = sit.vm.vcpus[0]
+        if fresh:
+            vcpu = sit.vm.add_vcpu()
+            vcpu.srcu_read_lock()
+        return vcpu.access(gfn).reason
+    return probe
 
 
 def _notifier_running(vm):
@@ -200,6 +213,15 @@ L06 = (
     PredictState("06.4", "Same moment. What generation does a reader that enters now see?",
                  situation(before=_reader_inside, begin=SLOT1, run=("synchronize_srcu_expedited", 1)),
                  lambda sit: sit.vm.generation(0), "generation", advance=0),
+    PredictState("06.5", "Slot 1 exists; vcpu0 entered SRCU, then a DELETE of slot 1 began. The writer now waits "
+                 "for vcpu0 after swap #1. vcpu0 reads gfn 0x100: what is the outcome?",
+                 situation([SLOT1], before=_reader_inside, begin=DELETE1, run=("synchronize_srcu_expedited", 1)),
+                 _access(0x100), "choice", advance=0, choices=REASONS,
+                 hint="vcpu0 still uses the set it loaded at srcu_read_lock (reference §2.3, §3.4)."),
+    PredictState("06.6", "Same moment. A new vCPU enters SRCU now and reads gfn 0x100: what is the outcome?",
+                 situation([SLOT1], before=_reader_inside, begin=DELETE1, run=("synchronize_srcu_expedited", 1)),
+                 _access(0x100, fresh=True), "choice", advance=0, choices=REASONS,
+                 hint="A reader that enters after the publish sees the newly published set (reference §2.3)."),
 )
 
 L07 = (

@@ -297,16 +297,23 @@ class PredictState(Exercise):
     """Predict a value after the situation advances ``advance`` steps ("end": to the end).
 
     ``probe(situation)`` reads the value; ``answer_type`` is one of "set",
-    "generation", "label", "int".
+    "generation", "label", "int", or "choice" (one of ``choices``).
     """
 
     kind = "predict the state"
     _parsers = {"set": parse_set, "generation": parse_generation, "label": parse_label, "int": parse_int}
 
-    def __init__(self, key, question, setup, probe, answer_type="int", advance=1, **kw):
+    def __init__(self, key, question, setup, probe, answer_type="int", advance=1, choices=None, **kw):
         super().__init__(key, question, setup, **kw)
         self.probe, self.answer_type, self.advance = probe, answer_type, advance
-        self.parse = self._parsers[answer_type]
+        self.choices = tuple(choices) if choices else None
+        self.parse = self._parsers.get(answer_type, self._parse_choice)
+
+    def _parse_choice(self, answer):
+        text = _text(answer).lower()
+        if text not in self.choices:
+            raise AnswerError(f"{answer!r}: choose one of {', '.join(self.choices)}.")
+        return text
 
     def solve(self, sit):
         """Advance the situation and probe it."""
@@ -321,7 +328,9 @@ class PredictState(Exercise):
             return fmt_generation(value)
         if self.answer_type == "set":
             return f"set{value}"
-        return str(value) if self.answer_type == "label" else f"{value:#x}" if value > 9 else str(value)
+        if self.answer_type in ("label", "choice"):
+            return str(value)
+        return f"{value:#x}" if value > 9 else str(value)
 
     def hint(self, given, right, sit):
         """A hint specific to the kind of value."""
@@ -333,6 +342,8 @@ class PredictState(Exercise):
             return _generation_hint(given, right)
         if self.answer_type == "label":
             return f"After that step, {given} is in {where_is(sit.vm, given)}."
+        if self.answer_type == "choice":
+            return "Think about which set that reader uses at this moment."
         return f"{given} is too {'high' if given > right else 'low'}."
 
 

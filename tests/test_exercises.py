@@ -42,6 +42,8 @@ EXPECTED = {
     "06.2": (8, 10, "§3.4 step 2: wait for notifiers before publishing"),
     "06.3": ("set1", "set0", "§3.4: the pointer is published before the grace period"),
     "06.4": ("0x0|IP", "0x2", "§3.4 step 3"),
+    "06.5": ("ok", "invalid-slot", "§2.3: an old reader keeps the set it loaded"),
+    "06.6": ("invalid-slot", "ok", "§2.3: swap #1 -> swap #2 window"),
     "07.1": ("EINVAL", "EEXIST", "§4.1"),
     "07.2": ("EINVAL", "0", "§4.2#3"),
     "07.3": ("EINVAL", "0", "§4.2#6"),
