@@ -22,6 +22,24 @@ def _until_blocked(upd, limit=100):
     raise AssertionError("the update never blocked")
 
 
+def _create_held_by_one_reader():
+    """CREATE until it waits for vcpu0, which entered before the publish."""
+    vm = kvmviz.VM()
+    v = vm.add_vcpu()
+    v.srcu_read_lock()
+    upd = vm.begin_set_user_memory_region(*CREATE1)
+    _until_blocked(upd)
+    return vm, v, upd
+
+
+def _create_past_one_reader():
+    """CREATE while vcpu0 holds the grace period open, then let it finish."""
+    vm, v, upd = _create_held_by_one_reader()
+    v.srcu_read_unlock()
+    upd.run()
+    return vm, v, upd
+
+
 def test_srcu_holders_are_only_readers_that_entered_before_the_grace_period():
     s = Srcu()
     assert s.read_lock("a") == 0
@@ -56,11 +74,7 @@ def test_grace_period_waits_only_for_readers_that_entered_before_publish():
 
 
 def test_waiting_steps_change_nothing():
-    vm = kvmviz.VM()
-    v = vm.add_vcpu()
-    v.srcu_read_lock()
-    upd = vm.begin_set_user_memory_region(*CREATE1)
-    _until_blocked(upd)
+    vm, _, upd = _create_held_by_one_reader()
     before = (vm.generations(), vm.active_idx, vm.locks, [s.slots() for a in vm.sets for s in a],
               dict(vm.cost))
     steps = [next(upd) for _ in range(5)]
@@ -71,13 +85,7 @@ def test_waiting_steps_change_nothing():
 
 
 def test_locks_in_the_step_record():
-    vm = kvmviz.VM()
-    v = vm.add_vcpu()
-    v.srcu_read_lock()
-    upd = vm.begin_set_user_memory_region(*CREATE1)
-    _until_blocked(upd)
-    v.srcu_read_unlock()
-    upd.run()
+    _, _, upd = _create_past_one_reader()
     by_fn = {}
     for s in upd.steps:
         by_fn.setdefault(s.function, []).append(s.locks)
@@ -153,13 +161,7 @@ def test_reader_and_notifier_actions_are_history_events_and_step_back_restores_t
 
 
 def test_step_back_through_a_blocked_update_with_readers():
-    vm = kvmviz.VM()
-    v = vm.add_vcpu()
-    v.srcu_read_lock()
-    upd = vm.begin_set_user_memory_region(*CREATE1)
-    _until_blocked(upd)
-    v.srcu_read_unlock()
-    upd.run()
+    vm, v, _ = _create_past_one_reader()
     end = len(vm.history)
     states = []
     for n in range(end, -1, -1):

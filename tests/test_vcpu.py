@@ -249,11 +249,16 @@ def test_window_between_the_swaps_is_invalid(change):
         assert _fresh_access(vm, v, 0x301).reason == "no-slot"          # not at the new gfn yet
 
 
-def test_window_after_swap_2_delete_is_gone():
+def _after_swap_2(region):
     vm = _vm(SLOT1)
     v = vm.add_vcpu()
-    upd = vm.begin_set_user_memory_region(*DELETE1)
+    upd = vm.begin_set_user_memory_region(*region)
     _step_until(upd, _sync_done(2))
+    return vm, v, upd
+
+
+def test_window_after_swap_2_delete_is_gone():
+    vm, v, upd = _after_swap_2(DELETE1)
     out = _fresh_access(vm, v, 0x101)
     assert (out.reason, out.slot, out.generation) == ("no-slot", None, 4 | IP)
     upd.run()
@@ -261,10 +266,7 @@ def test_window_after_swap_2_delete_is_gone():
 
 
 def test_window_after_swap_2_move_is_at_the_new_gfn():
-    vm = _vm(SLOT1)
-    v = vm.add_vcpu()
-    upd = vm.begin_set_user_memory_region(*MOVE1)
-    _step_until(upd, _sync_done(2))
+    vm, v, upd = _after_swap_2(MOVE1)
     new = _fresh_access(vm, v, 0x301)
     assert (new.reason, new.hva, new.slot.base_gfn) == ("ok", HVA + 0x1000, 0x300)
     assert _fresh_access(vm, v, 0x101).reason == "no-slot"             # the old range is a hole
