@@ -94,6 +94,21 @@ class Update:
         """Why the writer cannot go on now, or None."""
         return self.wait_reason() if self.wait_reason else None
 
+    @property
+    def cost(self):
+        """Abstract work of the steps so far: the sum of their ``Step.cost``.
+
+        >>> from kvmviz import VM
+        >>> vm = VM(implementation="array"); upd = vm.begin_set_user_memory_region(0, 0, 0, 0x1000, 0x100000)
+        >>> _ = upd.run(); upd.cost["arrays_allocated"], upd.cost["bytes_copied"]
+        (1, 65640)
+        """
+        total = {}
+        for step in self.steps:
+            for name, value in step.cost.items():
+                total[name] = total.get(name, 0) + value
+        return total
+
     def run(self, limit=10_000):
         """Run to the end; returns the steps. Raises if it stays blocked."""
         for step in self:
