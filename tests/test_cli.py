@@ -1,0 +1,159 @@
+"""The ``kvmviz`` command, in-process and as a subprocess."""
+
+import io
+import os
+import subprocess
+import sys
+
+import pytest
+
+from kvmviz import cli, export
+
+CALL = ["--slot", "1", "--gpa", "0x100000", "--size", "0x10000", "--hva", "0x7f0000000000"]
+SETUP = "call slot=1 gpa=0x100000 size=0x10000 hva=0x7f0000000000"
+
+
+def run(argv, capsys):
+    out = io.StringIO()
+    code = cli.main(argv, out)
+    return code, out.getvalue(), capsys.readouterr().err
+
+
+def test_explain_create(capsys):
+    code, out, err = run(["explain"] + CALL, capsys)
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0].startswith("kvmviz 0.1.0, variant merged: KVM_SET_USER_MEMORY_REGION slot=0x1")
+    assert "change: CREATE" in lines
+    assert any(line.startswith(" 12 activate   kvm_swap_active_memslots") and "*0x2" in line for line in lines)
+    assert "as0/set1 (ACTIVE), generation 0x2, last_used_slot -" in lines
+    assert lines[-1] == "result: 0 (success)"
+    assert max(map(len, lines)) <= 78
+
+
+def test_explain_with_setup_address_space_and_variant(capsys):
+    code, out, _ = run(["explain", "--slot", "1", "--as", "1", "--size", "0x1000", "--hva", "0x7f0000000000",
+                        "--variant", "seed", "--setup", SETUP], capsys)
+    assert code == 0
+    assert "slot=0x10001" in out and "variant seed" in out
+    assert "as1 set0" in out.splitlines()[5]          # generations of the address space being changed
+
+
+def test_explain_kernel_error_exit_1_with_errno(capsys):
+    code, out, err = run(["explain", "--slot", "1", "--gpa", "0x1001", "--size", "0x1000",
+                          "--hva", "0x7f0000000000"], capsys)
+    assert code == 1
+    assert "result: -EINVAL (errno 22)" in out
+    assert err.strip() == ("kvmviz: error: EINVAL (errno 22): guest_phys_addr 0x1001 is not page-aligned "
+                           "(slot 1, as 0)")
+
+
+def test_explain_fail_prepare_shows_the_revert(capsys):
+    code, out, err = run(["explain", "--slot", "1", "--size", "0", "--fail-prepare", "EIO", "--setup", SETUP],
+                         capsys)
+    assert code == 1 and "EIO (errno 5)" in err
+    assert "change: DELETE" in out and "(prepare fails: EIO)" in out.replace("\n", " ")
+    assert out.count("rcu_assign_pointer") == 2
+
+
+def test_explain_broken_variant_prints_the_violation(capsys):
+    code, out, _ = run(["explain", "--variant", "no-catch-up"] + CALL, capsys)
+    assert code == 0
+    assert "!! as0: at rest both sets must hold the same slot objects" in out
+
+
+def test_explain_seed_as_posted_bug(capsys):
+    code, out, err = run(["explain", "--variant", "seed-as-posted"] + CALL, capsys)
+    assert code == 1
+    assert "result: BUG() (no errno: the ioctl never returns)" in out
+    assert "kernel BUG()" in err and "else if" in err
+    assert "!! nr_memslot_pages is 0x0 but the slots hold 0x10 pages" in out
+
+
+def test_explain_broken_model_state_is_reported_not_raised(capsys):
+    code, out, err = run(["explain", "--variant", "no-catch-up", "--slot", "1", "--size", "0",
+                          "--setup", SETUP], capsys)
+    assert code == 1 and "the model stopped" in err and "Traceback" not in err
+
+
+def test_explain_markdown_and_recipe(capsys):
+    code, out, _ = run(["explain", "--markdown", "--recipe"] + CALL, capsys)
+    assert code == 0 and "| # | stage | function |" in out
+    recipe = out[out.index("kvmviz-recipe 1"):out.index("result:")].strip()
+    assert recipe.splitlines()[-1] == "call slot=0x1 flags=0x0 gpa=0x100000 size=0x10000 hva=0x7f0000000000"
+    assert export.replay_recipe(recipe).results == [0]
+
+
+def test_diff_two_variants(capsys):
+    code, out, _ = run(["diff", "--variant", "merged", "--variant", "seed", "--slot", "1", "--gpa", "0x300000",
+                        "--size", "0x10000", "--hva", "0x7f0000000000", "--setup", SETUP], capsys)
+    assert code == 0
+    assert "a = merged (27 steps), b = seed (28 steps)" in out
+    assert "invariants under merged: every invariant holds at every step" in out
+    assert "invariants under seed: every invariant holds at every step" in out
+    assert max(map(len, out.splitlines())) <= 78
+
+
+def test_diff_names_the_first_violation(capsys):
+    code, out, _ = run(["diff", "--variant", "merged", "--variant", "gen-before-publish"] + CALL, capsys)
+    assert code == 0
+    assert "invariants under gen-before-publish: step 12 (kvm_swap_active_memslots): as0: active" in out.replace("\n", " ")
+
+
+def test_recipe_run(tmp_path, capsys):
+    path = tmp_path / "move.recipe"
+    path.write_text("# a move under the seed\nkvmviz-recipe 1\nvariant seed\n" + SETUP +
+                    "\ncall slot=1 gpa=0x300000 size=0x10000 hva=0x7f0000000000\n")
+    code, out, _ = run(["recipe", "run", str(path)], capsys)
+    assert code == 0
+    assert "results: 0, 0" in out and "invariants: 0 violation(s)" in out
+    assert "kvm_move_memslot" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["explain", "--gpa", "0"], "the following arguments are required: --slot"),
+    (["explain", "--slot", "zz"], "argument --slot: 'zz' is not a number"),
+    (["explain", "--slot", "-1"], "argument --slot: -1 is negative"),
+    (["explain", "--slot", "1", "--variant", "nope"], "argument --variant: invalid choice: 'nope'"),
+    (["explain", "--slot", "1", "--fail-prepare", "EWHAT"], "'EWHAT' is not an errno"),
+    (["explain", "--slot", "0x10001", "--as", "1"], "already carries an address space"),
+    (["explain", "--slot", "1", "--hva", str(1 << 64)], "does not fit the ioctl's __u64 field"),
+    (["explain", "--slot", "1", "--setup", "/no/such/file"], "no such recipe file"),
+    (["explain", "--slot", "1", "--setup", "call slot=1 gpa=x size=1"], "recipe line 1"),
+    (["diff", "--variant", "merged", "--slot", "1"], "exactly two --variant"),
+    (["recipe", "run", "/no/such/file"], "no such recipe file"),
+    ([], "the following arguments are required: COMMAND"),
+])
+def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
+    code, _, err = run(argv, capsys)
+    assert code == 2
+    assert message in err and "Traceback" not in err
+
+
+def test_subcommands_are_registered_from_a_list():
+    names = [f.__name__ for f in cli.SUBCOMMANDS]
+    assert names[:3] == ["add_explain", "add_diff", "add_recipe"]
+    parser = cli.build_parser()
+    assert parser.parse_args(["recipe", "run", "x"]).func is cli.run_recipe
+
+
+def _subprocess(*argv):
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(cli.__file__))))
+    return subprocess.run([sys.executable, "-m", "kvmviz", *argv], capture_output=True, text=True, env=env,
+                          timeout=60)
+
+
+def test_python_m_kvmviz_subprocess():
+    ok = _subprocess("explain", *CALL)
+    assert ok.returncode == 0 and ok.stdout.splitlines()[-1] == "result: 0 (success)"
+    bad = _subprocess("explain", "--slot", "1", "--size", "0")
+    assert bad.returncode == 1
+    assert "EINVAL (errno 22): cannot delete slot 1: it does not exist" in bad.stderr
+    usage = _subprocess("diff", "--slot", "1")
+    assert usage.returncode == 2 and "--variant" in usage.stderr
+
+
+def test_console_script_is_declared():
+    import tomllib
+    with open(os.path.join(os.path.dirname(__file__), os.pardir, "pyproject.toml"), "rb") as f:
+        assert tomllib.load(f)["project"]["scripts"]["kvmviz"] == "kvmviz.cli:main"
