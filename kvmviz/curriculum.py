@@ -244,4 +244,38 @@ L07 = (
                  advance=0, hint="The checks run in the order of the table; the first one that fails wins."),
 )
 
-CATALOGUE = L01 + L02 + L03 + L04 + L05 + L06 + L07
+#: 100 one-page slots, 1 MiB apart in gpa and hva.
+HUNDRED = tuple((i, 0, i << 20, 0x1000, HVA + (i << 20)) for i in range(100))
+ABC = ((1, 0, 0x100000 << 12, 0x10000, HVA + (1 << 20)), (2, 0, 0xC0000 << 12, 0x10000, HVA + (2 << 20)),
+       (3, 0, 0x0, 0x10000, HVA + (3 << 20)))
+
+
+def _cost(counter):
+    return lambda sit: sum(s.cost.get(counter, 0) for s in sit.steps)
+
+
+def _array_index(id):
+    return lambda sit: [e.id for e in sit.vm.active_set(0).entries()].index(id)
+
+
+L08 = (
+    PredictState("08.1", "Array model (5.15). Slots A (gfn 0x100000), B (0xc0000) and C (0x0) exist; CREATE "
+                 "slot 4 at gfn 0x80000. At which array index (0 = first) does it land?",
+                 situation(ABC, begin=(4, 0, 0x80000 << 12, 0x10000, HVA + (4 << 20)), implementation="array"),
+                 _array_index(4), advance="end",
+                 hint="The array is sorted by base_gfn, highest first (reference §6.1, §6.2)."),
+    PredictState("08.2", "Array model: slot 1 was just created (generation 0x2). MOVE it to gfn 0x400. What is "
+                 "the generation of as0 afterwards?",
+                 situation([SLOT1], begin=MOVE1, implementation="array"),
+                 lambda sit: sit.vm.generation(0), "generation", advance="end"),
+    PredictState("08.3", "Array model with 100 slots. How many slot values does one DELETE copy, counting "
+                 "every copy?", situation(HUNDRED, begin=(50, 0, 0, 0, 0), implementation="array"),
+                 _cost("slots_copied"), advance="end",
+                 hint="Count kvm_dup_memslots, the copy after swap #1, and the value copy of old (§6.3)."),
+    PredictState("08.4", "Tree model with 100 slots. How many slot structs does one MOVE allocate?",
+                 situation(HUNDRED, begin=(60, 0, 0x7000000000, 0x1000, HVA + (60 << 20))),
+                 _cost("slots_allocated"), advance="end",
+                 hint="Who allocates new, and what else does a MOVE need (reference §2.4)?"),
+)
+
+CATALOGUE = L01 + L02 + L03 + L04 + L05 + L06 + L07 + L08

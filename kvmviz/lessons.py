@@ -17,7 +17,12 @@ learner can read the real code next to the model (kvmviz copies none of it).
 from .errors import KvmError
 from .exercises import fmt_generation
 
-ELIXIR = "https://elixir.bootlin.com/linux/v5.17/A/ident/"
+ELIXIR = "https://elixir.bootlin.com/linux/{version}/A/ident/"
+
+#: Functions of the 5.15 array code (reference §6) that 5.17 no longer has: linked at v5.15.
+ARRAY_ONLY = frozenset(("kvm_dup_memslots", "kvm_copy_memslots", "install_new_memslots", "update_memslots",
+                        "kvm_memslot_delete", "kvm_memslot_insert_back", "kvm_memslot_move_backward",
+                        "kvm_memslot_move_forward"))
 
 #: Where each modelled function lives in v5.17 (for link titles).
 FILES = {
@@ -46,8 +51,13 @@ ARCH_X86 = "arch/x86/kvm/x86.c"
 
 
 def elixir_url(function):
-    """Elixir's identifier search for ``function`` at v5.17 (finds its definition)."""
-    return ELIXIR + function
+    """Elixir's identifier search for ``function`` at v5.17 (v5.15 for the array code).
+
+    >>> elixir_url("update_memslots")
+    'https://elixir.bootlin.com/linux/v5.15/A/ident/update_memslots'
+    """
+    version = "v5.15" if function in ARRAY_ONLY else "v5.17"
+    return ELIXIR.format(version=version) + function
 
 
 def kernel_file(function):
@@ -62,7 +72,7 @@ def kernel_file(function):
 
 
 def kernel_link(function):
-    """A Markdown link to ``function`` at Elixir v5.17, titled with its file."""
+    """A Markdown link to ``function`` at Elixir, titled with its file."""
     return f'[`{function}`]({elixir_url(function)} "{kernel_file(function)}")'
 
 

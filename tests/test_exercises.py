@@ -53,6 +53,10 @@ EXPECTED = {
     "07.7": ("EINVAL", "0", "§4.2#15"),
     "07.8": ("EINVAL", "EFAULT", "§4.2#5"),
     "07.9": (1, 4, "§4.2: check 1 (flags) runs before check 4"),
+    "08.1": (2, 3, "§6.2 example: [A, B, D, C]"),
+    "08.2": ("0x6", "0x4", "§6.5: same generation arithmetic"),
+    "08.3": (201, 100, "§6.3: dup (100) + second copy (100) + old's value copy (1)"),
+    "08.4": (2, 1, "§2.4: new and invalid_slot"),
 }
 
 
@@ -72,7 +76,7 @@ def test_every_exercise_has_an_expected_answer():
 
 
 def test_three_exercises_per_lesson_from_02():
-    for n in range(2, 8):
+    for n in range(2, 9):
         assert len(ex.lesson(n)) >= 3, n
 
 
