@@ -107,16 +107,43 @@ class SeedProtocol(MergedProtocol):
         yield self.step("kvm_set_memslot", f"prepare failed: {how}; free the working slot {working.label}.")
 
     def dispatch(self, old, new, working, change):
-        """The per-change helper call; returns the slot commit treats as ``old``."""
+        """The per-change helper call, one ``else if`` chain; returns commit's ``old``."""
+        if change in (CREATE, DELETE):
+            yield from self.create_or_delete(old, new, working, change)
+            return old
+        return (yield from self.move_or_flags(old, new, working, change))
+
+    def create_or_delete(self, old, new, working, change):
+        """The first half of the dispatch: CREATE, else if DELETE."""
         if change == CREATE:
             yield from self.kvm_create_memslot(old, new, working)
         elif change == DELETE:
             yield from self.kvm_delete_memslot(old, new, working)
-        elif change == MOVE:
-            old = yield from self.kvm_move_memslot(old, new, working)
-        elif change == FLAGS_ONLY:
+
+    def move_or_flags(self, old, new, working, change):
+        """The second half: MOVE, else if FLAGS_ONLY, else ``BUG()``."""
+        if change == MOVE:
+            return (yield from self.kvm_move_memslot(old, new, working))
+        if change == FLAGS_ONLY:
             yield from self.kvm_update_flags_memslot(old, new, working)
+            return old
+        yield from self.kernel_bug(change)
         return old
+
+    def kernel_bug(self, change):
+        """``BUG()``: the task dies; the update ends here without an errno."""
+        vm = self.vm
+        vm.unlock(SL)
+        vm.changing = None
+        text = (f"BUG(): after the {change} helper finished, the second `if` chain (MOVE? FLAGS_ONLY?) "
+                "found neither and hit its final BUG(). The kernel oopses: the ioctl never returns, "
+                "commit never runs (nr_memslot_pages is not updated"
+                + (", the old slot is never freed" if change == DELETE else "")
+                + ") and slots_lock stays locked, so every later memslot change would hang. kvmviz "
+                  "releases slots_lock only so you can keep exploring.")
+        yield self.step("BUG", text, result="BUG",
+                        error=ModelBug(f"kernel BUG() in kvm_set_memslot after {change}: the dispatch of the "
+                                       "27 Oct 2021 sketch has `if` where `else if` is needed (reference §7.2)"))
 
     def fill_working(self, new, working):
         """``kvm_copy_memslot(working, new)``: the step that fills ``working``."""
@@ -180,29 +207,6 @@ class SeedAsPostedProtocol(SeedProtocol):
 
     def dispatch(self, old, new, working, change):
         """Two chains where one was meant: CREATE and DELETE fall into ``BUG()``."""
-        if change == CREATE:
-            yield from self.kvm_create_memslot(old, new, working)
-        elif change == DELETE:
-            yield from self.kvm_delete_memslot(old, new, working)
-        if change == MOVE:
-            old = yield from self.kvm_move_memslot(old, new, working)
-        elif change == FLAGS_ONLY:
-            yield from self.kvm_update_flags_memslot(old, new, working)
-        else:
-            yield from self.kernel_bug(change)
-        return old
-
-    def kernel_bug(self, change):
-        """``BUG()``: the task dies; the update ends here without an errno."""
-        vm = self.vm
-        vm.unlock(SL)
-        vm.changing = None
-        text = (f"BUG(): after the {change} helper finished, the second `if` chain (MOVE? FLAGS_ONLY?) "
-                "found neither and hit its final BUG(). The kernel oopses: the ioctl never returns, "
-                "commit never runs (nr_memslot_pages is not updated"
-                + (", the old slot is never freed" if change == DELETE else "")
-                + ") and slots_lock stays locked, so every later memslot change would hang. kvmviz "
-                  "releases slots_lock only so you can keep exploring.")
-        yield self.step("BUG", text, result="BUG",
-                        error=ModelBug(f"kernel BUG() in kvm_set_memslot after {change}: the dispatch of the "
-                                       "27 Oct 2021 sketch has `if` where `else if` is needed (reference §7.2)"))
+        yield from self.create_or_delete(old, new, working, change)
+        # the posted `if` (not `else if`) starts a second chain for every change
+        return (yield from self.move_or_flags(old, new, working, change))
