@@ -278,4 +278,28 @@ L08 = (
                  hint="Who allocates new, and what else does a MOVE need (reference §2.4)?"),
 )
 
-CATALOGUE = L01 + L02 + L03 + L04 + L05 + L06 + L07 + L08
+L09 = (
+    SpotInvariant("09.1", "Variant no-catch-up: kvm_activate_memslot swaps but skips the second replace. "
+                  "Run a CREATE of slot 1: which invariant breaks first?", situation(begin=SLOT1, variant="no-catch-up")),
+    SpotInvariant("09.2", "Variant invalid-in-place: DELETE also sets KVM_MEMSLOT_INVALID on the live slot. "
+                  "Which invariant breaks first?", situation([SLOT1], begin=DELETE1, variant="invalid-in-place")),
+    SpotInvariant("09.3", "Variant gen-before-publish: the swap stores old + 2 before publishing instead of "
+                  "the in-progress mark. Which invariant breaks first on a CREATE?",
+                  situation(begin=SLOT1, variant="gen-before-publish")),
+    SpotInvariant("09.4", "Variant no-srcu-wait, with vcpu0 inside SRCU since before the CREATE of slot 1. "
+                  "Which invariant breaks first?",
+                  situation(before=_reader_inside, begin=SLOT1, variant="no-srcu-wait")),
+    SpotInvariant("09.5", "The seed proposal exactly as posted (variant seed-as-posted). Run a CREATE of slot "
+                  "1: which invariant does the checker report once the update stops?",
+                  situation(begin=SLOT1, variant="seed-as-posted"),
+                  hint="Look at the last step of the run: which function ran, and which did not?"),
+    PredictState("09.6", "Variant seed (the 27 Oct 2021 proposal read as intended): slot 1 (#1) exists; MOVE "
+                 "it to gfn 0x400. Which object holds slot 1 afterwards?",
+                 situation([SLOT1], begin=MOVE1, variant="seed"), slot_in("active"), "label", advance="end",
+                 hint="The proposal reuses one of the existing objects for MOVE (reference §7.2)."),
+    PredictState("09.7", "Same MOVE with the seed variant: how many slot structs does it allocate?",
+                 situation([SLOT1], begin=MOVE1, variant="seed"), _cost("slots_allocated"), advance="end",
+                 hint="One spare slot is allocated up front for every change type (reference §7.2)."),
+)
+
+CATALOGUE = L01 + L02 + L03 + L04 + L05 + L06 + L07 + L08 + L09

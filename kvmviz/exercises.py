@@ -403,17 +403,19 @@ INVARIANTS = {
     "differ-by-one": "3. mid-update the two sets differ by exactly one slot (§1.7.3)",
     "gfn-order": "4. slots never overlap in gfn; each sits under its own base_gfn (§1.7.4)",
     "free-after-gp": "5. nothing is freed while a set can still reach it (§1.7.5)",
+    "grace-period": "a swap ends only after the readers that entered before its publish left (§3.4 step 5)",
     "generation": "the generation rules: +N per swap, IP bit only mid-swap (§3.1)",
     "indexes-agree": "the gfn tree, hva tree and id hash of a set hold the same slots (§1.3)",
     "locks": "every lock is released when the ioctl returns (§1.5)",
     "accounting": "nr_memslot_pages counts the pages of all slots (§1.4)",
 }
 
-_INVARIANT_WORDS = (("changed in place", "in-place"), ("at rest both sets", "same-at-rest"),
-                    ("mid-update the sets", "differ-by-one"), ("freed", "free-after-gp"),
-                    ("overlaps", "gfn-order"), ("sits under gfn", "gfn-order"),
-                    ("generation", "generation"), ("in-progress", "generation"),
-                    ("still held", "locks"), ("nr_memslot_pages", "accounting"))
+_INVARIANT_WORDS = (("changed in place", "in-place"), ("was modified after", "in-place"),
+                    ("a swap finished", "grace-period"), ("the writer edited that set", "grace-period"),
+                    ("at rest both sets", "same-at-rest"), ("mid-update the sets", "differ-by-one"),
+                    ("freed", "free-after-gp"), ("overlaps", "gfn-order"), ("sits under gfn", "gfn-order"),
+                    ("nr_memslot_pages", "accounting"), ("generation", "generation"),
+                    ("in-progress", "generation"), ("still held", "locks"))
 
 
 def invariant_of(violation):

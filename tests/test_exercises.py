@@ -57,6 +57,13 @@ EXPECTED = {
     "08.2": ("0x6", "0x4", "§6.5: same generation arithmetic"),
     "08.3": (201, 100, "§6.3: dup (100) + second copy (100) + old's value copy (1)"),
     "08.4": (2, 1, "§2.4: new and invalid_slot"),
+    "09.1": ("same-at-rest", "differ-by-one", "§1.7.2: the catch-up replace is what restores agreement"),
+    "09.2": ("in-place", "free-after-gp", "§1.7.1: the live slot's flags change"),
+    "09.3": ("generation", "in-place", "§3.1: +N per swap, in-progress mark first"),
+    "09.4": ("grace-period", "generation", "§3.4 step 5"),
+    "09.5": ("accounting", "locks", "§7.2: BUG() before commit, nr_memslot_pages never updated"),
+    "09.6": ("#1", "#2", "§7.2: the seed MOVE reuses old"),
+    "09.7": (1, 2, "§7.2: one working slot, up front"),
 }
 
 
@@ -76,7 +83,7 @@ def test_every_exercise_has_an_expected_answer():
 
 
 def test_three_exercises_per_lesson_from_02():
-    for n in range(2, 9):
+    for n in range(2, 10):
         assert len(ex.lesson(n)) >= 3, n
 
 
