@@ -38,7 +38,11 @@ from .trace.cli import add_parser as add_replay
 
 
 class UsageError(Exception):
-    """Bad input from the command line or a recipe: exit status 2."""
+    """Bad input from the command line or a recipe: exit status 2.
+
+    >>> main(["recipe", "run", "/no/such/recipe"])
+    2
+    """
 
 
 def _number(text):
@@ -259,7 +263,11 @@ SUBCOMMANDS = [add_explain, add_diff, add_recipe, add_replay]
 
 
 def build_parser():
-    """The ``kvmviz`` argument parser with every registered subcommand."""
+    """The ``kvmviz`` argument parser with every registered subcommand.
+
+    >>> build_parser().parse_args(["diff", "--variant", "merged", "--variant", "seed", "--slot", "1"]).variant
+    ['merged', 'seed']
+    """
     parser = argparse.ArgumentParser(prog="kvmviz", description="Explain and compare KVM memslot updates.")
     parser.add_argument("--version", action="version", version=f"kvmviz {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -278,6 +286,9 @@ def main(argv=None, out=None):
         return e.code
     try:
         return args.func(args, out)
+    except BrokenPipeError:          # `kvmviz explain ... | head`: the reader left early
+        sys.stderr.close()
+        return 0
     except (UsageError, export.RecipeError, ValueError, RuntimeError, OSError) as e:
         print(f"kvmviz {args.command}: {e}", file=sys.stderr)
         return 2

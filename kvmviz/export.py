@@ -345,7 +345,13 @@ _CALL_KEYS = ("slot", "flags", "gpa", "size", "hva")
 
 
 class RecipeError(ValueError):
-    """A recipe line that cannot be understood; names the line."""
+    """A recipe line that cannot be understood; names the line.
+
+    >>> parse_recipe("call slot=1 size=x")
+    Traceback (most recent call last):
+    ...
+    kvmviz.export.RecipeError: recipe line 1: 'call slot=1 size=x': invalid literal for int() with base 0: 'x'
+    """
 
 
 class Scenario:
@@ -405,7 +411,12 @@ class Scenario:
 
     # -- writer --------------------------------------------------------------------
     def begin(self, slot, flags, gpa, size, hva, fail_prepare=0):
-        """Start a call without running it (``vm.begin_set_user_memory_region``)."""
+        """Start a call without running it (``vm.begin_set_user_memory_region``).
+
+        >>> sc = Scenario(); upd = sc.begin(1, 0, 0, 0x1000, 0x7f0000000000)
+        >>> sc.step(3).steps[-1].function, sc.finish().result
+        ('kvm_set_memslot', 0)
+        """
         upd = self.vm.begin_set_user_memory_region(slot, flags, gpa, size, hva, fail_prepare=fail_prepare)
         self.actions.append(("begin", (slot, flags, gpa, size, hva, _errno_of(fail_prepare))))
         self.updates.append(upd)
@@ -446,7 +457,14 @@ class Scenario:
 
     # -- readers -------------------------------------------------------------------
     def vcpu(self, n, action, *args):
-        """A vCPU action: ``lock``, ``unlock``, ``lookup GFN``, ``access GFN [write]``, ``smm on|off``."""
+        """A vCPU action: ``lock``, ``unlock``, ``lookup GFN``, ``access GFN [write]``, ``smm on|off``.
+
+        vCPU ``n`` (and any before it) is created on first use.
+
+        >>> sc = Scenario(); _ = sc.call(1, 0, 0, 0x1000, 0x7f0000000000)
+        >>> sc.vcpu(0, "access", 0).reason, sc.vcpu(0, "access", 1).reason
+        ('ok', 'no-slot')
+        """
         while len(self.vcpus) <= n:
             self.vcpus[len(self.vcpus)] = self.vm.add_vcpu()
         v = self.vcpus[n]
@@ -462,7 +480,12 @@ class Scenario:
         return out
 
     def mn(self, which, hva_start, hva_end):
-        """An MMU-notifier invalidation: ``start`` or ``end`` of ``[hva_start, hva_end)``."""
+        """An MMU-notifier invalidation: ``start`` or ``end`` of ``[hva_start, hva_end)``.
+
+        >>> sc = Scenario(); _ = sc.call(1, 0, 0, 0x1000, 0x7f0000000000)
+        >>> [(s.label, g0, g1) for _, s, g0, g1 in sc.mn("start", 0x7f0000000000, 0x7f0000000800)]
+        [('#1', 0, 1)]
+        """
         fn = {"start": self.vm.mmu_notifier_invalidate_range_start,
               "end": self.vm.mmu_notifier_invalidate_range_end}.get(which)
         if fn is None:

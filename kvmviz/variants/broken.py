@@ -47,6 +47,15 @@ class NoSrcuWaitProtocol(MergedProtocol):
 
     The writer then edits and frees what old readers still use (reference
     §1.5, §3.4 step 5).
+
+    >>> from kvmviz import VM, check_invariants
+    >>> vm = VM(variant="no-srcu-wait"); _ = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x7f0000000000)
+    >>> vcpu = vm.add_vcpu(); vcpu.srcu_read_lock()
+    >>> _ = vm.set_user_memory_region(1, 0, 0, 0, 0)            # DELETE: never waits for vcpu0
+    >>> vcpu.gfn_to_memslot(0) is None                          # the slot vanished inside the section
+    True
+    >>> any("synchronize_srcu_expedited was skipped" in v for v in check_invariants(vm))
+    True
     """
 
     name = "no-srcu-wait"
@@ -65,6 +74,11 @@ class GenBeforePublishProtocol(MergedProtocol):
     filled from the old set carries a generation that never goes stale
     (reference §3.2); the swap's last step still adds N, so each swap moves the
     generation by 2N.
+
+    >>> from kvmviz import VM
+    >>> vm = VM(variant="gen-before-publish"); _ = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x7f0000000000)
+    >>> vm.generation(0), vm.swaps[0]
+    (4, 1)
     """
 
     name = "gen-before-publish"
@@ -80,6 +94,11 @@ class NoCatchUpProtocol(MergedProtocol):
 
     "Nobody reads the inactive set", but the next update edits it and
     publishes it (reference §2.1 ``kvm_activate_memslot``).
+
+    >>> from kvmviz import VM
+    >>> vm = VM(variant="no-catch-up"); _ = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x7f0000000000)
+    >>> len(vm.memslots(0, "active")), len(vm.memslots(0, "inactive"))
+    (1, 0)
     """
 
     name = "no-catch-up"
