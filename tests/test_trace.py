@@ -244,6 +244,18 @@ def test_shipped_trace_counts_and_generations(reports, name):
     assert check_invariants(r.vm) == []
 
 
+def test_the_array_model_replays_the_boot_trace_to_the_same_state(reports):
+    r = replay(trace.load("qemu-boot-smm.log"), VM(implementation="array", history=False), keep_steps=False)
+    tree = reports["qemu-boot-smm.log"]
+    assert r.layout() == tree.layout() and [r.vm.generation(a) for a in (0, 1)] == [0xa4, 0x99]
+    assert dict(r.counts) == dict(tree.counts) and check_invariants(r.vm) == []
+
+
+def test_replay_refuses_what_is_not_a_trace():
+    with pytest.raises(TypeError, match="MemoryCall"):
+        replay(["kvm_set_user_memory Slot#0 flags=0x0 gpa=0x0 size=0x0 ua=0x0 ret=0"])
+
+
 def test_shipped_boot_trace_final_layout(reports):
     r = reports["qemu-boot-smm.log"]
     assert r.mismatches == [] and r.unparsed == []

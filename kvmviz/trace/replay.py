@@ -43,7 +43,7 @@ from ..constants import KVM_ADDRESS_SPACE_NUM, KVM_MEM_READONLY, flag_names
 from ..errors import KvmError
 from ..set_memory_region import CHANGES, DELETE, check_ioctl, check_memory_region, make_region
 from ..vm import VM
-from .qemu import QemuTrace, parse_qemu
+from .qemu import MemoryCall, QemuTrace, parse_qemu
 
 FAILED, OUTSIDE = "FAILED", "OUTSIDE"
 COUNT_KEYS = CHANGES + (FAILED, OUTSIDE)
@@ -289,6 +289,8 @@ def replay(text_or_calls, vm=None, *, keep_steps=True):
         trace = text_or_calls
     else:
         trace = QemuTrace(list(text_or_calls), [], [])
+        if not all(isinstance(c, MemoryCall) for c in trace.calls):
+            raise TypeError("replay takes trace text, a QemuTrace or MemoryCall objects")
     replayer = _Replayer(VM(history=False) if vm is None else vm, keep_steps)
     for number, call in enumerate(trace.calls, 1):
         replayer.run(number, call)
