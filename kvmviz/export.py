@@ -533,6 +533,9 @@ def recipe(scenario):
     >>> recipe(sc).splitlines()[-1]
     'call slot=0x1 flags=0x0 gpa=0x0 size=0x0 hva=0x0'
     """
+    if not isinstance(scenario, Scenario):
+        raise TypeError(f"recipe() takes a Scenario, not {type(scenario).__name__}: run the calls through "
+                        "export.Scenario(variant=...) (it drives scenario.vm and remembers every action)")
     lines = [RECIPE_MAGIC, f"version {scenario.version}", f"variant {scenario.variant}"]
     for kind, args in scenario.actions:
         if kind in ("call", "begin"):

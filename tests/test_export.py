@@ -160,3 +160,8 @@ def test_bad_recipes_name_the_line(text, message):
 def test_recipe_from_another_version_says_so():
     sc = export.replay_recipe("version 0.0.1\ncall slot=1 gpa=0 size=0x1000 hva=0x7f0000000000")
     assert sc.version_note.startswith("recipe written by kvmviz 0.0.1")
+
+
+def test_recipe_needs_a_scenario():
+    with pytest.raises(TypeError, match="export.Scenario"):
+        export.recipe(VM())
