@@ -226,8 +226,8 @@ class _Replayer:
     def logged_success(self, rc):
         c = rc.call
         if rc.before is not None and c.memory_size and (rc.before[2] ^ c.flags) & KVM_MEM_READONLY:
-            rc.implied = DELETE
-            self.ioctl(rc, (c.slot, 0, c.guest_phys_addr, 0, c.userspace_addr))
+            rc.implied = DELETE         # QEMU sends the new flags with memory_size 0
+            self.ioctl(rc, (c.slot, c.flags, c.guest_phys_addr, 0, c.userspace_addr))
         self.ioctl(rc, c.args)
 
     def logged_failure(self, rc):
