@@ -173,7 +173,7 @@ class Vcpu(Journaled):
     def __init__(self, vm, vcpu_id):
         super().__init__(vm.history, vm=vm, vcpu_id=vcpu_id, name=f"vcpu{vcpu_id}", smm=False,
                          pinned=None, pinned_sets=None, pinned_gens=None, pinned_edits=None, locked_at=None, seen={},
-                         last_used_slot=None, last_used_slot_gen=0, mmio_gfn=None, mmio_gen=None,
+                         last_used_slot=0 if vm.implementation == "array" else None, last_used_slot_gen=0, mmio_gfn=None, mmio_gen=None,
                          hva_caches=())
 
     def __repr__(self):
@@ -290,6 +290,32 @@ class Vcpu(Journaled):
     def _lookup(self, gfn, as_id):
         """``kvm_vcpu_gfn_to_memslot`` without recording; returns ``(slot, notes)``."""
         slots = self.memslots(as_id)
+        slot, notes = (self._lookup_array if self.vm.implementation == "array" else self._lookup_tree)(slots, gfn)
+        if slot is not None and self.pinned is not None and id(slot) not in self.seen:
+            self._remember(slot)
+        if self.pinned is None:
+            notes.append("outside an SRCU read-side section: kernel code must hold kvm->srcu here "
+                         "(lockdep would warn); the model reads the active set")
+        return slot, notes
+
+    def _lookup_array(self, slots, gfn):
+        """5.15: the per-vCPU cache is an array *index*, checked against the current array.
+
+        No generation is involved (reference §6.4): the index is simply tried
+        on whatever array the vCPU reads, then ``search_memslots`` runs.
+        """
+        from .memslots_array import ArraySlot
+        i, entries = self.last_used_slot, slots.memslots
+        if i < len(entries) and ArraySlot(entries[i]).base_gfn <= gfn < ArraySlot(entries[i]).end_gfn:
+            return ArraySlot(entries[i]), [f"hit in the vCPU slot-index cache (index {i})"]
+        j = slots.search_memslots(gfn)
+        if j < 0:
+            return None, [f"binary search in {slots.name}: no slot"]
+        self.last_used_slot = j
+        return ArraySlot(entries[j]), [f"binary search in {slots.name}: index {j}; cached per vCPU"]
+
+    def _lookup_tree(self, slots, gfn):
+        """5.17: the per-vCPU slot pointer is valid for one generation only (reference §5.1)."""
         gen, notes = slots.generation, []
         if gen != self.last_used_slot_gen:
             if self.last_used_slot is not None:
@@ -308,11 +334,6 @@ class Vcpu(Journaled):
                          + " (the VM-wide last_used_slot is left alone)")
             if slot is not None:
                 self.last_used_slot = slot
-        if slot is not None and self.pinned is not None and id(slot) not in self.seen:
-            self._remember(slot)
-        if self.pinned is None:
-            notes.append("outside an SRCU read-side section: kernel code must hold kvm->srcu here "
-                         "(lockdep would warn); the model reads the active set")
         return slot, notes
 
     def _remember(self, slot):

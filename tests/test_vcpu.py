@@ -339,3 +339,18 @@ def test_double_lock_and_unlock_outside_are_clear_errors():
     v.srcu_read_lock()
     with pytest.raises(RuntimeError, match="already inside"):
         v.srcu_read_lock()
+
+
+def test_array_model_readers_pin_the_old_structure_and_cache_an_index():
+    vm = kvmviz.VM(implementation="array")
+    vm.set_user_memory_region(*SLOT1)
+    v = vm.add_vcpu()
+    v.srcu_read_lock()
+    assert v.access(0x101).reason == "ok" and v.last_used_slot == 0       # 5.15: an index, no generation
+    upd = vm.begin_set_user_memory_region(*DELETE1)
+    _step_until(upd, lambda s: s.waiting)
+    assert v.access(0x101).reason == "ok"                                 # still the old array
+    v.srcu_read_unlock()
+    assert _fresh_access(vm, v, 0x101).reason == "invalid-slot"
+    upd.run()
+    assert _fresh_access(vm, v, 0x101).reason == "no-slot" and kvmviz.check_invariants(vm) == []
