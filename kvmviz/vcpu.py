@@ -171,9 +171,11 @@ class Vcpu(Journaled):
                  "mmio_gfn", "mmio_gen", "hva_caches")
 
     def __init__(self, vm, vcpu_id):
+        # 5.15 kept an array index per vCPU (starting at 0), 5.17 a slot pointer
+        cache = 0 if vm.implementation == "array" else None
         super().__init__(vm.history, vm=vm, vcpu_id=vcpu_id, name=f"vcpu{vcpu_id}", smm=False,
-                         pinned=None, pinned_sets=None, pinned_gens=None, pinned_edits=None, locked_at=None, seen={},
-                         last_used_slot=0 if vm.implementation == "array" else None, last_used_slot_gen=0, mmio_gfn=None, mmio_gen=None,
+                         pinned=None, pinned_sets=None, pinned_gens=None, pinned_edits=None, locked_at=None,
+                         seen={}, last_used_slot=cache, last_used_slot_gen=0, mmio_gfn=None, mmio_gen=None,
                          hva_caches=())
 
     def __repr__(self):
@@ -291,7 +293,7 @@ class Vcpu(Journaled):
         """``kvm_vcpu_gfn_to_memslot`` without recording; returns ``(slot, notes)``."""
         slots = self.memslots(as_id)
         slot, notes = (self._lookup_array if self.vm.implementation == "array" else self._lookup_tree)(slots, gfn)
-        if slot is not None and self.pinned is not None and id(slot) not in self.seen:
+        if slot is not None and self.pinned is not None and _key(slot) not in self.seen:
             self._remember(slot)
         if self.pinned is None:
             notes.append("outside an SRCU read-side section: kernel code must hold kvm->srcu here "
@@ -338,7 +340,7 @@ class Vcpu(Journaled):
 
     def _remember(self, slot):
         """Note a slot pointer this reader now holds (for the reader invariants); O(1)."""
-        seen, key, entry = self.seen, id(slot), (slot, snapshot(slot))
+        seen, key, entry = self.seen, _key(slot), (slot, snapshot(slot))
         seen[key] = entry
         if self._history is not None:
             self._history.log_op(lambda: seen.pop(key), lambda: seen.__setitem__(key, entry))
@@ -564,6 +566,11 @@ class GfnToHvaCache(Journaled):
         fn = "kvm_write_guest_offset_cached" if write else "kvm_read_guest_offset_cached"
         vcpu.record(fn, f"{out}. " + "; ".join(notes) + ("." if notes else ""), result=out)
         return out
+
+
+def _key(slot):
+    # an array-model slot is a fresh view per lookup; its identity is the entry it shows
+    return id(getattr(slot, "entry", slot))
 
 
 def _gen(g):
