@@ -9,6 +9,8 @@ module only says which situation to build and what to look at.
 [True, True, True, True, True]
 """
 
+import errno
+
 from .constants import KVM_MEM_LOG_DIRTY_PAGES as LOG, KVM_MEM_READONLY as RO
 from .exercises import (HVA, ChooseErrno, PickStep, PredictState, SpotInvariant, situation, slot_in)
 from .errors import KvmError
@@ -302,4 +304,47 @@ L09 = (
                  hint="One spare slot is allocated up front for every change type (reference §7.2)."),
 )
 
-CATALOGUE = L01 + L02 + L03 + L04 + L05 + L06 + L07 + L08 + L09
+def _trace(name, read):
+    """A probe that replays the shipped QEMU trace ``name`` and reads the report."""
+    def probe(sit):
+        from . import trace
+        return read(trace.replay(trace.load(name), keep_steps=False))
+    return probe
+
+
+def _gen_moves(first, last, as_id=0):
+    return lambda r: r.call(last).gens_after[as_id] - r.call(first).gens_before[as_id]
+
+
+CHANGE_NAMES = ("create", "delete", "move", "flags_only", "none")
+ERRNO_NAMES = ("0", "einval", "eexist", "eio", "enomem")
+
+L10 = (
+    PredictState("10.1", "The SMM boot trace (qemu-boot-smm.log), call 4: `Slot#0 flags=0x0 gpa=0x0 size=0x0`. "
+                 "Which change does the model classify it as?", situation(),
+                 _trace("qemu-boot-smm.log", lambda r: r.call(4).change.lower()), "choice", advance=0,
+                 choices=CHANGE_NAMES, hint="Look at memory_size (reference §4.3)."),
+    PredictState("10.2", "Same trace: calls 4 and 5 shrink slot 0 from 3 GiB to 768 KiB. By how much does the "
+                 "generation of as0 move across those two calls?", situation(),
+                 _trace("qemu-boot-smm.log", _gen_moves(4, 5)), advance=0,
+                 hint="A slot cannot be resized in place: count the swaps of each call (reference §3.1)."),
+    PredictState("10.3", "The generated large-VM trace (large-vm-generated.log): which change type is the "
+                 "most frequent?", situation(),
+                 _trace("large-vm-generated.log", lambda r: max(("CREATE", "DELETE", "MOVE", "FLAGS_ONLY"),
+                                                                key=r.counts.get).lower()),
+                 "choice", advance=0, choices=CHANGE_NAMES[:4],
+                 hint="What does live migration do to every slot, twice?"),
+    PredictState("10.4", "The VGA dirty-log trace (qemu-vga-dirty-log.log) starts mid-run: its first call "
+                 "deletes a slot the log never created. What would the model return for it?", situation(),
+                 _trace("qemu-vga-dirty-log.log",
+                        lambda r: _errname(r.mismatches[0].modelled) if r.mismatches else "0"),
+                 "choice", advance=0, choices=ERRNO_NAMES,
+                 hint="Deleting a slot id that does not exist is reference §4.2 check 10."),
+)
+
+
+def _errname(r):
+    return errno.errorcode[-r].lower() if r else "0"
+
+
+CATALOGUE = L01 + L02 + L03 + L04 + L05 + L06 + L07 + L08 + L09 + L10
