@@ -87,7 +87,8 @@ def _recipe_text(spec):
     if os.path.exists(spec):
         with open(spec, encoding="utf-8") as f:
             return f.read()
-    if "=" in spec or ";" in spec or spec.strip().startswith(("variant", "kvmviz-recipe")):
+    words = spec.replace(";", " ").split()
+    if words and words[0] in export.RECIPE_WORDS:
         return spec
     raise UsageError(f"no such recipe file: {spec}")
 

@@ -342,6 +342,8 @@ def _diff_row(i, j, mark, step):
 # -- recipes -------------------------------------------------------------------------------------
 RECIPE_MAGIC = "kvmviz-recipe 1"
 _CALL_KEYS = ("slot", "flags", "gpa", "size", "hva")
+#: the words a recipe line may start with
+RECIPE_WORDS = ("kvmviz-recipe", "version", "variant", "call", "begin", "step", "finish", "vcpu", "mn")
 
 
 class RecipeError(ValueError):
@@ -599,7 +601,7 @@ def _parse_args(kind, rest):
         return (_int(rest[0]), rest[1]) + tuple(_int(w) if w[0].isdigit() else w for w in rest[2:])
     if kind == "mn":
         return (rest[0], _int(rest[1]), _int(rest[2]))
-    raise ValueError(f"unknown action {kind!r}; use call, begin, step, finish, vcpu, mn, variant, version")
+    raise ValueError(f"unknown action {kind!r}; use {', '.join(RECIPE_WORDS[1:])}")
 
 
 def replay_recipe(text, variant=None, check=False):
@@ -621,8 +623,12 @@ def replay_recipe(text, variant=None, check=False):
                        if version and version != __version__ else "")
     runners = {"call": sc.call, "begin": sc.begin, "step": sc.step, "finish": sc.finish,
                "vcpu": sc.vcpu, "mn": sc.mn}
-    for kind, args in actions:
-        runners[kind](*args)
+    for n, (kind, args) in enumerate(actions, 1):
+        try:
+            runners[kind](*args)
+        except (TypeError, ValueError, RuntimeError) as e:
+            words = " ".join(_num(a) for a in args)
+            raise RecipeError(f"recipe action {n} ({kind} {words}): {e}") from None
     return sc
 
 

@@ -122,6 +122,10 @@ def test_recipe_run(tmp_path, capsys):
     (["explain", "--slot", "1", "--setup", "call slot=1 gpa=x size=1"], "recipe line 1"),
     (["diff", "--variant", "merged", "--slot", "1"], "exactly two --variant"),
     (["recipe", "run", "/no/such/file"], "no such recipe file"),
+    (["explain", "--slot", "1", "--setup", "vcpu 0 access"], "recipe action 1 (vcpu 0x0 access)"),
+    (["explain", "--slot", "1", "--setup", "vcpu 0 lock; vcpu 0 lock"], "already inside"),
+    (["explain", "--slot", "1", "--setup", "mn end 0 0x1000"], "no invalidation"),
+    (["explain", "--slot", "1", "--setup", "begin slot=1 size=0x1000 hva=0x10000"], "leaves a call running"),
     ([], "the following arguments are required: COMMAND"),
 ])
 def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
