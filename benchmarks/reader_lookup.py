@@ -4,14 +4,13 @@ A vCPU inside an SRCU read-side section looks up gfns that each fall in a
 different slot, so every lookup misses the per-vCPU slot cache and walks the
 gfn tree (``search_memslots``, reference §5.1); a second series repeats one
 gfn, so every lookup hits the cache. Prints the abstract work per lookup (gfn
-tree nodes visited, from ``vm.cost``) and wall times with their ratio to the
-10-slot baseline measured in the same process.
+tree nodes visited, from ``vm.cost``) and wall times (fastest of 15 batches)
+with their ratio to the 10-slot baseline measured in the same process.
 
     .venv/bin/python benchmarks/reader_lookup.py [--slots N] [--lookups K]
 """
 
 import argparse
-import statistics
 import time
 
 import kvmviz
@@ -29,8 +28,8 @@ def build(n):
     return vm, vcpu
 
 
-def per_lookup(vm, fn, gfns, repeats=7):
-    """Median over ``repeats`` batches of the time per call, and tree nodes per call."""
+def per_lookup(vm, fn, gfns, repeats=15):
+    """Fastest of ``repeats`` batches (least disturbed by other load), per call; tree nodes per call."""
     times, nodes = [], 0
     for _ in range(repeats):
         before = vm.cost["gfn_tree_nodes"]
@@ -39,7 +38,7 @@ def per_lookup(vm, fn, gfns, repeats=7):
             fn(g)
         times.append((time.perf_counter() - start) / len(gfns))
         nodes = (vm.cost["gfn_tree_nodes"] - before) / len(gfns)
-    return statistics.median(times), nodes
+    return min(times), nodes
 
 
 def measure(n, lookups):
