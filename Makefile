@@ -38,3 +38,13 @@ bench: $(VENV)/.test
 
 clean:
 	rm -rf $(VENV) build .pytest_cache
+
+# Static HTML of every notebook, executed (step images inline), under build/html, for
+# reading without a kernel. Execution happens on copies in a temporary directory, so
+# the committed notebooks keep their cleared outputs. Widget state is not stored: the
+# page shows each widget's static rendering (text and PNG) instead of an empty box.
+html: $(VENV)/.test
+	rm -rf build/html && mkdir -p build/html
+	tmp=$$(mktemp -d) && cp notebooks/*.ipynb "$$tmp"/ && \
+	$(VENV)/bin/jupyter nbconvert --to html --execute --ExecutePreprocessor.timeout=600 \
+	  --ExecutePreprocessor.store_widget_state=False --output-dir build/html "$$tmp"/*.ipynb; status=$$?; rm -rf "$$tmp"; exit $$status

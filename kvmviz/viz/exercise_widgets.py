@@ -2,7 +2,8 @@
 
 Thin glue: checking is ``Progress.check`` / ``Exercise.check`` from
 ``kvmviz.exercises``; the widgets only collect the answer and show the
-``Feedback``. Stable CSS hooks for browser tests: ``kvmviz-exercise``,
+``Feedback``. Each also offers a ``text/html`` rendering, which pages without
+a widget manager (``make html``) show instead. Stable CSS hooks for browser tests: ``kvmviz-exercise``,
 ``t-answer``, ``t-check``, ``t-feedback``, ``t-progress``, ``t-call``, ``t-result``.
 
 >>> from kvmviz.exercises import Progress
@@ -72,7 +73,12 @@ class ExerciseWidget:
         return fb
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        # text/html is what a page without a widget manager (nbconvert HTML) shows instead
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        plain = ("<div class=\"kvmviz-exercise-static\">" + self.question.value +
+                 "<br><i>Answer it in a live notebook, or with <code>progress.check(\"" +
+                 self.exercise.key + "\", answer)</code>.</i></div>")
+        return {**bundle, "text/html": plain}
 
 
 class ProgressDisplay:
@@ -95,7 +101,8 @@ class ProgressDisplay:
         self.label.value = f"Progress: {p.solved_count} / {p.total} solved"
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        html_text = f"<div class=\"kvmviz-progress-static\"><b>{_html(self.label.value)}</b></div>"
+        return {**self.widget._repr_mimebundle_(**kwargs), "text/html": html_text}
 
 
 def lesson_progress(n):
@@ -153,4 +160,5 @@ class IoctlForm:
         return outcome
 
     def _repr_mimebundle_(self, **kwargs):
-        return self.widget._repr_mimebundle_(**kwargs)
+        html_text = f"<div class=\"kvmviz-ioctl-static\"><i>Calls made so far:</i>{self.log.value}</div>"
+        return {**self.widget._repr_mimebundle_(**kwargs), "text/html": html_text}
