@@ -41,9 +41,22 @@ BINS = 256
 DPI = 72
 
 
+class KvmFigure(Figure):
+    """A ``Figure`` that shows itself as a PNG in Jupyter, with or without pyplot.
+
+    >>> KvmFigure(figsize=(1, 1))._repr_png_()[:4]
+    b'\\x89PNG'
+    """
+
+    def _repr_png_(self):
+        if self.canvas is None or not isinstance(self.canvas, FigureCanvasAgg):
+            FigureCanvasAgg(self)
+        return png_bytes(self)
+
+
 def _figure(width, height):
     # fixed margins instead of a layout engine: constrained layout doubled the drawing time
-    fig = Figure(figsize=(width, height), dpi=DPI)
+    fig = KvmFigure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     return fig
 

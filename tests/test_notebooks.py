@@ -1,0 +1,94 @@
+"""Every notebook runs top to bottom without errors, warnings or stderr output.
+
+Parametrized by ``notebooks/*.ipynb``, so new lessons are covered without
+editing this file. Each runs with nbclient in a temporary copy of the
+notebooks folder, so the committed files are never written to.
+"""
+
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
+WARNING = re.compile(r"\b\w*Warning\b|\bWARNING\b")
+# ipykernel's own log lines about its transport, not produced by the notebook
+KERNEL_NOISE = re.compile(r"^\[IPKernelApp\] WARNING \| Kernel is running over TCP without encryption.*$\n?",
+                          re.MULTILINE)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A private copy of notebooks/ (lessons may read files next to them)."""
+    dest = tmp_path_factory.mktemp("notebooks")
+    shutil.copytree(NOTEBOOKS[0].parent, dest, dirs_exist_ok=True)
+    return dest
+
+
+def run(path):
+    """Execute the notebook at ``path`` in place (a copy); return it."""
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(path.parent)}}).execute()
+    return nb
+
+
+def problems(nb):
+    """Errors, stderr output and warnings in the outputs of ``nb``, as strings."""
+    out = []
+    for i, cell in enumerate(nb.cells):
+        for o in cell.get("outputs", []):
+            text = o.get("text", "") or "".join(str(v) for k, v in o.get("data", {}).items()
+                                                    if k.startswith("text/"))
+            text = KERNEL_NOISE.sub("", text)
+            if o.output_type == "error":
+                out.append(f"cell {i}: {o.ename}: {o.evalue}")
+            elif o.output_type == "stream" and o.name == "stderr" and text.strip():
+                out.append(f"cell {i}: stderr: {text[:300]}")
+            elif WARNING.search(text):
+                out.append(f"cell {i}: warning: {text[:300]}")
+    return out
+
+
+def test_notebooks_exist():
+    assert any(p.name == "00-start-here.ipynb" for p in NOTEBOOKS)
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", [p.name for p in NOTEBOOKS])
+def test_notebook_runs_clean(workdir, name):
+    nb = run(workdir / name)
+    assert problems(nb) == []
+    committed = nbformat.read(NOTEBOOKS[0].parent / name, as_version=4)
+    assert all(not c.get("outputs") for c in committed.cells if c.cell_type == "code"), \
+        f"{name} is committed with outputs; clear them"
+
+
+@pytest.mark.notebook
+def test_start_here_leaves_static_step_output(workdir):
+    """The Stepper's static copy (PNG + text) is in the saved outputs and follows st.step()."""
+    nb = run(workdir / "00-start-here.ipynb")
+    statics = [o for c in nb.cells for o in c.get("outputs", [])
+               if o.output_type == "display_data" and "image/png" in o.get("data", {})
+               and "static copy" in o["data"].get("text/html", "")]
+    assert len(statics) == 1
+    data = statics[0]["data"]
+    assert data["text/plain"].startswith("step 2 of 2+")
+    assert len(data["image/png"]) > 1000
+    texts = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "all invariants hold: True" in texts
+
+
+def test_problems_sees_errors_stderr_and_warnings():
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("x")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="oops"),
+                    nbformat.v4.new_output("stream", name="stdout", text="DeprecationWarning: old"),
+                    nbformat.v4.new_output("stream", name="stdout", text="ok\n[IPKernelApp] WARNING | Kernel "
+                                           "is running over TCP without encryption. Use IPC.\n"),
+                    nbformat.v4.new_output("error", ename="ValueError", evalue="bad", traceback=[])]
+    nb.cells.append(cell)
+    assert [p.split(":")[1].strip() for p in problems(nb)] == ["stderr", "warning", "ValueError"]
