@@ -185,7 +185,7 @@ class ArrayMemslots(Journaled):
         self.last_used_slot = src.last_used_slot
 
     def _copy_containers(self, src):
-        object.__setattr__(self, "memslots", [e.copy() for e in src.memslots])
+        object.__setattr__(self, "memslots", list(map(list.copy, src.memslots)))
         object.__setattr__(self, "id_to_index", array("h", src.id_to_index))
         self.cost["slots_copied"] += src.used_slots
         self.cost["bytes_copied"] += kvm_memslots_size(src.used_slots)
@@ -241,9 +241,10 @@ class ArrayMemslots(Journaled):
         if change == "DELETE":
             i = index[new[ID]]
             shifted = len(slots) - 1 - i
+            ident = ID
             for j in range(i, len(slots) - 1):
-                slots[j] = slots[j + 1]
-                index[slots[j][ID]] = j
+                slots[j] = entry = slots[j + 1]
+                index[entry[ident]] = j
             del slots[-1]
             index[new[ID]] = -1
             self._count_shifts(shifted)
@@ -264,20 +265,20 @@ class ArrayMemslots(Journaled):
 
     def kvm_memslot_move_backward(self, i, gfn):
         """``kvm_memslot_move_backward``: shift lower-gfn entries one place toward the front."""
-        slots, index = self.memslots, self.id_to_index
+        slots, index, base, ident = self.memslots, self.id_to_index, BASE, ID
         last = len(slots) - 1
-        while i < last and gfn <= slots[i + 1][BASE]:
-            slots[i] = slots[i + 1]
-            index[slots[i][ID]] = i
+        while i < last and gfn <= slots[i + 1][base]:
+            slots[i] = entry = slots[i + 1]
+            index[entry[ident]] = i
             i += 1
         return i
 
     def kvm_memslot_move_forward(self, i, gfn):
         """``kvm_memslot_move_forward``: shift higher-gfn entries one place toward the back."""
-        slots, index = self.memslots, self.id_to_index
-        while i > 0 and gfn >= slots[i - 1][BASE]:
-            slots[i] = slots[i - 1]
-            index[slots[i][ID]] = i
+        slots, index, base, ident = self.memslots, self.id_to_index, BASE, ID
+        while i > 0 and gfn >= slots[i - 1][base]:
+            slots[i] = entry = slots[i - 1]
+            index[entry[ident]] = i
             i -= 1
         return i
 
@@ -326,14 +327,15 @@ class ArrayMemslots(Journaled):
         check (reference §6.3).
         """
         self.cost["array_entries_scanned"] += len(self.memslots)
-        hits = [ArraySlot(e) for e in self.memslots if e[BASE] < end and start < e[BASE] + e[NPAGES]]
+        base, npages = BASE, NPAGES
+        hits = [ArraySlot(e) for e in self.memslots if e[base] < end and start < e[base] + e[npages]]
         return hits[::-1]
 
     def iter_hva_range(self, start, last):
         """Slots whose hva range meets ``[start, last]``: an O(n) scan (reference §5.3)."""
         self.cost["array_entries_scanned"] += len(self.memslots)
-        return [ArraySlot(e) for e in self.memslots
-                if e[HVA] <= last and start < e[HVA] + (e[NPAGES] << PAGE_SHIFT)]
+        hva, npages, shift = HVA, NPAGES, PAGE_SHIFT
+        return [ArraySlot(e) for e in self.memslots if e[hva] <= last and start < e[hva] + (e[npages] << shift)]
 
     def entries(self):
         """The array as the kernel holds it: views, highest gfn first."""

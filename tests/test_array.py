@@ -286,3 +286,19 @@ def test_scaling_plot_is_log_log_with_both_designs():
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["array (5.10-5.15)", "tree (5.17+)"]
     with pytest.raises(ValueError):
         scaling.plot_scaling(metric="seconds")
+
+
+def test_benchmark_bulk_load_gives_the_state_the_ioctls_give():
+    bench = load_benchmark()
+    layout = bench.Layout(40, bench.UNMAP_SIZE)
+    real, bulk = bench.new_vm("array"), bench.new_vm("array")
+    for k in range(39):
+        real.set_user_memory_region(*layout.region(k))
+    bench.bulk_load(bulk, layout, 39)
+    assert kvmviz.check_invariants(bulk) == []
+    for attr in ("nr_memslot_pages", "swaps", "uid"):
+        assert getattr(bulk, attr) == getattr(real, attr), attr
+    a, b = real.active_set(0), bulk.active_set(0)
+    assert [e[:6] for e in a.memslots] == [e[:6] for e in b.memslots]
+    assert (a.generation, a.used_slots, a.id_to_index) == (b.generation, b.used_slots, b.id_to_index)
+    assert bulk.srcu.seq == real.srcu.seq
