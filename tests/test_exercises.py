@@ -155,3 +155,17 @@ def test_widget_check_button_updates_feedback_and_progress():
     box.button.click()
     assert "Correct" in box.feedback.value
     assert bar.label.value == f"Progress: 1 / {p.total} solved"
+
+
+def test_every_lesson_notebook_offers_all_its_exercises_both_ways():
+    nbformat = pytest.importorskip("nbformat")
+    from pathlib import Path
+    books = sorted((Path(__file__).parent.parent / "notebooks").glob("[01][0-9]-*.ipynb"))
+    lessons = {int(p.name[:2]): p for p in books if p.name[:2] != "00"}
+    assert sorted(lessons) == list(range(1, 11))
+    for n, path in lessons.items():
+        source = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells)
+        assert f"lesson_progress({n})" in source, path.name
+        for e in ex.lesson(n):
+            assert f'ExerciseWidget("{e.key}", progress)' in source, (path.name, e.key)
+            assert f'"{e.key}": None' in source, (path.name, e.key)      # the plain-call cell
