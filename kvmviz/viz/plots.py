@@ -18,12 +18,14 @@ True
 
 import io
 import textwrap
+from collections import Counter
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.collections import PatchCollection
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from ..constants import KVM_ADDRESS_SPACE_NUM, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP, flag_names
 from ..step import STAGES, Step
@@ -517,13 +519,19 @@ def _readers_by_event(vm, rows):
     if loose and h.at_frontier:
         # replaying would drop mutations logged after the last event
         return [now if r[0] == h.cursor - 1 else () for r in rows]
-    cursor, out = h.cursor, []
+    # replay re-runs container operations, which count abstract work: put the counters back
+    cursor, out, cost = h.cursor, [], Counter(vm.cost)
+    visited = [(st.hva_tree, st.hva_tree.visited) for pair in vm.sets for st in pair]
     try:
         for row in rows:
             h.goto(row[0] + 1)
             out.append(_reader_snapshot(vm))
     finally:
         h.goto(cursor)
+        vm.cost.clear()
+        vm.cost.update(cost)
+        for tree, n in visited:
+            tree.visited = n
     return out
 
 
@@ -561,7 +569,9 @@ def draw_generations(ax, lanes_ax, rows, as_ids, readers=None):
     for as_id in as_ids:
         for node in (0, 1):
             ys = [r[1][as_id][node] & ~IP for r in rows]
-            ax.step(xs, ys, where="post", color=SET_COLOURS[node], linestyle=styles[as_id % 2],
+            # one more point so the last event's value spans its whole column
+            ax.step(np.append(xs, xs[-1] + 1), ys + ys[-1:], where="post", color=SET_COLOURS[node],
+                    linestyle=styles[as_id % 2],
                     linewidth=2, label=f"as{as_id}/set{node}")
             ip = [bool(r[1][as_id][node] & IP) for r in rows]
             for x, flag in zip(xs, ip):
@@ -603,6 +613,7 @@ def _draw_lanes(ax, rows, xs, readers, as_id):
     ax.set_yticks([i + 0.5 for i in range(len(labels))], labels, fontsize=7)
     ax.set_ylim(len(labels), 0)
     ax.set_xlabel("history event (step number in vm.history)", fontsize=8)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(xs):
         ax.set_xlim(xs[0], xs[-1] + 1)
 

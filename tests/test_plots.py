@@ -1,0 +1,203 @@
+"""Plots: what they draw, that they do not touch the VM, determinism, aggregation."""
+
+import matplotlib.colors as mcolors
+import pytest
+from matplotlib.collections import PatchCollection
+from matplotlib.figure import Figure
+
+import kvmviz
+from kvmviz import viz
+from kvmviz.viz import plots
+from kvmviz.viz.plots import DIFFERS, EMPTY, INVALID, OKABE_ITO, SAME, png_bytes
+
+
+def vm_with(n, history=True):
+    vm = kvmviz.VM(history=history)
+    for i in range(n):
+        vm.set_user_memory_region(i, 0, i * 0x200000, 0x100000, 0x7f0000000000 + i * 0x10000000)
+    return vm
+
+
+def run_until(vm, call, stop):
+    """Begin ``call`` and step until ``stop(step)`` is true; returns the update."""
+    upd = vm.begin_set_user_memory_region(*call)
+    for step in upd:
+        if stop(step):
+            return upd
+    raise AssertionError("stop condition never met")
+
+
+def facecolours(ax):
+    """{(hex colour, hatch)} of every box collection on ``ax``."""
+    out = set()
+    for coll in ax.collections:
+        if isinstance(coll, PatchCollection):
+            for fc in coll.get_facecolors():
+                out.add((mcolors.to_hex(fc).upper(), coll.get_hatch()))
+    return out
+
+
+def widest_edge(ax):
+    return max((lw for c in ax.collections if isinstance(c, PatchCollection) for lw in c.get_linewidths()),
+               default=0)
+
+
+def test_palette_is_okabe_ito():
+    assert {SAME, DIFFERS, INVALID} <= set(OKABE_ITO.values())
+    assert OKABE_ITO["vermillion"] == "#D55E00" and len(OKABE_ITO) == 8
+
+
+def test_at_rest_both_sets_same_and_active_marked():
+    vm = vm_with(3)
+    fig = viz.plot_memslots(vm)
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    set0, set1 = fig.axes
+    assert fig.get_suptitle() == "as0 at rest: both sets hold the same 3 slots; set1 active, generation 0x6"
+    assert "ACTIVE" in set1.get_title() and "inactive" in set0.get_title()
+    assert facecolours(set0) == facecolours(set1) == {(SAME.upper(), None), ("#FFFFFF", "..")}
+    labels = [t.get_text() for t in set0.texts]
+    assert "id 2 #3 -\n0x100 pages" in labels and "empty" in labels
+    assert set0.get_ylabel().startswith("gfn") and set0.get_yticklabels()[0].get_text() == "0x0"
+    assert [p.get_label() for p in fig.legends[0].get_patches()][:3] == [
+        "same object in both sets", "only in this set (differs)", "INVALID copy"]
+
+
+def test_mid_move_shows_invalid_copy_differing_slot_and_touched_node():
+    vm = vm_with(2)
+    # step to the replace of MOVE: the new #4 goes into the inactive set, the active one holds INVALID #5
+    run_until(vm, (1, 0, 0x1000000, 0x100000, 0x7f0010000000), lambda s: s.stage == "replace")
+    fig = viz.plot_memslots(vm)
+    active = fig.axes[vm.active_idx[0]]
+    inactive = fig.axes[vm.active_idx[0] ^ 1]
+    assert (INVALID.upper(), "xx") in facecolours(active)
+    assert (DIFFERS.upper(), None) in facecolours(inactive)
+    assert widest_edge(inactive) == 3 and widest_edge(active) < 3
+    assert fig.get_suptitle().startswith("as0 mid-update: the sets differ in #")
+    assert any("(touched)" in t.get_text() for t in inactive.texts)
+
+
+def test_empty_vm_and_second_address_space():
+    fig = viz.plot_memslots(kvmviz.VM(), as_id=1)
+    assert fig.axes[0].get_title().startswith("as1/set0 (ACTIVE, generation 0x1)")
+    assert facecolours(fig.axes[0]) == {("#FFFFFF", "..")}
+
+
+def test_many_slots_are_aggregated_into_bins():
+    vm = vm_with(plots.MAX_DRAWN + 1, history=False)
+    fig = viz.plot_memslots(vm)
+    ax = fig.axes[0]
+    assert len(ax.images) == 1 and "bins" in ax.get_ylabel()
+    coverage = ax.images[0].get_array()
+    assert coverage.shape == (plots.BINS, 1) and 0.4 < coverage.mean() < 0.6   # 1 MiB of every 2 MiB
+    assert not ax.texts                                                       # no slot to mark at rest
+
+
+def test_aggregated_view_marks_the_changing_slot():
+    vm = vm_with(3000, history=False)
+    run_until(vm, (3000, 0, 0x100000000000, 0x1000, 0x7e0000000000), lambda s: s.stage == "replace")
+    fig = viz.plot_memslots(vm)
+    inactive = fig.axes[vm.active_idx[0] ^ 1]
+    assert [t.get_text() for t in inactive.texts] == ["3000:#3001"]
+    fig.canvas.draw()
+
+
+def test_same_state_same_pixels_other_state_other_pixels():
+    a, b = vm_with(4), vm_with(4)
+    assert png_bytes(viz.plot_memslots(a)) == png_bytes(viz.plot_memslots(b))
+    assert png_bytes(viz.plot_step(a)) == png_bytes(viz.plot_step(b))
+    b.set_user_memory_region(3, 1, 3 * 0x200000, 0x100000, 0x7f0030000000)
+    assert png_bytes(viz.plot_memslots(a)) != png_bytes(viz.plot_memslots(b))
+
+
+def snapshot(vm):
+    sets = [[(s.uid, s.base_gfn) for s in st.slots()] for pair in vm.sets for st in pair]
+    caches = [st.last_used_slot for pair in vm.sets for st in pair]
+    return (dict(vm.cost), sets, caches, vm.history.cursor, len(vm.history), vm.generations(),
+            tuple(st.hva_tree.visited for pair in vm.sets for st in pair))
+
+
+def test_plots_do_not_touch_the_vm():
+    vm = vm_with(3)
+    vm.gfn_to_memslot(0x10)
+    run_until(vm, (0, 0, 0x10000000, 0x100000, 0x7f0000000000), lambda s: s.function == "rcu_assign_pointer")
+    v = vm.add_vcpu()
+    v.srcu_read_lock()
+    before = snapshot(vm)
+    for plot in (viz.plot_memslots, viz.plot_trees, viz.plot_generations, viz.plot_step):
+        png_bytes(plot(vm))
+        assert snapshot(vm) == before, plot.__name__
+
+
+def test_trees_show_order_intervals_hash_and_touched_nodes():
+    vm = vm_with(3)
+    upd = run_until(vm, (7, 0, 0x4000000, 0x100000, 0x7f0000000000), lambda s: s.stage == "replace")
+    fig = viz.plot_trees(vm)
+    titles = [ax.get_title() for ax in fig.axes]
+    inactive = vm.active_idx[0] ^ 1
+    assert titles[3 * inactive] == f"as0/set{inactive} gfn tree: 4 nodes in base_gfn order"
+    assert titles[3 * inactive + 1] == f"as0/set{inactive} hva interval tree: 4 ranges"
+    assert titles[3 * inactive + 2] == f"as0/set{inactive} id hash: 4 entries, 128 buckets"
+    gfn_ax, hva_ax, hash_ax = fig.axes[3 * inactive: 3 * inactive + 3]
+    assert [t.get_text() for t in gfn_ax.texts if t.get_text()] == ["0x0\n#1", "0x200\n#2", "0x400\n#3", "0x4000\n#4"]
+    assert max(p.get_linewidth() for p in gfn_ax.patches) == 3
+    assert max(p.get_linewidth() for p in hash_ax.patches) == 2.5           # the new id's bucket
+    # slot 7 and slot 0 share hva 0x7f0000000000: overlapping ranges land on two lanes
+    assert len(hva_ax.get_yticks()) == 2
+    assert "this step: set" in fig.get_suptitle() and upd.result is None
+
+
+def test_generations_mark_swaps_in_progress_and_lock_lanes():
+    vm = kvmviz.VM()
+    steps = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x10000)          # CREATE: one swap
+    steps += vm.set_user_memory_region(1, 0, 0x1000, 0x1000, 0x10000)    # MOVE: two swaps
+    fig = viz.plot_generations(vm, 0)
+    gen_ax, lanes = fig.axes
+    assert gen_ax.get_title() == ("generations over events 1..42: as0 generation 0x6 (set1 active), "
+                                  "3 swap(s)")
+    shaded = [p for p in gen_ax.patches if mcolors.to_hex(p.get_facecolor()).upper() == OKABE_ITO["purple"]]
+    in_progress = sum(1 for s in steps if s.gens[0][0] >> 63 or s.gens[0][1] >> 63)
+    assert len(shaded) == in_progress > 0
+    assert [t.get_text() for t in lanes.get_yticklabels()] == ["slots_lock", "slots_arch_lock",
+                                                               "mn_invalidate_lock"]
+    assert gen_ax.get_ylabel().startswith("generation") and lanes.get_xlabel().startswith("history event")
+    both = viz.plot_generations(vm)
+    assert {line.get_label() for line in both.axes[0].lines} >= {"as0/set0", "as1/set1"}
+
+
+def test_generations_draw_reader_lanes_with_pinned_set():
+    vm = vm_with(1)
+    v = vm.add_vcpu()
+    v.srcu_read_lock()
+    upd = vm.begin_set_user_memory_region(0, 0, 0, 0, 0)                 # DELETE waits for vcpu0
+    while not upd.blocked:
+        next(upd)
+    next(upd)
+    v.srcu_read_unlock()
+    upd.run()
+    lanes = viz.plot_generations(vm, 0, first=vm.history.cursor - len(upd.steps) - 2).axes[1]
+    assert [t.get_text() for t in lanes.get_yticklabels()][-1] == "reader vcpu0"
+    assert any(t.get_text().startswith("pins set") for t in lanes.texts)
+
+
+def test_step_picture_tells_stage_function_and_state():
+    vm = vm_with(2)
+    run_until(vm, (1, 0, 0x1000000, 0x100000, 0x7f0010000000), lambda s: s.function == "rcu_assign_pointer")
+    fig = viz.plot_step(vm)
+    step = plots.current_step(vm)
+    assert fig.get_suptitle().startswith(f"event {step.index + 1} [invalidate] rcu_assign_pointer: as0 mid-update")
+    bar = fig.axes[0]
+    current = [t.get_text() for t in bar.texts if t.get_fontweight() == "bold"]
+    assert current == ["invalidate"]
+    assert any(t.get_text().startswith("rcu_assign_pointer: publish") for t in bar.texts)
+    assert "locks held: mn_invalidate_lock, slots_arch_lock, slots_lock" in fig.axes[3].get_title()
+
+
+def test_before_any_step_the_picture_says_so():
+    fig = viz.plot_step(kvmviz.VM())
+    assert fig.get_suptitle().startswith("before the call: as0 at rest")
+
+
+@pytest.mark.parametrize("plot", [viz.plot_memslots, viz.plot_trees, viz.plot_generations, viz.plot_step])
+def test_every_plot_renders_png(plot):
+    data = png_bytes(plot(vm_with(2)))
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
