@@ -18,6 +18,8 @@ scanned, shifted or probed, and slot structs copied.
 import json
 from pathlib import Path
 
+from matplotlib.lines import Line2D
+
 from .plots import OKABE_ITO, _figure
 
 COSTS_JSON = Path(__file__).with_name("scaling_costs.json")
@@ -62,7 +64,10 @@ def plot_scaling(rows=None, metric="work"):
         ax.set_xlabel("memslots (N)")
         ax.grid(True, which="major", alpha=0.3)
     axes[0].set_ylabel(METRICS[metric])
-    axes[0].legend(fontsize=8, loc="upper left")
+    handles = [Line2D([], [], color=st["color"], marker=st["marker"], label=st["label"]) for st in STYLE.values()]
+    handles.append(Line2D([], [], color=OKABE_ITO["black"], marker="o", linestyle="none",
+                          markerfacecolor="white", label="sampled, scaled up"))
+    axes[0].legend(handles=handles, fontsize=8, loc="upper left")
     fig.suptitle(f"Array vs tree memslots: {METRICS[metric]} grows O(n) or O(n^2) for the array, "
                  "O(log n) per call for the tree", fontsize=10)
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.16, top=0.82, wspace=0.3)
