@@ -138,6 +138,14 @@ class ArrayMemslots(Journaled):
     first; ``id_to_index`` is an ``array('h')`` of 32767 shorts (-1: absent).
     Container edits are journaled as before/after snapshots when the VM keeps
     history (O(n) per edit, teaching sizes only; benchmarks turn history off).
+
+    >>> s = ArrayMemslots(as_id=0)
+    >>> _ = s.update_memslots(new_entry(uid=1, id=5, base_gfn=0x10, npages=4), "CREATE")
+    >>> dup = s.kvm_dup_memslots(seq=2, change="MOVE")
+    >>> dup.name, dup.memslots == s.memslots, dup.memslots[0] is s.memslots[0]
+    ('as0/memslots@2', True, False)
+    >>> s.cost["bytes_copied"] - 2 * 88, s.cost["slots_copied"]      # header + one slot value
+    (65552, 1)
     """
 
     __slots__ = ("as_id", "seq", "node_idx", "generation", "used_slots", "last_used_slot",
@@ -225,6 +233,12 @@ class ArrayMemslots(Journaled):
         forward; MOVE/FLAGS_ONLY move it backward then forward, shifting the
         entries in between one place (reference §6.2). Returns
         ``(old_index, new_index, shifted)``.
+
+        >>> s = ArrayMemslots()
+        >>> [s.update_memslots(new_entry(id=i, base_gfn=0x10 * i, npages=1), "CREATE") for i in range(3)]
+        [(0, 0, 0), (1, 0, 1), (2, 0, 2)]
+        >>> s.update_memslots(new_entry(id=2, base_gfn=0x5, npages=1), "MOVE"), [e[ID] for e in s.memslots]
+        ((0, 1, 1), [1, 2, 0])
         """
         result = []
         self._edit(lambda: result.append(self._update(new, change)))
@@ -295,7 +309,14 @@ class ArrayMemslots(Journaled):
         return ArraySlot(self.memslots[i]) if i >= 0 else None
 
     def search_memslots(self, gfn):
-        """``search_memslots``: binary search on the descending array; the index or -1."""
+        """``search_memslots``: binary search on the descending array; the index or -1.
+
+        >>> s = ArrayMemslots()
+        >>> for i, gfn in enumerate((0x0, 0x100)):
+        ...     _ = s.update_memslots(new_entry(id=i, base_gfn=gfn, npages=0x10), "CREATE")
+        >>> s.search_memslots(0x105), s.search_memslots(0x5), s.search_memslots(0x50)
+        (0, 1, -1)
+        """
         slots = self.memslots
         lo, hi = 0, len(slots)
         while lo < hi:
@@ -357,6 +378,9 @@ def initial_sets(history, cost):
 
     Returned in the ``vm.sets`` layout of the array model: per address space
     ``(active, inactive view)``, both the same structure at rest.
+
+    >>> [(a.name, a is b, a.generation) for a, b in initial_sets(None, None)]
+    [('as0/memslots@0', True, 0), ('as1/memslots@0', True, 1)]
     """
     return tuple((s, s) for s in (ArrayMemslots(history, as_id=a, cost=cost)
                                   for a in range(KVM_ADDRESS_SPACE_NUM)))
@@ -371,6 +395,15 @@ def check_array_invariants(vm):
     structure or allocation reachable; at rest no scratch copy exists and
     mid-update it differs from the active one only in the changing slot;
     generation rules as in reference §3.1.
+
+    >>> from kvmviz import VM
+    >>> vm = VM(implementation="array")
+    >>> _ = vm.set_user_memory_region(1, 0, 0x1000, 0x1000, 0x100000)
+    >>> check_array_invariants(vm)
+    []
+    >>> vm.active_set(0).id_to_index[1] = 3
+    >>> check_array_invariants(vm)[0]
+    'as0/memslots@1: #1 (id 1) sits at index 0 but id_to_index says 3'
     """
     out = []
     for as_id, (active, scratch) in enumerate(vm.sets):

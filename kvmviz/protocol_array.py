@@ -28,10 +28,21 @@ from .set_memory_region import CREATE, DELETE, FLAGS_ONLY, MOVE
 
 
 class ArrayProtocol(MergedProtocol):
-    """The memslot update of Linux 5.15: array structure, copy, shift, install."""
+    """The memslot update of Linux 5.15: array structure, copy, shift, install.
+
+    >>> from kvmviz import VM
+    >>> vm = VM(implementation="array")
+    >>> _ = vm.set_user_memory_region(1, 0, 0x100000, 0x1000, 0x7f0000000000)
+    >>> steps = vm.set_user_memory_region(1, 0, 0, 0, 0)           # DELETE
+    >>> [s.function for s in steps if s.function in ("kvm_dup_memslots", "kvm_copy_memslots")]
+    ['kvm_dup_memslots', 'kvm_copy_memslots']
+    >>> [s.function for s in steps].count("rcu_assign_pointer"), vm.generation(0)
+    (2, 6)
+    """
 
     name = "array"
     swap_function = "install_new_memslots"
+    old = None             # the validated old slot of the running call (for ``drop_new``)
 
     # -- __kvm_set_memory_region ------------------------------------------------
     def new_memslot(self, plan):
