@@ -136,6 +136,7 @@ class Stepper:
         self.as_id = as_id
         self.base = self.vm.history.cursor
         self._cache = {}
+        self._figs = {}
         self._static = None
         self._syncing = False
         self._build()
@@ -428,8 +429,7 @@ class Stepper:
         self.first_button.disabled = self.back_button.disabled = at_start
         self.next_button.disabled = self.last_button.disabled = done
         self.figure.value = self._cached(self._figure_key(), self._draw_figure)
-        self.timeline.value = self._cached(("timeline", self.as_id, self.base, h.cursor, n),
-                                           lambda: plot_generations(vm, self.as_id, first=self.base))
+        self.timeline.value = self._cached(("timeline", self.as_id, self.base, h.cursor, n), self._draw_timeline)
         if self._static is not None:
             self._static.update(self._static_bundle(), raw=True)
 
@@ -463,8 +463,18 @@ class Stepper:
                 self.vm.generations()[self.as_id], content)
 
     def _draw_figure(self):
-        draw = plot_trees if self.view.value == "trees" else plot_memslots
-        return draw(self.vm, self.as_id, step=self.current)
+        if self.view.value == "trees":
+            return plot_trees(self.vm, self.as_id, step=self.current)
+        return self._reuse("sets", lambda fig: plot_memslots(self.vm, self.as_id, step=self.current, fig=fig))
+
+    def _draw_timeline(self):
+        return self._reuse("timeline", lambda fig: plot_generations(self.vm, self.as_id, first=self.base, fig=fig))
+
+    def _reuse(self, name, draw):
+        """Redraw into the figure kept for ``name`` (per address space): no axes rebuilt per step."""
+        key = (name, self.as_id)
+        self._figs[key] = draw(self._figs.get(key))
+        return self._figs[key]
 
     def _cached(self, key, make):
         png = self._cache.get(key)
