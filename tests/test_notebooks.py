@@ -7,6 +7,7 @@ notebooks folder, so the committed files are never written to.
 
 import re
 import shutil
+from functools import lru_cache
 from pathlib import Path
 
 import nbformat
@@ -28,8 +29,9 @@ def workdir(tmp_path_factory):
     return dest
 
 
+@lru_cache(maxsize=None)
 def run(path):
-    """Execute the notebook at ``path`` in place (a copy); return it."""
+    """Execute the notebook at ``path`` (in the copy) once; return it."""
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
