@@ -606,6 +606,9 @@ def draw_generations(ax, lanes_ax, rows, as_ids, readers=None):
                 if flag:
                     ax.axvspan(x, x + 1, color=C["purple"], alpha=0.25, linewidth=0)
         active = [r[1][as_id][2] for r in rows]
+        seen = [r[1][as_id][r[1][as_id][2]] & ~IP for r in rows]
+        ax.step(np.append(xs, xs[-1] + 1), seen + seen[-1:], where="post", color="black",
+                linestyle=styles[as_id % 2], linewidth=0.8, label=f"as{as_id} active set")
         for x, prev, cur in zip(xs[1:], active, active[1:]):
             if prev != cur:
                 swaps += 1
