@@ -120,7 +120,9 @@ class Stepper:
     ``back()`` restores the exact previous state through ``vm.history``;
     ``first()``, ``last()``, ``goto(n)`` move within the call; ``reset()``
     goes back to before it and forgets it; ``widget`` is the root widget.
-    Bad input never raises: the widget shows the errno and the reason, and the
+    Display the Stepper itself (``st`` as a cell's last line, or
+    ``display(st)``) to also get the static copy; ``display(st.widget)``
+    shows the widget alone. Bad input never raises: the widget shows the errno and the reason, and the
     VM is left as it was.
 
     >>> st = Stepper()
