@@ -264,3 +264,8 @@ def test_parse_number_forms():
     assert parse_number("x", "-0x10") == -16
     with pytest.raises(InputError, match="slot: 'abc!' is not a number"):
         parse_number("slot", "abc!")
+
+
+def test_a_vm_without_history_is_refused_clearly():
+    with pytest.raises(ValueError, match="history=True"):
+        Stepper(kvmviz.VM(history=False))

@@ -134,6 +134,8 @@ class Stepper:
 
     def __init__(self, vm=None, as_id=0):
         self.vm = vm if vm is not None else VM()
+        if not self.vm.history.enabled:
+            raise ValueError("the Stepper steps back through vm.history: use a VM made with history=True")
         self.upd = None
         self.as_id = as_id
         self.base = self.vm.history.cursor
