@@ -269,3 +269,10 @@ def test_parse_number_forms():
 def test_a_vm_without_history_is_refused_clearly():
     with pytest.raises(ValueError, match="history=True"):
         Stepper(kvmviz.VM(history=False))
+
+
+def test_begin_takes_strings_and_refuses_junk_without_raising():
+    st = Stepper()
+    assert st.begin("1", "0", "0x0", "0x1000", "0x10000") and st.upd.region.memory_size == 0x1000
+    st.last()
+    assert st.begin(2, 0, 1.5, 0x1000, 0x20000) is False and "is not a number" in st.error.value

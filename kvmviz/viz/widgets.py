@@ -282,7 +282,14 @@ class Stepper:
         """Start a call; True if it began, False if refused (reason shown in the widget).
 
         Refused calls leave the VM untouched: no step, no history event.
+        Arguments may also be strings in the form's syntax (``"0x1000"``).
         """
+        try:
+            slot, flags, gpa, size, hva = (v if isinstance(v, int) else parse_number(name, v)
+                                           for name, v in zip(FIELDS, (slot, flags, gpa, size, hva)))
+        except InputError as e:
+            self._show_error(str(e), nothing_sent=True)
+            return False
         self._write_form(slot, flags, gpa, size, hva)
         self.fail.value = bool(fail_prepare)
         refusal = self._refusal(slot, flags, gpa, size, hva)
