@@ -42,6 +42,7 @@ LOCK_COLOURS = {"slots_lock": C["blue"], "slots_arch_lock": C["green"], "mn_inva
 MAX_DRAWN = 64
 BINS = 256
 DPI = 72
+_LABEL_BOX = {"facecolor": "white", "alpha": 0.85, "pad": 1, "linewidth": 0}   # text on hatching
 
 
 class KvmFigure(Figure):
@@ -208,7 +209,7 @@ def _draw_set_bands(ax, vm, st, other_uids, bands, touched):
         widths.append(3 if hit else 0.8)
         ax.text(0.5, (y0 + y1) / 2, _slot_text(slot, short) + ("  (touched)" if hit and not short else ""),
                 ha="center", va="center", fontsize=7 if short else 8,
-                fontweight="bold" if hit else "normal")
+                fontweight="bold" if hit else "normal", bbox=_LABEL_BOX if slot.invalid else None)
         covered.append((y0, y1))
     edges = [0.0] + [y for pair in covered for y in pair] + [bands.pos[-1]]
     gaps = [(0.05, y0, 0.9, y1 - y0) for y0, y1 in zip(edges[::2], edges[1::2]) if y1 - y0 > 1e-9]
@@ -380,18 +381,20 @@ def _rows(intervals):
     return rows
 
 
-def _draw_gfn_tree(ax, st, new):
+def _draw_gfn_tree(ax, st, new, other_uids):
     slots = st.slots()
     ax.set_title(f"{st.name} gfn tree: {len(slots)} nodes in base_gfn order", fontsize=9)
     ax.set_xlabel("in-order position (rbtree shape not modelled: a sorted map)", fontsize=8)
     ax.set_yticks([])
+    ax.set_xticks([])
     shown = slots if len(slots) <= 16 else slots[:8] + slots[-8:]
     for i, slot in enumerate(shown):
         hit = slot.label == new
-        colour, hatch = _slot_colour(slot, {slot.uid} if not slot.invalid else set())
-        ax.add_patch(Rectangle((i + 0.1, 0.2), 0.8, 0.6, facecolor=colour if slot.invalid else SAME,
-                               hatch=hatch, edgecolor="black", linewidth=3 if hit else 0.8))
-        ax.text(i + 0.5, 0.5, f"{slot.base_gfn:#x}\n{slot.label}", ha="center", va="center", fontsize=7)
+        colour, hatch = _slot_colour(slot, other_uids)
+        ax.add_patch(Rectangle((i + 0.1, 0.2), 0.8, 0.6, facecolor=colour, hatch=hatch, edgecolor="black",
+                               linewidth=3 if hit else 0.8))
+        ax.text(i + 0.5, 0.5, f"{slot.base_gfn:#x}\n{slot.label}", ha="center", va="center", fontsize=7,
+                bbox=_LABEL_BOX if slot.invalid else None)
         if i:
             ax.annotate("", (i + 0.1, 0.5), (i - 0.1, 0.5), arrowprops={"arrowstyle": "->"})
     if len(slots) > 16:
@@ -400,7 +403,7 @@ def _draw_gfn_tree(ax, st, new):
     ax.set_ylim(0, 1)
 
 
-def _draw_hva(ax, st, new):
+def _draw_hva(ax, st, new, other_uids):
     nodes = _treap_nodes(st.hva_tree)
     ax.set_title(f"{st.name} hva interval tree: {len(nodes)} ranges", fontsize=9)
     ax.set_ylabel("lane", fontsize=8)
@@ -419,10 +422,11 @@ def _draw_hva(ax, st, new):
     for (start, last, slot), row in zip(nodes, rows):
         x0, x1 = bands(start), bands(last + 1)
         hit = slot.label == new
-        ax.add_patch(Rectangle((x0, row + 0.1), x1 - x0, 0.8, facecolor=INVALID if slot.invalid else SAME,
-                               hatch="xx" if slot.invalid else None, edgecolor="black",
+        colour, hatch = _slot_colour(slot, other_uids)
+        ax.add_patch(Rectangle((x0, row + 0.1), x1 - x0, 0.8, facecolor=colour, hatch=hatch, edgecolor="black",
                                linewidth=3 if hit else 0.8))
-        ax.text((x0 + x1) / 2, row + 0.5, slot.label, ha="center", va="center", fontsize=7)
+        ax.text((x0 + x1) / 2, row + 0.5, slot.label, ha="center", va="center", fontsize=7,
+                bbox=_LABEL_BOX if slot.invalid else None)
     ax.set_xlim(0, bands.pos[-1])
     ax.set_ylim(max(rows) + 1, 0)
     ax.set_yticks([r + 0.5 for r in range(max(rows) + 1)], [str(r) for r in range(max(rows) + 1)], fontsize=7)
@@ -477,8 +481,9 @@ def plot_trees(vm, as_id=0, step=None):
                                            "top": 0.88, "bottom": 0.2, "hspace": 0.75, "wspace": 0.12})
     for row, st in zip(grid, vm.sets[as_id]):
         new = touched.get(st.node_idx, (None, None))[1]
-        _draw_gfn_tree(row[0], st, new)
-        _draw_hva(row[1], st, new)
+        other = {s.uid for s in vm.sets[as_id][st.node_idx ^ 1].gfn_tree.values()}
+        _draw_gfn_tree(row[0], st, new, other)
+        _draw_hva(row[1], st, new, other)
         _draw_id_hash(row[2], st, new)
         for ax in row:
             _frame(ax, vm.active_idx[as_id] == st.node_idx)
@@ -705,7 +710,7 @@ def _draw_stage_bar(ax, step):
     else:
         wait = " (waiting)" if step.waiting else ""
         text = f"{step.function}{wait}: {step.text}"
-    ax.text(0, 0.45, textwrap.fill(text, 125), ha="left", va="top", fontsize=8, family="monospace")
+    ax.text(0, 0.45, textwrap.fill(text, 110), ha="left", va="top", fontsize=8, family="monospace")
 
 
 def plot_step(vm, step=None, as_id=None, first=None):
@@ -729,6 +734,7 @@ def plot_step(vm, step=None, as_id=None, first=None):
     _draw_stage_bar(fig.add_subplot(grid[0, :]), step)
     left = fig.add_subplot(grid[1, 0])
     right = fig.add_subplot(grid[1, 1], sharey=left)
+    right.tick_params(labelleft=False)
     binned = draw_sets((left, right), vm, as_id, step)
     gen_ax = fig.add_subplot(grid[2, :])
     lanes = fig.add_subplot(grid[3, :], sharex=gen_ax)
