@@ -509,8 +509,9 @@ class Stepper:
             "text/plain": text,
             "image/png": figure,
             "text/html": (f"<details><summary>static copy (for readers without a kernel): "
-                          f"{html.escape(text)}</summary><img src='data:image/png;base64,{figure}'>"
-                          f"<br><img src='data:image/png;base64,{timeline}'></details>"),
+                          f"{html.escape(text)}</summary><img alt='memslot sets of as{self.as_id}' "
+                          f"src='data:image/png;base64,{figure}'><br><img alt='generations and locks of "
+                          f"this call' src='data:image/png;base64,{timeline}'></details>"),
         }
 
 
