@@ -67,16 +67,18 @@ class MemslotSet(Journaled):
 
     def hash_add(self, slot):
         """``hash_add`` of ``slot.id_node[node_idx]`` (O(1))."""
-        self.id_hash[hash_32(slot.id)][slot.id] = slot
+        self._hash_put(slot)
         self.cost["hash_ops"] += 1
-        self._log(lambda: self._hash_pop(slot), lambda: self.hash_add(slot))
+        self._log(lambda: self._hash_pop(slot), lambda: self._hash_put(slot))
 
     def hash_del(self, slot):
         """``hash_del`` of ``slot.id_node[node_idx]`` (O(1))."""
         self._hash_pop(slot)
         self.cost["hash_ops"] += 1
-        self._log(lambda: self.id_hash[hash_32(slot.id)].__setitem__(slot.id, slot),
-                  lambda: self._hash_pop(slot))
+        self._log(lambda: self._hash_put(slot), lambda: self._hash_pop(slot))
+
+    def _hash_put(self, slot):
+        self.id_hash[hash_32(slot.id)][slot.id] = slot
 
     def _hash_pop(self, slot):
         bucket = self.id_hash[hash_32(slot.id)]
