@@ -183,9 +183,14 @@ def _check_hash(s, ids):
             if key != slot.id or hash_32(slot.id) != b:
                 out.append(f"{s.name}: {slot.label} is in id-hash bucket {b} under id {key}, "
                            f"but its id is {slot.id}")
-    if seen != ids:
-        out.append(f"{s.name}: the id hash holds {len(seen)} slots, the gfn tree {len(ids)}, not the same ones")
-    return out
+    return out + _same_slots(s, "id hash", seen, ids)
+
+
+def _same_slots(s, index, seen, ids):
+    """The index ``index`` of set ``s`` links exactly the gfn tree's slots."""
+    if seen == ids:
+        return []
+    return [f"{s.name}: the {index} holds {len(seen)} slots, the gfn tree {len(ids)}, not the same ones"]
 
 
 def _check_hva(s, ids):
@@ -195,9 +200,7 @@ def _check_hva(s, ids):
         if (start, last) != (slot.userspace_addr, slot.hva_last):
             out.append(f"{s.name}: {slot.label} is linked under gfn {slot.base_gfn:#x} but its hva node covers "
                        f"{start:#x}..{last:#x}, not {slot.userspace_addr:#x}..{slot.hva_last:#x}")
-    if seen != ids:
-        out.append(f"{s.name}: the hva tree holds {len(seen)} slots, the gfn tree {len(ids)}, not the same ones")
-    return out
+    return out + _same_slots(s, "hva tree", seen, ids)
 
 
 def _freed(name, slot):
