@@ -78,7 +78,7 @@ class IntervalTree:
     def __init__(self, tie=None):
         self.root = None
         self.size = 0
-        self.visited = 0          # nodes visited since creation (cost accounting)
+        self.visited = 0          # nodes visited by queries (cost accounting)
         self._tie = tie or (lambda v: hash(v) & _MASK64)
 
     def insert(self, start, last, value):
@@ -88,7 +88,6 @@ class IntervalTree:
         left, right = _split(self.root, key)
         self.root = _merge(_merge(left, node), right)
         self.size += 1
-        self.visited += self.size.bit_length()
 
     def remove(self, start, value):
         """Remove ``value`` inserted at ``start``; KeyError if absent."""
@@ -100,7 +99,6 @@ class IntervalTree:
             raise KeyError(f"{value!r} is not in the interval tree at {start:#x}")
         self.root = _merge(left, right)
         self.size -= 1
-        self.visited += (self.size + 1).bit_length()
 
     def query(self, lo, hi):
         """Yield ``(start, last, value)`` for ranges meeting ``[lo, hi]``, by start."""

@@ -91,9 +91,8 @@ class MemslotSet(Journaled):
     def hva_insert(self, slot):
         """Insert ``slot.hva_node[node_idx]`` into the interval tree (O(log n))."""
         start, last = slot.userspace_addr, slot.hva_last
-        before = self.hva_tree.visited
         self.hva_tree.insert(start, last, slot)
-        self.cost["hva_tree_nodes"] += self.hva_tree.visited - before
+        self.cost["hva_tree_nodes"] += _tree_cost(len(self.hva_tree))
         self._log(lambda: self.hva_tree.remove(start, slot),
                   lambda: self.hva_tree.insert(start, last, slot))
 
@@ -101,9 +100,8 @@ class MemslotSet(Journaled):
         """Remove ``slot.hva_node[node_idx]`` from the interval tree (O(log n))."""
         start = self._hva_start(slot)
         last = next(l for s, l, v in self.hva_tree.query(start, start) if v is slot)
-        before = self.hva_tree.visited
+        self.cost["hva_tree_nodes"] += _tree_cost(len(self.hva_tree))
         self.hva_tree.remove(start, slot)
-        self.cost["hva_tree_nodes"] += self.hva_tree.visited - before
         self._log(lambda: self.hva_tree.insert(start, last, slot),
                   lambda: self.hva_tree.remove(start, slot))
 

@@ -18,7 +18,6 @@ True
 
 import io
 import textwrap
-from collections import Counter
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -552,19 +551,13 @@ def _readers_by_event(vm, rows):
     if loose and h.at_frontier:
         # replaying would drop mutations logged after the last event
         return [now if r[0] == h.cursor - 1 else () for r in rows]
-    # replay re-runs container operations, which count abstract work: put the counters back
-    cursor, out, cost = h.cursor, [], Counter(vm.cost)
-    visited = [(st.hva_tree, st.hva_tree.visited) for pair in vm.sets for st in pair]
+    cursor, out = h.cursor, []
     try:
         for row in rows:
             h.goto(row[0] + 1)
             out.append(_reader_snapshot(vm))
     finally:
         h.goto(cursor)
-        vm.cost.clear()
-        vm.cost.update(cost)
-        for tree, n in visited:
-            tree.visited = n
     return out
 
 
