@@ -22,7 +22,7 @@ from collections import Counter
 from typing import NamedTuple
 
 from .arch import X86Arch
-from .constants import KVM_ADDRESS_SPACE_NUM, U64_MAX
+from .constants import KVM_ADDRESS_SPACE_NUM, PAGE_SHIFT, PAGE_SIZE, U64_MAX
 from .history import History, Journaled
 from .memslot import Allocation, Memslot
 from .memslots import MemslotSet
@@ -277,8 +277,8 @@ class VM(Journaled):
             for slot in self.active_set(as_id).iter_hva_range(hva_start, hva_end - 1):
                 first = max(hva_start, slot.userspace_addr)
                 end = min(hva_end, slot.hva_last + 1)
-                gfn_start = slot.base_gfn + ((first - slot.userspace_addr) >> 12)
-                gfn_end = slot.base_gfn + ((end - slot.userspace_addr + 4095) >> 12)
+                gfn_start = slot.base_gfn + ((first - slot.userspace_addr) >> PAGE_SHIFT)
+                gfn_end = slot.base_gfn + ((end - slot.userspace_addr + PAGE_SIZE - 1) >> PAGE_SHIFT)
                 hits.append(HvaHit(as_id, slot, gfn_start, gfn_end))
         return hits
 
