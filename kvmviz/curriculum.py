@@ -87,7 +87,8 @@ def _reader_inside(vm):
     vm.add_vcpu().srcu_read_lock()
 
 
-REASONS = ("ok", "no-slot", "invalid-slot", "readonly")
+#: What ``Vcpu.access`` can report for a read (reference §2.3): a fault on an INVALID copy is retried.
+REASONS = ("ok", "no-slot", "retry", "readonly")
 
 
 def _access(gfn, fresh=False):
@@ -223,7 +224,8 @@ L06 = (
     PredictState("06.6", "Same moment. A new vCPU enters SRCU now and reads gfn 0x100: what is the outcome?",
                  situation([SLOT1], before=_reader_inside, begin=DELETE1, run=("synchronize_srcu_expedited", 1)),
                  _access(0x100, fresh=True), "choice", advance=0, choices=REASONS,
-                 hint="A reader that enters after the publish sees the newly published set (reference §2.3)."),
+                 hint="A reader that enters after the publish sees the newly published set, which holds the "
+                      "INVALID copy; what does the x86 fault path do with it (reference §2.3)?"),
 )
 
 L07 = (

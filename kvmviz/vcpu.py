@@ -23,8 +23,8 @@ MMIO SPTEs (19 generation bits) and MMIO info cache, and ``gfn_to_hva_cache``.
 'SRCU readers still inside: vcpu0'
 >>> v.access(0x100).reason         # vcpu0 still uses the set it pinned
 'ok'
->>> v.srcu_read_unlock(); v.srcu_read_lock(); v.access(0x100).reason
-'invalid-slot'
+>>> v.srcu_read_unlock(); v.srcu_read_lock(); v.access(0x100).reason     # the INVALID copy: retried
+'retry'
 """
 
 import errno
@@ -39,7 +39,8 @@ from .memslot import OBSERVED_FIELDS
 from .srcu import ReaderAction
 
 #: ``Access.reason`` values that the x86 MMU handles like MMIO (an exit to userspace).
-MMIO_REASONS = ("no-slot", "invalid-slot", "readonly")
+#: A fault on an INVALID slot is not one of them since 5.13: it gives ``"retry"``.
+MMIO_REASONS = ("no-slot", "readonly")
 
 _SNAPSHOT_FIELDS = tuple(sorted(OBSERVED_FIELDS))
 
@@ -59,7 +60,9 @@ def gfn_to_hva(slot, gfn, write):
 
     Returns ``(reason, hva)``: an INVALID slot or no slot gives
     ``KVM_HVA_ERR_BAD``, a write to a READONLY slot ``KVM_HVA_ERR_RO_BAD``
-    (reference §5.1).
+    (reference §5.1). ``kvm_read_guest``-style paths and ``gfn_to_hva_cache``
+    see ``"invalid-slot"`` as -EFAULT; the page-fault path never gets here
+    for an INVALID slot, it retries first (``fault_verdict``).
 
     >>> from kvmviz.memslot import Memslot
     >>> s = Memslot(base_gfn=0x10, npages=2, userspace_addr=0x7000000)
@@ -75,11 +78,32 @@ def gfn_to_hva(slot, gfn, write):
     return "ok", slot.userspace_addr + ((gfn - slot.base_gfn) << PAGE_SHIFT)
 
 
+def fault_verdict(slot, gfn, write):
+    """How the x86 page-fault path resolves ``gfn``: ``(reason, hva)``.
+
+    Models the order of ``kvm_faultin_pfn`` (arch/x86/kvm/mmu/mmu.c; 6.12
+    ``kvm_faultin_pfn``, later ``kvm_mmu_faultin_pfn``): no slot is an MMIO
+    fault; an INVALID slot (between the two swaps of a DELETE or MOVE) gives
+    ``RET_PF_RETRY``, ``"retry"``, since 5.13 (e0c378684b65 "KVM: x86/mmu:
+    Retry page faults that hit an invalid memslot"); otherwise the slot is
+    filtered as ``__gfn_to_hva_many`` does (reference §2.3).
+
+    >>> from kvmviz.memslot import Memslot
+    >>> fault_verdict(Memslot(base_gfn=0x10, npages=2, flags=1 << 16), 0x10, False)
+    ('retry', None)
+    """
+    if slot is not None and slot.invalid:
+        return "retry", None
+    return gfn_to_hva(slot, gfn, write)
+
+
 _VERDICT_TEXT = {
     "ok": "a normal access",
     "no-slot": "no memslot: the access is emulated as MMIO (KVM_EXIT_MMIO)",
-    "invalid-slot": ("the lookup finds the INVALID copy; __gfn_to_hva_many returns KVM_HVA_ERR_BAD and "
-                     "kvm_is_visible_memslot is false, so the access is handled like MMIO (KVM_EXIT_MMIO)"),
+    "retry": ("the lookup finds the INVALID copy, so kvm_faultin_pfn returns RET_PF_RETRY: no exit to "
+              "userspace, no MMIO SPTE, nothing cached; the vCPU re-enters the guest and faults again until "
+              "the update is over (x86 since 5.13, e0c378684b65; before, it was handled like MMIO; retrying "
+              "makes sure the old slot's SPTEs are zapped before any MMIO SPTE is installed for the gfn)"),
     "readonly": "a write to a READONLY slot: KVM_HVA_ERR_RO_BAD, emulated and exits as MMIO (KVM_EXIT_MMIO)",
 }
 
@@ -88,16 +112,17 @@ _VERDICT_TEXT = {
 class Access:
     """The outcome of one guest access by a vCPU (or through a ``gfn_to_hva_cache``).
 
-    ``reason`` is ``"ok"`` (with ``hva``), ``"no-slot"``, ``"invalid-slot"``,
-    ``"readonly"``, or for the hva cache ``"efault"``/``"einval"``;
+    ``reason`` is ``"ok"`` (with ``hva``), ``"no-slot"``, ``"readonly"``,
+    ``"retry"`` (the fault hit an INVALID slot; no exit), or for the hva cache
+    ``"efault"``/``"einval"``;
     ``generation`` is the generation the access was made under; ``path`` says
     how it was resolved (``"memslot"`` lookup, ``"mmio-spte"`` fast path,
     ``"gfn_to_hva_cache"``); ``notes`` lists cache decisions, including stale
     entries that were rejected.
 
     >>> a = Access("vcpu0", 0x100, False, 0, "no-slot", 2)
-    >>> a.exit_reason, str(a)
-    ('KVM_EXIT_MMIO', 'vcpu0 read gfn 0x100 (as0, gen 0x2): no-slot')
+    >>> a.exit_reason, str(a), Access("vcpu0", 0x100, False, 0, "retry", 4).exit_reason
+    ('KVM_EXIT_MMIO', 'vcpu0 read gfn 0x100 (as0, gen 0x2): no-slot', None)
     """
 
     vcpu: str
@@ -374,11 +399,13 @@ class Vcpu(Journaled):
 
         Models the x86 page-fault path: a matching MMIO SPTE short-cuts to MMIO
         emulation (``handle_mmio_page_fault``); a stale one is rejected and the
-        slow path looks the slot up and filters it as ``__gfn_to_hva_many``
-        does (reference §2.3, §5.1). MMIO results fill the MMIO info cache
-        (not while bit 63 is set) and make an MMIO SPTE. SPTEs that map
-        memory are not modelled: until ``kvm_arch_flush_shadow_memslot`` zaps
-        them, a real guest could still reach a slot's memory without faulting.
+        slow path looks the slot up and resolves it as ``kvm_faultin_pfn``
+        does (``fault_verdict``, reference §2.3, §5.1). A fault with no slot
+        fills the MMIO info cache (not while bit 63 is set) and makes an MMIO
+        SPTE; a fault on an INVALID slot is retried (``"retry"``, no exit, no
+        MMIO SPTE, nothing cached). SPTEs that map memory are not modelled:
+        until ``kvm_arch_flush_shadow_memslot`` zaps them, a real guest could
+        still reach a slot's memory without faulting.
 
         >>> from kvmviz import VM
         >>> vm = VM(); _ = vm.set_user_memory_region(0, 2, 0, 0x1000, 0x100000)   # READONLY
@@ -402,9 +429,9 @@ class Vcpu(Journaled):
         slot, lookup_notes = self._lookup(gfn, as_id)
         notes += lookup_notes
         gen = self.generation(as_id)
-        reason, hva = gfn_to_hva(slot, gfn, write)
+        reason, hva = fault_verdict(slot, gfn, write)
         notes.append(_VERDICT_TEXT[reason])
-        if reason in ("no-slot", "invalid-slot"):
+        if reason == "no-slot":
             notes.append(self._cache_mmio_info(gfn))
             notes.append(self._make_mmio_spte(as_id, gfn, reason))
         return self._done(Access(self.name, gfn, write, as_id, reason, gen, slot=slot, hva=hva,

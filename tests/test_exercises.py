@@ -42,8 +42,8 @@ EXPECTED = {
     "06.2": (8, 10, "§3.4 step 2: wait for notifiers before publishing"),
     "06.3": ("set1", "set0", "§3.4: the pointer is published before the grace period"),
     "06.4": ("0x0|IP", "0x2", "§3.4 step 3"),
-    "06.5": ("ok", "invalid-slot", "§2.3: an old reader keeps the set it loaded"),
-    "06.6": ("invalid-slot", "ok", "§2.3: swap #1 -> swap #2 window"),
+    "06.5": ("ok", "retry", "§2.3: an old reader keeps the set it loaded"),
+    "06.6": ("retry", "no-slot", "§2.3: swap #1 -> swap #2 window: RET_PF_RETRY, not MMIO (5.13+)"),
     "07.1": ("EINVAL", "EEXIST", "§4.1"),
     "07.2": ("EINVAL", "0", "§4.2#3"),
     "07.3": ("EINVAL", "0", "§4.2#6"),
@@ -114,6 +114,12 @@ def test_hints_are_specific():
     assert "Too late" in ex.check("02.5", 14).message
     assert "§4.2#15" in ex.check("03.5", "EEXIST").message
     assert "only the inactive set" in ex.check("04.2", "#3").message or "active" in ex.check("04.2", "#3").message
+
+
+def test_invalid_window_exercise_teaches_retry_not_mmio():
+    assert ex.get("06.6").answer() == "retry"
+    assert ex.check("06.6", "invalid-slot").message.startswith("Cannot read that")    # no longer an outcome
+    assert "INVALID copy" in ex.check("06.6", "no-slot").message
 
 
 def test_answers_come_from_the_engine_not_a_key():

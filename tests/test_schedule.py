@@ -60,7 +60,8 @@ def test_scripted_timeline_order_and_actors():
                        ("vcpu1", "kvm_mmu_page_fault"), ("vcpu0", "kvm_mmu_page_fault"),
                        ("vcpu0", "srcu_read_unlock"), ("vcpu1", "srcu_read_unlock")]
     outcomes = [t.event.result.reason for t in tl if t.event.function == "kvm_mmu_page_fault"]
-    assert outcomes == ["invalid-slot", "ok"]     # vcpu1 entered after swap #1, vcpu0 before
+    assert outcomes == ["retry", "ok"]            # vcpu1 entered after swap #1 (fault retried), vcpu0 before
+    assert vm.mmio_sptes == () and vm.vcpus[1].mmio_gfn is None
     waiting = [t for t in tl if t.event.waiting]
     assert len(waiting) == 1 and waiting[0].n < [t.n for t in tl if t.event.function == "srcu_read_unlock"][0]
     assert [t.n for t in tl] == list(range(len(tl)))

@@ -231,22 +231,43 @@ def test_window_before_swap_1_is_normal(change):
 
 
 @pytest.mark.parametrize("change", ["DELETE", "MOVE"])
-def test_window_between_the_swaps_is_invalid(change):
+def test_window_between_the_swaps_retries_the_fault(change):
     vm = _vm(SLOT1)
     v, old_reader = vm.add_vcpu(), vm.add_vcpu()
     old_reader.srcu_read_lock()
     upd = vm.begin_set_user_memory_region(*(DELETE1 if change == "DELETE" else MOVE1))
     _step_until(upd, lambda s: s.function == "rcu_assign_pointer")
     right_after = _fresh_access(vm, v, 0x101)
-    assert (right_after.reason, right_after.hva, right_after.generation) == ("invalid-slot", None, 2 | IP)
-    assert right_after.slot.invalid and right_after.exit_reason == "KVM_EXIT_MMIO"
+    assert (right_after.reason, right_after.hva, right_after.generation) == ("retry", None, 2 | IP)
+    assert right_after.slot.invalid and right_after.exit_reason is None
+    assert "RET_PF_RETRY" in right_after.notes[-1] and "e0c378684b65" in right_after.notes[-1]
     assert old_reader.access(0x101).reason == "ok"      # entered before swap #1: still the old set
     old_reader.srcu_read_unlock()
     _step_until(upd, lambda s: s.function == "kvm_arch_flush_shadow_memslot")
-    after_flush = _fresh_access(vm, v, 0x101)
-    assert (after_flush.reason, after_flush.generation) == ("invalid-slot", 4)
+    after_flush = _fresh_access(vm, v, 0x101, write=True)
+    assert (after_flush.reason, after_flush.generation, after_flush.exit_reason) == ("retry", 4, None)
+    assert vm.mmio_sptes == () and (v.mmio_gfn, v.mmio_gen) == (None, None)   # no MMIO SPTE, nothing cached
+    assert not v.match_mmio_gfn(0x101)
     if change == "MOVE":
         assert _fresh_access(vm, v, 0x301).reason == "no-slot"          # not at the new gfn yet
+        assert vm.mmio_sptes == (MmioSpte(0, 0x301, 4, 1, "no-slot"),)
+
+
+def test_window_between_the_swaps_fails_hva_users_with_efault():
+    vm = _vm(SLOT1)
+    v = vm.add_vcpu()
+    ghc = v.gfn_to_hva_cache_init(GPA + 0x1008, 8)
+    upd = vm.begin_set_user_memory_region(*DELETE1)
+    _step_until(upd, lambda s: s.function == "kvm_arch_flush_shadow_memslot")
+    v.srcu_read_lock()
+    r = ghc.read()
+    assert (r.reason, r.hva, ghc.hva, ghc.memslot) == ("efault", None, None, None)
+    assert "gfn 0x101: invalid-slot (KVM_HVA_ERR_BAD)" in r.notes
+    fresh = v.gfn_to_hva_cache_init(GPA + 0x1008, 8)
+    assert fresh.hva is None and fresh.generation == 4
+    slot = v.gfn_to_memslot(0x101)
+    assert slot.invalid and kvmviz.vcpu.gfn_to_hva(slot, 0x101, False) == ("invalid-slot", None)
+    assert v.access(0x101).reason == "retry"                    # the fault path retries instead
 
 
 def _after_swap_2(region):
@@ -281,7 +302,7 @@ def test_window_after_a_revert_is_normal_again(region):
     zaps = vm.arch.zap_all_count
     upd = vm.begin_set_user_memory_region(*region, fail_prepare=True)
     _step_until(upd, _sync_done(1))
-    assert _fresh_access(vm, v, 0x101).reason == "invalid-slot"
+    assert _fresh_access(vm, v, 0x101).reason == "retry"
     upd.run()
     assert upd.result < 0 and vm.arch.zap_all_count == zaps + 1     # shadow pages were zapped: refault
     out = _fresh_access(vm, v, 0x101)
@@ -351,6 +372,6 @@ def test_array_model_readers_pin_the_old_structure_and_cache_an_index():
     _step_until(upd, lambda s: s.waiting)
     assert v.access(0x101).reason == "ok"                                 # still the old array
     v.srcu_read_unlock()
-    assert _fresh_access(vm, v, 0x101).reason == "invalid-slot"
+    assert _fresh_access(vm, v, 0x101).reason == "retry"                 # 5.15 retries too (5.13+)
     upd.run()
     assert _fresh_access(vm, v, 0x101).reason == "no-slot" and kvmviz.check_invariants(vm) == []
