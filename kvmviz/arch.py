@@ -16,7 +16,7 @@ step it belongs to.
 
 import errno
 
-from .constants import KVM_ADDRESS_SPACE_NUM, KVM_MEM_LOG_DIRTY_PAGES, MMIO_SPTE_GEN_BITS
+from .constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, MMIO_SPTE_GEN_BITS
 from .history import Journaled
 
 MMIO_SPTE_GEN_MASK = (1 << MMIO_SPTE_GEN_BITS) - 1
@@ -31,10 +31,27 @@ class X86Arch(Journaled):
         super().__init__(history, vm=vm, mmu_valid_gen=0, zap_all_count=0, mmio_wraps=0)
 
     def prepare_memory_region(self, old, new, change, fail=0):
-        """``kvm_arch_prepare_memory_region``: returns ``(r, text)``."""
+        """``kvm_arch_prepare_memory_region``: returns ``(r, text)``.
+
+        6.x (``vm.max_gfn`` set) first refuses a CREATE or MOVE whose last gfn
+        is above ``kvm_mmu_max_gfn()`` with -EINVAL: a prepare failure, so a
+        MOVE beyond the limit reverts with two swaps.
+
+        >>> from kvmviz import VM
+        >>> vm = VM(kernel="6.12", max_gfn=0xfffff)
+        >>> vm.set_user_memory_region(1, 0, 0xfffff000, 0x2000, 0x100000)
+        Traceback (most recent call last):
+        ...
+        kvmviz.errors.KvmError: [Errno 22] EINVAL: kvm_prepare_memory_region failed for slot 1, as 0 (CREATE; no swap happened, the generation is unchanged) (reference §4.4)
+        """
         if fail:
             return -fail, (f"x86 prepare fails with -{errno.errorcode.get(fail, fail)} "
                            "(injected failure)")
+        if change in ("CREATE", "MOVE") and self.vm.max_gfn is not None and new.end_gfn - 1 > self.vm.max_gfn:
+            return -errno.EINVAL, (f"x86 refuses {new.label}: its last gfn {new.end_gfn - 1:#x} is above "
+                                   f"kvm_mmu_max_gfn() = {self.vm.max_gfn:#x}, the highest gfn the host's MMU "
+                                   "can map (6.x; KVM: x86/mmu: Do not create SPTEs for GFNs that exceed "
+                                   "host.MAXPHYADDR). Returns -EINVAL.")
         if change in ("CREATE", "MOVE"):
             new.arch = self.vm.alloc("arch", new.npages * 8)
             return 0, f"x86 allocates fresh arch metadata {new.arch.label} (rmap, lpage info) for {new.label}."
@@ -44,16 +61,25 @@ class X86Arch(Journaled):
         return 0, "x86 has nothing to prepare for DELETE and returns 0."
 
     def commit_memory_region(self, old, new, change):
-        """``kvm_arch_commit_memory_region``: returns the step text."""
+        """``kvm_arch_commit_memory_region`` (arch/x86/kvm/x86.c): returns the step text.
+
+        The MMU page budget (unless userspace set one): 5.17+ recomputes it
+        from ``nr_memslot_pages`` on CREATE and DELETE only; 5.15 walks all
+        slots on every change. Then ``kvm_mmu_slot_apply_flags`` (5.12+, see
+        ``slot_apply_flags``). MOVE frees ``old``'s arch metadata.
+
+        >>> from kvmviz import VM
+        >>> vm = VM(); _ = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x100000)
+        >>> vm.arch.commit_memory_region(vm.id_to_memslot(1), None, "DELETE")
+        'x86: recomputes the MMU page budget from nr_memslot_pages.'
+        """
         parts = []
-        if change in ("CREATE", "DELETE"):
+        if self.vm.implementation == "array":
+            parts.append("recomputes the MMU page budget by walking every slot "
+                         "(5.15 kvm_mmu_calculate_default_mmu_pages, on every change)")
+        elif change in ("CREATE", "DELETE"):
             parts.append("recomputes the MMU page budget from nr_memslot_pages")
-        if change in ("FLAGS_ONLY", "MOVE", "CREATE") and new is not None:
-            was = bool(old and old.flags & KVM_MEM_LOG_DIRTY_PAGES)
-            now = bool(new.flags & KVM_MEM_LOG_DIRTY_PAGES)
-            if now != was:
-                parts.append("dirty logging turns " + ("on: the slot is write-protected" if now
-                                                      else "off: large pages may come back"))
+        parts += slot_apply_flags(old, new, change)
         if change == "MOVE":
             self.vm.free(old.arch)
             parts.append(f"frees {old.label}'s arch metadata {old.arch.label}")
@@ -72,7 +98,7 @@ class X86Arch(Journaled):
 
     def memslots_updated(self, gen):
         """``kvm_arch_memslots_updated``: MMIO-generation wrap check, kick vCPUs."""
-        mmio_gen = gen & MMIO_SPTE_GEN_MASK & ~(KVM_ADDRESS_SPACE_NUM - 1)
+        mmio_gen = gen & MMIO_SPTE_GEN_MASK & ~(self.vm.address_spaces - 1)
         kick = "every vCPU is kicked (steal-time cache refresh)."
         if mmio_gen == 0:
             self.mmio_wraps += 1
@@ -80,3 +106,37 @@ class X86Arch(Journaled):
             return ("x86: the 19-bit MMIO generation wrapped to 0 (as bits cleared): "
                     f"kvm_mmu_zap_all_fast zaps every shadow page; {kick}")
         return f"x86: MMIO generation is now {gen & MMIO_SPTE_GEN_MASK:#x}; {kick}"
+
+
+def slot_apply_flags(old, new, change):
+    """x86 ``kvm_mmu_slot_apply_flags`` (5.12+): what a change does to dirty logging; a list of texts.
+
+    Any change that toggles LOG_DIRTY_PAGES (a missing ``old`` or ``new``
+    counts as flags 0) updates the CPU dirty-logging (PML) count. Only
+    FLAGS_ONLY of a writable slot touches SPTEs: logging on write-protects
+    the slot, logging off zaps collapsible SPTEs. A CREATE has no SPTEs yet,
+    and a MOVE/DELETE had its old mappings zapped after swap #1.
+
+    >>> from kvmviz.memslot import Memslot
+    >>> a, b = Memslot(flags=0), Memslot(flags=1)
+    >>> slot_apply_flags(None, b, "CREATE")[1]
+    'nothing to write-protect: a new slot has no SPTEs yet'
+    >>> slot_apply_flags(b, a, "FLAGS_ONLY")[1]
+    'zaps collapsible SPTEs (kvm_mmu_zap_collapsible_sptes) so large pages can come back'
+    """
+    was = bool(old is not None and old.flags & KVM_MEM_LOG_DIRTY_PAGES)
+    now = bool(new is not None and new.flags & KVM_MEM_LOG_DIRTY_PAGES)
+    if was == now:
+        return []
+    out = ["dirty logging " + ("starts" if now else "stops") + ": the CPU dirty-logging (PML) count goes "
+           + ("up" if now else "down") + " (kvm_mmu_update_cpu_dirty_logging)"]
+    if change == "CREATE":
+        return out + ["nothing to write-protect: a new slot has no SPTEs yet"]
+    if change != "FLAGS_ONLY":
+        return out + ["no SPTE to change: kvm_arch_flush_shadow_memslot zapped the old mappings after swap #1"]
+    if new.flags & KVM_MEM_READONLY:
+        return out + ["a READONLY slot cannot be dirtied: nothing to write-protect"]
+    if now:
+        return out + ["write-protects the slot's SPTEs (kvm_mmu_slot_remove_write_access) so each page's next "
+                      "write is logged (skipped with KVM_DIRTY_LOG_INITIALLY_SET)"]
+    return out + ["zaps collapsible SPTEs (kvm_mmu_zap_collapsible_sptes) so large pages can come back"]

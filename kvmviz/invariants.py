@@ -15,10 +15,8 @@ True
 
 """
 
-from .constants import KVM_ADDRESS_SPACE_NUM, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
+from .constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
 from .memslots import hash_32
-
-N = KVM_ADDRESS_SPACE_NUM
 
 
 def check_invariants(vm):
@@ -234,7 +232,7 @@ def check_agreement(vm, as_id):
 def check_generation(vm, as_id):
     """Generation rules of reference §3.1: parity, swaps, in-progress bit."""
     active, inactive = vm.active_set(as_id), vm.inactive_set(as_id)
-    ga, gi, swaps = active.generation, inactive.generation, vm.swaps[as_id]
+    ga, gi, swaps, N = active.generation, inactive.generation, vm.swaps[as_id], vm.address_spaces
     out, where = [], f"as{as_id}"
     if (ga & ~IP) % N != as_id:
         out.append(f"{where}: active generation {ga & ~IP:#x} is not {as_id} mod {N}")

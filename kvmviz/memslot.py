@@ -26,16 +26,17 @@ class Allocation(Journaled):
     """A kernel allocation a slot points to: a dirty bitmap or arch metadata.
 
     Models the ``dirty_bitmap`` buffer and x86's ``kvm_arch_memory_slot``
-    arrays; only identity, size and whether it was freed matter here.
+    arrays; identity, size and whether it was freed matter here, and for a
+    dirty bitmap the pages marked dirty (``dirty``: page indexes in the slot).
 
     >>> Allocation(label="bm1", kind="dirty_bitmap", nbytes=32)
     bm1
     """
 
-    __slots__ = ("label", "kind", "nbytes", "freed")
+    __slots__ = ("label", "kind", "nbytes", "freed", "dirty")
 
     def __init__(self, history=None, *, label, kind, nbytes=0):
-        super().__init__(history, label=label, kind=kind, nbytes=nbytes, freed=False)
+        super().__init__(history, label=label, kind=kind, nbytes=nbytes, freed=False, dirty=frozenset())
 
     def __repr__(self):
         return self.label + (" (freed)" if self.freed else "")

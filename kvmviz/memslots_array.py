@@ -27,7 +27,7 @@ follow an entry as it is shifted and copied.
 from array import array
 from collections import Counter
 
-from .constants import (KVM_ADDRESS_SPACE_NUM, KVM_MEM_SLOTS_NUM, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP,
+from .constants import (KVM_MEM_SLOTS_NUM, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP,
                         KVM_MEMSLOT_INVALID, PAGE_SHIFT, SIZEOF_KVM_MEMORY_SLOT, flag_names)
 from .history import Journaled
 
@@ -373,7 +373,7 @@ class ArrayMemslots(Journaled):
         return f"<{self.name} gen={self.generation:#x} used_slots={self.used_slots}>"
 
 
-def initial_sets(history, cost):
+def initial_sets(history, cost, address_spaces=2):
     """``kvm_create_vm`` (5.15): one empty structure per address space.
 
     Returned in the ``vm.sets`` layout of the array model: per address space
@@ -383,7 +383,7 @@ def initial_sets(history, cost):
     [('as0/memslots@0', True, 0), ('as1/memslots@0', True, 1)]
     """
     return tuple((s, s) for s in (ArrayMemslots(history, as_id=a, cost=cost)
-                                  for a in range(KVM_ADDRESS_SPACE_NUM)))
+                                  for a in range(address_spaces)))
 
 
 # -- invariants of the array model (dispatched from ``invariants.py``) -------------
@@ -468,7 +468,7 @@ def _check_scratch(vm, as_id, active, scratch):
 
 
 def _check_array_generation(vm, as_id, active, scratch):
-    ga, gi, n = active.generation, scratch.generation, KVM_ADDRESS_SPACE_NUM
+    ga, gi, n = active.generation, scratch.generation, vm.address_spaces
     completed = vm.swaps[as_id] - (1 if ga & IP else 0)
     out, base = [], ga & ~IP
     if base != as_id + n * completed:

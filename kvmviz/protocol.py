@@ -15,7 +15,7 @@ Each method models the kernel function of the same name (reference §2.1-§2.4,
 
 import errno
 
-from .constants import (KVM_ADDRESS_SPACE_NUM, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS,
+from .constants import (KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS,
                         KVM_MEMSLOT_INVALID, SIZEOF_KVM_MEMORY_SLOT)
 from .errors import KvmError
 from .memslot import kvm_copy_memslot
@@ -112,7 +112,7 @@ class MergedProtocol:
         yield self.step("kvm_set_memory_region",
                         f"{freed}release slots_lock; the ioctl returns {_ret(r)}.", result=r,
                         error=KvmError(-r, f"kvm_prepare_memory_region failed for {region.where()} "
-                                           f"({upd.change}; {_revert_note(upd.change)})", rule="4.4",
+                                           f"({upd.change}; {_revert_note(upd.change, vm.address_spaces)})", rule="4.4",
                                        slot=region.id) if r else None)
 
     def new_memslot(self, plan):
@@ -157,7 +157,7 @@ class MergedProtocol:
             vm.free(invalid)
             yield self.step("kvm_set_memslot", f"revert done: {old.label} is active again; free "
                                                f"{invalid.label}. Two swaps happened, so the generation moved "
-                                               f"by {2 * KVM_ADDRESS_SPACE_NUM} although no slot changed.")
+                                               f"by {2 * self.vm.address_spaces} although no slot changed.")
             return r
         self.stage = "replace"
         helper = {CREATE: self.kvm_create_memslot, DELETE: self.kvm_delete_memslot,
@@ -252,11 +252,11 @@ class MergedProtocol:
                         "release mn_invalidate_lock and slots_arch_lock (an SRCU reader may be waiting for "
                         "slots_arch_lock: holding it across the grace period could deadlock).")
         yield from self.synchronize_srcu_expedited(gp, active)
-        final = (inactive.generation & ~IP) + KVM_ADDRESS_SPACE_NUM
+        final = (inactive.generation & ~IP) + vm.address_spaces
         yield self.step("kvm_arch_memslots_updated", vm.arch.memslots_updated(final))
         inactive.generation = final
         yield self.step(self.swap_function,
-                        f"store the final generation {final:#x} (= {gen:#x} + {KVM_ADDRESS_SPACE_NUM}) in "
+                        f"store the final generation {final:#x} (= {gen:#x} + {vm.address_spaces}) in "
                         f"{inactive.name}; {active.name} is now inactive with stale generation {_gen(active.generation)}.",
                         touched=((as_id, inactive.node_idx, "gen", "gen"),))
 
@@ -353,9 +353,9 @@ def _ret(r):
     return "0" if not r else f"-{errno.errorcode.get(-r, -r)}"
 
 
-def _revert_note(change):
+def _revert_note(change, address_spaces):
     if change in (DELETE, MOVE):
-        return f"the INVALID copy was reverted: two swaps, generation +{2 * KVM_ADDRESS_SPACE_NUM}"
+        return f"the INVALID copy was reverted: two swaps, generation +{2 * address_spaces}"
     return "no swap happened, the generation is unchanged"
 
 

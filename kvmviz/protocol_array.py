@@ -9,8 +9,16 @@ bookkeeping: one duplication of the whole structure per update, a second copy
 for DELETE/MOVE, ``update_memslots`` shifting, revert by clearing INVALID.
 
 Validation is shared with the tree model and runs the checks in 5.17 order
-(reference §4.2); 5.15 differs only in where the ``npages`` limit sits, which
-no errno shows. The x86 arch hooks are the 5.17 ones of ``arch.py``.
+(reference §4.2). 5.15 has no ``nr_memslot_pages`` (the model leaves it at 0),
+so the accounting checks of 5.17 are absent: no -EIO on DELETE (check 11) and
+no wrap on CREATE (check 14 can never fire at 0); the ``npages`` limit sits
+elsewhere, which no errno shows. The x86 arch hooks are those of ``arch.py``,
+whose commit recomputes the MMU page budget on every change in 5.15.
+
+The model follows 5.15.y stable (reference [A15], 5.15.85), not the v5.15 tag,
+where a stable fix differs: ``old`` and ``new.arch`` are copied from the
+structure after ``slots_arch_lock`` is taken again, and the flush is followed
+by ``kvm_arch_guest_memory_reclaimed``.
 
 >>> from kvmviz import VM
 >>> vm = VM(implementation="array")
@@ -21,7 +29,7 @@ no errno shows. The x86 arch hooks are the 5.17 ones of ``arch.py``.
 65552
 """
 
-from .constants import KVM_ADDRESS_SPACE_NUM, KVM_MEMSLOT_INVALID, SIZEOF_KVM_MEMORY_SLOT
+from .constants import KVM_MEMSLOT_INVALID, SIZEOF_KVM_MEMORY_SLOT
 from .memslots_array import FLAGS, UID, ArraySlot, kvm_memslots_size, new_entry
 from .protocol import SAL, MergedProtocol, _gen, _label
 from .set_memory_region import CREATE, DELETE, FLAGS_ONLY, MOVE
@@ -125,7 +133,7 @@ class ArrayProtocol(MergedProtocol):
         yield from self.kvm_swap_active_memslots(as_id)
         text = vm.arch.flush_shadow_memslot(ArraySlot(entry))
         yield self.step("kvm_arch_flush_shadow_memslot",
-                        f"{text} (5.15.85 then calls kvm_arch_guest_memory_reclaimed.)")
+                        f"{text} (5.15.y, e.g. 5.15.85, then calls kvm_arch_guest_memory_reclaimed.)")
         vm.lock(SAL)
         reused, active = vm.inactive_set(as_id), vm.active_set(as_id)
         reused.kvm_copy_memslots(active)
@@ -148,7 +156,7 @@ class ArrayProtocol(MergedProtocol):
                             touched=((as_id, 1, label, label),))
             yield from self.kvm_swap_active_memslots(as_id)
             how = (f"the slot is valid again; two installs moved the generation by "
-                   f"{2 * KVM_ADDRESS_SPACE_NUM} although no slot changed")
+                   f"{2 * vm.address_spaces} although no slot changed")
         else:
             vm.unlock(SAL)
             how = f"release slots_arch_lock; nothing was installed, the generation stays {_gen(vm.generation(as_id))}"
@@ -188,15 +196,13 @@ class ArrayProtocol(MergedProtocol):
 
     # -- commit -------------------------------------------------------------------
     def kvm_commit_memory_region(self, old, new, change):
-        """5.15 tail: arch commit, ``kvm_free_memslot`` (DELETE), ``kvfree``, bitmap."""
+        """5.15 tail: arch commit, ``kvm_free_memslot`` (DELETE), ``kvfree``, bitmap.
+
+        No page count is kept: ``nr_memslot_pages`` came with 5.17.
+        """
         vm = self.vm
         as_id = (old or new).as_id
-        if change == DELETE:
-            vm.nr_memslot_pages -= old.npages
-        elif change == CREATE:
-            vm.nr_memslot_pages += new.npages
-        text = vm.arch.commit_memory_region(old, new, change)
-        yield self.step("kvm_arch_commit_memory_region", f"nr_memslot_pages = {vm.nr_memslot_pages:#x}. {text}")
+        yield self.step("kvm_arch_commit_memory_region", vm.arch.commit_memory_region(old, new, change))
         if change == DELETE:
             freed = [a for a in (old.dirty_bitmap, old.arch) if a is not None]
             for a in freed:
@@ -219,4 +225,6 @@ def _old_copy_text(old, new):
         return "no old slot (CREATE): old is a zeroed value; new.arch starts empty."
     tail = f"; copy old.arch into {new.label}" if new is not None else ""
     return (f"copy entry {old.label} by value into old ({SIZEOF_KVM_MEMORY_SLOT} bytes, flags "
-            f"{old.flags:#x}): re-sorting will move entries{tail}.")
+            f"{old.flags:#x}): re-sorting will move entries{tail}. 5.15.y takes both copies here, with "
+            "slots_arch_lock held again, so arch data is fresh; the v5.15 tag copied old earlier, in "
+            "__kvm_set_memory_region.")

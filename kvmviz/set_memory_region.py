@@ -19,7 +19,7 @@ kvmviz.errors.KvmError: [Errno 22] EINVAL: guest_phys_addr 0x1001 is not page-al
 import errno
 from typing import NamedTuple
 
-from .constants import (KVM_ADDRESS_SPACE_NUM, KVM_MEM_MAX_NR_PAGES, KVM_MEM_READONLY,
+from .constants import (KVM_MEM_MAX_NR_PAGES, KVM_MEM_READONLY,
                         KVM_MEM_SLOTS_NUM, KVM_USER_FLAGS, KVM_USER_MEM_SLOTS, PAGE_SHIFT,
                         PAGE_SIZE, TASK_SIZE_MAX, U32_MAX, U64_MAX, flag_names)
 from .errors import KvmError
@@ -108,8 +108,18 @@ def _access_ok(addr, size):
     return size <= TASK_SIZE_MAX and addr <= TASK_SIZE_MAX - size
 
 
-def check_arguments(region):
-    """Checks 1-8: flags, alignment, user range, bounds, wrap, size limit."""
+def check_arguments(region, address_spaces=2):
+    """Checks 1-8: flags, alignment, user range, bounds, wrap, size limit.
+
+    The address-space bound is ``KVM_ADDRESS_SPACE_NUM`` in 5.17 and
+    ``kvm_arch_nr_memslot_as_ids(kvm)`` in 6.x: 1 on an x86 kernel built
+    without SMM, so as_id 1 is -EINVAL there.
+
+    >>> check_arguments(Region(1 << 16, 0, 0, 0x1000, 0x1000), address_spaces=1)
+    Traceback (most recent call last):
+    ...
+    kvmviz.errors.KvmError: [Errno 22] EINVAL: address space 1 >= 1, the VM's number of memslot address spaces (this VM has no SMM address space) (slot 0, as 1) (reference §4.2#6)
+    """
     r = region
     if r.flags & ~KVM_USER_FLAGS:
         _fail(1, f"flags {r.flags:#x} ({flag_names(r.flags)}) has bits other than "
@@ -123,8 +133,10 @@ def check_arguments(region):
     if not _access_ok(r.userspace_addr, r.memory_size):
         _fail(5, f"userspace range {r.userspace_addr:#x}+{r.memory_size:#x} leaves the "
                  f"user half of the address space (access_ok, limit {TASK_SIZE_MAX:#x})", r)
-    if r.as_id >= KVM_ADDRESS_SPACE_NUM:
-        _fail(6, f"address space {r.as_id} >= KVM_ADDRESS_SPACE_NUM ({KVM_ADDRESS_SPACE_NUM})", r)
+    if r.as_id >= address_spaces:
+        smm = " (this VM has no SMM address space)" if address_spaces == 1 else " (x86: 0, and 1 for SMM)"
+        _fail(6, f"address space {r.as_id} >= {address_spaces}, the VM's number of memslot address "
+                 f"spaces{smm}", r)
     if r.id >= KVM_MEM_SLOTS_NUM:
         _fail(6, f"slot id {r.id} >= KVM_MEM_SLOTS_NUM ({KVM_MEM_SLOTS_NUM})", r)
     if r.guest_phys_addr + r.memory_size > U64_MAX:
@@ -141,7 +153,7 @@ def classify(vm, region, old):
     if not r.memory_size:
         if old is None or not old.npages:
             _fail(10, f"cannot delete slot {r.id}: it does not exist", r)
-        if vm.nr_memslot_pages < old.npages:
+        if vm.implementation != "array" and vm.nr_memslot_pages < old.npages:     # 5.15 counts no pages
             _fail(11, "nr_memslot_pages is smaller than the slot (accounting bug)", r, errno.EIO)
         return DELETE
     if old is None:
@@ -177,7 +189,7 @@ def check_overlap(active, region):
 
 def check_memory_region(vm, region):
     """Run every check of ``__kvm_set_memory_region`` in order; return a ``Plan``."""
-    check_arguments(region)
+    check_arguments(region, vm.address_spaces)
     active = vm.active_set(region.as_id)
     old = active.id_to_memslot(region.id)
     change = classify(vm, region, old)

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .arch import MMIO_SPTE_GEN_MASK
-from .constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
+from .constants import KVM_MEM_READONLY, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
 from .constants import PAGE_SHIFT
+from .dirty_log import mark_page_dirty_in_slot
 from .history import Journaled
 from .memslot import OBSERVED_FIELDS
 from .srcu import ReaderAction
@@ -431,6 +432,8 @@ class Vcpu(Journaled):
         gen = self.generation(as_id)
         reason, hva = fault_verdict(slot, gfn, write)
         notes.append(_VERDICT_TEXT[reason])
+        if reason == "ok" and write:
+            notes.append(mark_page_dirty_in_slot(slot, gfn) or "the slot does not log dirty pages")
         if reason == "no-slot":
             notes.append(self._cache_mmio_info(gfn))
             notes.append(self._make_mmio_spte(as_id, gfn, reason))
@@ -585,9 +588,9 @@ class GfnToHvaCache(Journaled):
                 notes.append("slow path: kvm_read_guest/kvm_write_guest look the pages up again")
             elif reason == "ok":
                 hva = self.hva + offset
-                if write and self.memslot.flags & KVM_MEM_LOG_DIRTY_PAGES:
-                    notes.append(f"mark_page_dirty_in_slot: {self.memslot.label} logs dirty pages")
         gfn = (self.gpa + offset) >> PAGE_SHIFT
+        if reason == "ok" and write and self.memslot is not None:
+            notes.append(mark_page_dirty_in_slot(self.memslot, gfn) or "the slot does not log dirty pages")
         out = Access(vcpu.name, gfn, write, 0, reason, gen, slot=self.memslot, hva=hva,
                      path="gfn_to_hva_cache", notes=tuple(notes))
         fn = "kvm_write_guest_offset_cached" if write else "kvm_read_guest_offset_cached"

@@ -22,8 +22,10 @@ from collections import Counter
 from typing import NamedTuple
 
 from .arch import X86Arch
-from .constants import KVM_ADDRESS_SPACE_NUM, PAGE_SHIFT, PAGE_SIZE, U64_MAX
+from .constants import PAGE_SHIFT, PAGE_SIZE, U64_MAX
+from .dirty_log import get_dirty_log
 from .history import History, Journaled
+from .kernels import KERNELS, kernel_for
 from .memslot import Allocation, Memslot
 from .memslots import MemslotSet
 from .srcu import Srcu
@@ -33,9 +35,16 @@ from .set_memory_region import make_region
 class VM(Journaled):
     """A VM's memslot state (x86: two address spaces, 32764 user slots).
 
-    ``implementation`` picks the data-structure design ("tree" = 5.17+),
-    ``variant`` an algorithm variant (see ``kvmviz.variants``); ``history``
-    turns the undo/redo journal on or off.
+    ``kernel`` picks the modelled version (``kvmviz.KERNELS``: "5.15" is the
+    array design, "5.17" and "6.12" the trees); ``implementation="array"`` is
+    an alias of ``kernel="5.15"``. ``variant`` is an algorithm variant (see
+    ``kvmviz.variants``); ``history`` turns the undo/redo journal on or off.
+
+    Knobs a real host decides: ``address_spaces`` (1 or 2:
+    ``kvm_arch_nr_memslot_as_ids``; 1 on kernels without SMM, where as_id 1
+    is -EINVAL and each swap adds 1 to the generation) and ``max_gfn`` (the
+    x86 ``kvm_mmu_max_gfn()`` that 6.x checks at prepare; versions without
+    that check refuse the knob). ``kvmviz.host.model_for_host()`` sets both.
 
     With ``implementation="array"`` (5.10-5.15, reference §6) ``sets[as_id]``
     is ``(active, inactive view)`` of ``ArrayMemslots`` structures and
@@ -50,20 +59,25 @@ class VM(Journaled):
     __slots__ = ("history", "cost", "sets", "active_idx", "nr_memslot_pages", "locks",
                  "mn_active_invalidate_count", "mn_ranges", "swaps", "uid", "alloc_seq",
                  "in_place_writes", "arch", "srcu", "vcpus", "protocol", "update",
-                 "implementation", "variant", "calls", "ulong_max", "changing", "mmio_sptes")
+                 "implementation", "variant", "calls", "ulong_max", "changing", "mmio_sptes",
+                 "kernel", "address_spaces", "max_gfn")
 
-    def __init__(self, implementation="tree", variant="merged", *, history=True):
+    def __init__(self, implementation=None, variant="merged", *, kernel=None, address_spaces=None,
+                 max_gfn=None, history=True):
+        k = kernel_for(kernel, implementation)
+        n = _address_spaces(k, address_spaces)
         h = History(enabled=history)
         cost = Counter()
-        super().__init__(h, history=h, cost=cost, active_idx=(0,) * KVM_ADDRESS_SPACE_NUM,
+        super().__init__(h, history=h, cost=cost, active_idx=(0,) * n,
                          nr_memslot_pages=0, locks=frozenset(), mn_active_invalidate_count=0,
-                         mn_ranges=(), swaps=(0,) * KVM_ADDRESS_SPACE_NUM, uid=0, alloc_seq=0,
+                         mn_ranges=(), swaps=(0,) * n, uid=0, alloc_seq=0,
                          in_place_writes=(), vcpus=(), update=None, calls=0, changing=None, mmio_sptes=(),
-                         implementation=implementation, variant=variant, ulong_max=U64_MAX)
-        object.__setattr__(self, "sets", _make_sets(h, implementation, cost))
+                         implementation=k.implementation, variant=variant, ulong_max=U64_MAX,
+                         kernel=k.name, address_spaces=n, max_gfn=_max_gfn(k, max_gfn))
+        object.__setattr__(self, "sets", _make_sets(h, k.implementation, cost, n))
         object.__setattr__(self, "arch", X86Arch(h, self))
         object.__setattr__(self, "srcu", Srcu(h))
-        object.__setattr__(self, "protocol", _make_protocol(self, implementation, variant))
+        object.__setattr__(self, "protocol", _make_protocol(self, k.implementation, variant))
         h.on_truncate.append(self._abandon_update)
 
     # -- sets and generations -------------------------------------------------
@@ -139,6 +153,10 @@ class VM(Journaled):
         if upd.error is not None:
             raise upd.error
         return upd.steps
+
+    def get_dirty_log(self, slot):
+        """``KVM_GET_DIRTY_LOG``: the dirty page indexes of ``slot``, then cleared (``kvmviz.dirty_log``)."""
+        return get_dirty_log(self, slot)
 
     def end_update(self, upd):
         """Called by ``Update`` after its last step."""
@@ -273,7 +291,7 @@ class VM(Journaled):
         INVALID copy (``hit.invalid``).
         """
         hits = []
-        for as_id in range(KVM_ADDRESS_SPACE_NUM):
+        for as_id in range(self.address_spaces):
             for slot in self.active_set(as_id).iter_hva_range(hva_start, hva_end - 1):
                 first = max(hva_start, slot.userspace_addr)
                 end = min(hva_end, slot.hva_last + 1)
@@ -284,8 +302,8 @@ class VM(Journaled):
 
     def __repr__(self):
         gens = ", ".join(f"as{a}: gen {self.generation(a):#x}, {len(self.active_set(a))} slots"
-                         for a in range(KVM_ADDRESS_SPACE_NUM))
-        return f"<VM {self.implementation}/{self.variant}: {gens}>"
+                         for a in range(self.address_spaces))
+        return f"<VM {self.kernel} {self.implementation}/{self.variant}: {gens}>"
 
 
 class HvaHit(NamedTuple):
@@ -331,20 +349,37 @@ def _fail_errno(fail_prepare):
     raise ValueError(f"fail_prepare must be True/False or a positive errno, not {fail_prepare!r}")
 
 
-def _make_sets(h, implementation, cost):
+def _address_spaces(kernel, n):
+    if n is None:
+        return kernel.address_spaces
+    if isinstance(n, bool) or n not in (1, 2):
+        raise ValueError(f"address_spaces must be 1 (no SMM) or 2 (x86 with SMM), not {n!r}")
+    return n
+
+
+def _max_gfn(kernel, max_gfn):
+    if max_gfn is None:
+        return kernel.default_max_gfn
+    if not kernel.max_gfn_check:
+        raise ValueError(f"kernel {kernel.name} has no max-gfn check at prepare; max_gfn applies to "
+                         f"{', '.join(k.name for k in KERNELS.values() if k.max_gfn_check)}")
+    if isinstance(max_gfn, bool) or not isinstance(max_gfn, int) or not 0 < max_gfn < 1 << 52:
+        raise ValueError(f"max_gfn must be a positive gfn below 2**52, not {max_gfn!r}")
+    return max_gfn
+
+
+def _make_sets(h, implementation, cost, n):
     if implementation == "array":
         from .memslots_array import initial_sets
-        return initial_sets(h, cost)
+        return initial_sets(h, cost, n)
     return tuple(tuple(MemslotSet(h, as_id=a, node_idx=j, cost=cost) for j in (0, 1))
-                 for a in range(KVM_ADDRESS_SPACE_NUM))
+                 for a in range(n))
 
 
 def _make_protocol(vm, implementation, variant):
     from .protocol import MergedProtocol
     from .protocol_array import ArrayProtocol
     protocols = {"tree": MergedProtocol, "array": ArrayProtocol}
-    if implementation not in protocols:
-        raise ValueError(f"unknown implementation {implementation!r}; choose from {sorted(protocols)}")
     if variant != "merged":
         from . import variants
         if implementation != "tree":

@@ -13,7 +13,7 @@ read-side section also sees something it must not.
 'as0: at rest both sets must hold the same slot objects, but '
 """
 
-from ..constants import KVM_ADDRESS_SPACE_NUM, KVM_MEMSLOT_INVALID
+from ..constants import KVM_MEMSLOT_INVALID
 from ..protocol import MergedProtocol
 
 
@@ -85,7 +85,7 @@ class GenBeforePublishProtocol(MergedProtocol):
 
     def publish(self, as_id, new_active):
         """Broken ``rcu_assign_pointer`` step: bump the generation first."""
-        new_active.generation = (new_active.generation & ~(1 << 63)) + KVM_ADDRESS_SPACE_NUM
+        new_active.generation = (new_active.generation & ~(1 << 63)) + self.vm.address_spaces
         return super().publish(as_id, new_active)
 
 
