@@ -34,6 +34,7 @@ import sys
 from . import __version__, export, variants
 from .invariants import check_invariants
 from .memslots import ModelBug
+from .trace.capture_cli import add_parser as add_capture
 from .trace.cli import add_parser as add_replay
 
 
@@ -260,7 +261,7 @@ def run_recipe(args, out):
 
 
 #: ``add_parser(subparsers)`` functions, one per subcommand (append to add one).
-SUBCOMMANDS = [add_explain, add_diff, add_recipe, add_replay]
+SUBCOMMANDS = [add_explain, add_diff, add_recipe, add_replay, add_capture]
 
 
 def build_parser():
