@@ -161,7 +161,6 @@ def bulk_load(vm, layout, count):
     for i, entry in enumerate(s.memslots):
         s.id_to_index[entry[ID]] = i
     s.used_slots = len(s.memslots)
-    vm.nr_memslot_pages += sum(e[1] for e in entries)
     s.generation += KVM_ADDRESS_SPACE_NUM * count
     vm.swaps = (vm.swaps[0] + count,) + vm.swaps[1:]
     vm.srcu.seq += count

@@ -90,7 +90,7 @@ def test_create_duplicates_the_whole_structure_every_time():
         assert dup.cost.get("slots_copied", 0) == i
         assert dup.cost["arrays_allocated"] == 1
         assert dup.cost["bytes_allocated"] == kvm_memslots_size(i + 1)       # room for the new slot
-    assert vm.nr_memslot_pages == 5
+    assert vm.nr_memslot_pages == 0          # 5.15 keeps no page count (nr_memslot_pages came with 5.17)
 
 
 def test_delete_and_move_copy_twice_and_install_twice():
@@ -175,8 +175,9 @@ SCRIPT = [(1, 0, 0x100000, 0x10000, HVA, 0), (2, 0, 0x0, 0x1000, HVA + 0x100000,
 
 
 def observe(vm):
+    # not nr_memslot_pages: the tree counts pages, 5.15 has no such field
     return ([s.values() for a in (0, 1) for w in ("active", "inactive") for s in vm.memslots(a, w)],
-            vm.generations()[0][:0], [vm.generation(a) for a in (0, 1)], vm.nr_memslot_pages, vm.swaps)
+            vm.generations()[0][:0], [vm.generation(a) for a in (0, 1)], vm.swaps)
 
 
 def test_same_errnos_generations_and_slots_as_the_tree():
@@ -192,6 +193,20 @@ def test_same_errnos_generations_and_slots_as_the_tree():
     hits = [[(a, s.id, g0, g1) for a, s, g0, g1 in vm.mmu_notifier_invalidate_range_start(HVA, HVA + 0x2000)]
             for vm in (tree, array)]
     assert sorted(hits[0]) == sorted(hits[1]) and hits[0]
+    assert (tree.nr_memslot_pages, array.nr_memslot_pages) == (0x10 + 0x1 + 0x2 + 0x1, 0)   # slots 1, 3, SMM 1, 5
+
+
+def test_array_has_no_accounting_checks():
+    """5.15 has no nr_memslot_pages: no -EIO on DELETE (§4.2#11), unlike the tree."""
+    tree, array = kvmviz.VM(), kvmviz.VM(implementation="array")
+    for vm in (tree, array):
+        vm.set_user_memory_region(1, 0, 0x100000, 0x10000, HVA)
+        vm.nr_memslot_pages = 0                  # as if the count had been lost
+    with pytest.raises(kvmviz.KvmError, match="accounting bug") as e:
+        tree.set_user_memory_region(1, 0, 0, 0, 0)
+    assert e.value.errno == errno.EIO
+    steps = array.set_user_memory_region(1, 0, 0, 0, 0)
+    assert array.memslots(0) == [] and not any("nr_memslot_pages" in s.text for s in steps)
 
 
 def test_history_restores_array_states_exactly():

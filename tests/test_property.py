@@ -56,7 +56,8 @@ def check_against(ref, vm):
         assert layout(vm, as_id, "active") == ref.layout(as_id)
         assert layout(vm, as_id, "inactive") == ref.layout(as_id)
         assert vm.generation(as_id) == ref.generations[as_id]
-    assert vm.nr_memslot_pages == sum(n for t in ref.slots for (_, n, _, _) in t.values())
+    pages = sum(n for t in ref.slots for (_, n, _, _) in t.values())
+    assert vm.nr_memslot_pages == (0 if vm.implementation == "array" else pages)   # 5.15 counts no pages
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
