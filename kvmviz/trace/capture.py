@@ -205,7 +205,7 @@ class _Run:
 def _command(run, firmware):
     cmd = [run.qemu, "-nodefaults", "-machine", "pc", "-accel", "kvm", "-m", MEMORY, "-nic", "none",
            "-display", "none", "-vga", "std", "-no-reboot",
-           "-trace", "kvm_set_user_memory", "-D", run.path("qemu.log"),
+           "-trace", "kvm_set_user_memory", "-D", run.path("qemu.log"), "-msg", "timestamp=on",
            "-qmp", f"unix:{run.path('qmp.sock')},server=on,wait=off"]
     if firmware == "seabios":
         return cmd + ["-chardev", f"file,id=dbg,path={run.path('debugcon.txt')}",

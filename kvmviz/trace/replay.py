@@ -39,7 +39,8 @@ from contextlib import contextmanager
 from importlib import resources
 from typing import NamedTuple
 
-from ..constants import KVM_ADDRESS_SPACE_NUM, KVM_MEM_READONLY, flag_names
+from ..constants import KVM_MEM_READONLY, flag_names
+from ..kernels import KERNELS
 from ..errors import KvmError
 from ..set_memory_region import CHANGES, DELETE, check_ioctl, check_memory_region, make_region
 from ..vm import VM
@@ -117,7 +118,7 @@ class ReplayReport:
     def layout(self):
         """Final slots per address space: ``{as_id: [(id, base_gfn, npages, flags)]}``."""
         return {a: [(s.id, s.base_gfn, s.npages, s.flags) for s in self.vm.memslots(a)]
-                for a in range(KVM_ADDRESS_SPACE_NUM)}
+                for a in range(self.vm.address_spaces)}
 
     def vm_before(self, number):
         """A fresh VM, history on, in the state the log had just before call ``number``.
@@ -126,7 +127,7 @@ class ReplayReport:
         a notebook can step through call ``number`` and back.
         """
         self.call(number)
-        vm = VM(history=False)
+        vm = like(self.vm)
         replay(self.trace.calls[:number - 1], vm, keep_steps=False)
         vm.history.enabled = True
         return vm
@@ -162,8 +163,20 @@ def _uncounted(vm):
         vm.cost.update(saved)
 
 
+def like(vm, history=False):
+    """A fresh VM configured as ``vm``: kernel, address spaces, max gfn, variant.
+
+    >>> v = like(VM(kernel="6.12", address_spaces=1, max_gfn=0xfffff))
+    >>> v.kernel, v.address_spaces, hex(v.max_gfn), v.history.enabled
+    ('6.12', 1, '0xfffff', False)
+    """
+    max_gfn = vm.max_gfn if KERNELS[vm.kernel].max_gfn_check else None
+    return VM(kernel=vm.kernel, variant=vm.variant, address_spaces=vm.address_spaces, max_gfn=max_gfn,
+              history=history)
+
+
 def _span(vm, as_id, id):
-    if as_id >= KVM_ADDRESS_SPACE_NUM:
+    if as_id >= vm.address_spaces:
         return None
     with _uncounted(vm):
         slot = vm.id_to_memslot(id, as_id)
@@ -171,7 +184,7 @@ def _span(vm, as_id, id):
 
 
 def _gens(vm):
-    return tuple(vm.generation(a) for a in range(KVM_ADDRESS_SPACE_NUM))
+    return tuple(vm.generation(a) for a in range(vm.address_spaces))
 
 
 def _ret(r):
@@ -194,7 +207,7 @@ class _Replayer:
         self.peak = self.nslots()
 
     def nslots(self):
-        return sum(len(self.vm.active_set(a)) for a in range(KVM_ADDRESS_SPACE_NUM))
+        return sum(len(self.vm.active_set(a)) for a in range(self.vm.address_spaces))
 
     def run(self, number, call):
         vm = self.vm
@@ -206,7 +219,7 @@ class _Replayer:
         else:
             self.logged_success(rc)
         if rc.modelled is not None and rc.modelled != call.ret:
-            rc.mismatch = Mismatch(number, call.line, call.ret, rc.modelled, _why(rc))
+            rc.mismatch = Mismatch(number, call.line, call.ret, rc.modelled, _why(rc, vm.address_spaces))
             self.mismatches.append(rc.mismatch)
         rc.after, rc.gens_after = _span(vm, call.as_id, call.id), _gens(vm)
         if not self.keep_steps:
@@ -252,9 +265,12 @@ class _Replayer:
         self.counts[upd.change if upd.result == 0 else FAILED] += 1
 
 
-def _why(rc):
+def _why(rc, address_spaces):
     c, modelled = rc.call, rc.modelled
     where = f"slot {c.id} of as{c.as_id}"
+    if c.ret == 0 and c.as_id >= address_spaces:
+        return (f"the log's kernel had address space {c.as_id} (SMM), the VM replaying it has "
+                f"{address_spaces}: a kernel without SMM refuses as_id {c.as_id} with -EINVAL; VM left unchanged")
     if c.ret == 0 and c.memory_size == 0 and rc.before is None:
         return (f"the log deletes {where}, which it never created: the log starts mid-run (QEMU created the "
                 "slot before the first logged line), so the model has nothing to delete; VM left unchanged")
@@ -275,13 +291,18 @@ def _why(rc):
 def replay(text_or_calls, vm=None, *, keep_steps=True):
     """Replay a QEMU trace (text, ``QemuTrace`` or iterable of ``MemoryCall``).
 
-    Runs on ``vm`` (default: a fresh ``VM(history=False)``) and returns a
-    ``ReplayReport``. ``keep_steps=False`` drops the per-call steps to save
+    Runs on ``vm``, a VM the caller configured (default: a fresh
+    ``VM(history=False)``): a trace from a kernel without SMM replays with the
+    right generations on ``VM(address_spaces=1)`` or
+    ``kvmviz.host.model_for_host()``. Returns a ``ReplayReport``. ``keep_steps=False`` drops the per-call steps to save
     memory on long traces. Models ``KVM_SET_USER_MEMORY_REGION`` as QEMU's
     ``kvm_set_user_memory_region`` issued it (see the module doc).
 
     >>> replay("kvm_set_user_memory AddrSpace#0 Slot#0 flags=0x4 gpa=0x0 size=0x1000 ua=0x0 ret=0").counts["OUTSIDE"]
     1
+    >>> one = "kvm_set_user_memory Slot#1 flags=0x0 gpa=0x0 size=0x1000 ua=0x7f0000000000 ret=0"
+    >>> replay(one).vm.generation(0), replay(one, VM(address_spaces=1, history=False)).vm.generation(0)
+    (2, 1)
     """
     if isinstance(text_or_calls, str):
         trace = parse_qemu(text_or_calls)
