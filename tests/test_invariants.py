@@ -110,3 +110,47 @@ def test_mid_update_difference_must_be_the_changing_slot():
             s.replace(s.id_to_memslot(2), None)
             one(vm, "may differ only in slot 1")
             break
+
+
+def test_arch_write_to_a_live_slot_under_slots_arch_lock_is_sanctioned():
+    """x86 lazy rmap allocation: the one in-place write the kernel allows (reference §1.5)."""
+    vm = vm_with_slots()
+    v = vm.add_vcpu()
+    v.srcu_read_lock()
+    live = v.gfn_to_memslot(0)                          # a reader holds the slot
+    vm.lock("slots_arch_lock")
+    live.arch = vm.alloc("arch", 8)
+    vm.unlock("slots_arch_lock")
+    assert len(vm.in_place_writes) == 1 and kvmviz.check_invariants(vm) == []
+
+
+def test_other_writes_under_slots_arch_lock_and_arch_without_it_are_reported():
+    vm = vm_with_slots()
+    vm.lock("slots_arch_lock")
+    vm.id_to_memslot(1).flags = 1                       # not arch: the lock does not make it legal
+    vm.unlock("slots_arch_lock")
+    vm.id_to_memslot(2).arch = vm.alloc("arch", 8)     # arch, but without the lock
+    problems = [p for p in kvmviz.check_invariants(vm) if "changed in place" in p]
+    assert [p.split(" changed")[0] for p in problems] == ["as0: #1.flags", "as0: #2.arch"]
+
+
+def test_sanctioned_arch_write_follows_history():
+    vm = vm_with_slots()
+    vm.lock("slots_arch_lock")
+    vm.id_to_memslot(1).arch = vm.alloc("arch", 8)
+    vm.unlock("slots_arch_lock")
+    vm.history.record("lazy rmap allocation")
+    vm.id_to_memslot(1).arch = vm.alloc("arch", 8)     # again, without the lock
+    vm.history.record("unlocked arch write")
+    assert len(kvmviz.check_invariants(vm)) == 1
+    vm.history.back()
+    assert vm.history.cursor and kvmviz.check_invariants(vm) == []
+
+
+def test_without_history_every_arch_write_is_reported():
+    vm = kvmviz.VM(history=False)
+    vm.set_user_memory_region(1, 0, 0, 0x4000, HVA)
+    vm.lock("slots_arch_lock")
+    vm.id_to_memslot(1).arch = vm.alloc("arch", 8)
+    vm.unlock("slots_arch_lock")
+    assert any("#1.arch changed in place" in p for p in kvmviz.check_invariants(vm))
