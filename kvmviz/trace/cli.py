@@ -1,9 +1,14 @@
-"""``kvmviz replay FILE [--step N]``: replay a QEMU memslot trace from the shell.
+"""``kvmviz replay FILE [--step N] [--host | --kernel K --address-spaces N]``: replay a QEMU memslot trace.
 
 Prints the summary and the mismatches (``ReplayReport.summary``); ``--step N``
 explains call N in plain text (``explain``). ``FILE`` may also name a trace
-shipped with kvmviz (``kvmviz replay qemu-boot-smm.log``). Bad input gives a
-one-line message and exit status 2, never a traceback.
+shipped with kvmviz (``kvmviz replay qemu-boot-smm.log``). The model is
+``VM(kernel=K, address_spaces=N)`` (defaults: 5.17, two address spaces);
+``--host`` models the running kernel instead (``kvmviz.host.model``) and also
+runs every call on a fresh real ``HostVM`` (``threeway``): one line per call
+with the logged, model and host return codes, and a summary of agreements
+and explained differences. Bad input, or ``--host`` without a usable
+``/dev/kvm``, gives a one-line message and exit status 2, never a traceback.
 
 >>> import argparse
 >>> parser = argparse.ArgumentParser(prog="kvmviz")
@@ -11,13 +16,18 @@ one-line message and exit status 2, never a traceback.
 >>> args = parser.parse_args(["replay", "qemu-vga-dirty-log.log", "--step", "3"])
 >>> args.step, args.func is run
 (3, True)
+>>> print(_model(parser.parse_args(["replay", "x.log", "--kernel", "6.12", "--address-spaces", "1"])))
+kernel 6.12, 1 address space(s)
 """
 
 import argparse
 import os
 import sys
 
+from ..kernels import KERNELS
+from ..vm import VM
 from .replay import explain, load, replay, shipped
+from .threeway import on_host
 
 
 def add_parser(subparsers):
@@ -26,7 +36,48 @@ def add_parser(subparsers):
                               description=__doc__.split("\n\n")[0])
     p.add_argument("file", help="the trace log, or the name of a shipped trace: " + ", ".join(shipped()))
     p.add_argument("--step", type=int, metavar="N", help="explain call N (counted from 1) in plain text")
+    p.add_argument("--host", action="store_true", help="model the running kernel and replay every call on "
+                                                       "the real /dev/kvm too (three-way report)")
+    p.add_argument("--kernel", choices=list(KERNELS), help="modelled kernel version (default 5.17)")
+    p.add_argument("--address-spaces", type=int, choices=(1, 2), metavar="N",
+                   help="memslot address spaces: 2 (x86 with SMM, the default) or 1 (no SMM)")
     p.set_defaults(func=run)
+
+
+class _Model:
+    """The model VM the options ask for, and how to name it."""
+
+    def __init__(self, vm, name):
+        self.vm, self.name = vm, name
+
+    def __str__(self):
+        return self.name
+
+
+def _model(args):
+    if args.host:
+        if args.kernel or args.address_spaces:
+            raise ValueError("--host models the running kernel; drop --kernel/--address-spaces")
+        from ..host.model import describe, model_for_host
+        vm = model_for_host(history=False)
+        return _Model(vm, describe(vm))
+    vm = VM(kernel=args.kernel, address_spaces=args.address_spaces, history=False)
+    return _Model(vm, f"kernel {vm.kernel}, {vm.address_spaces} address space(s)")
+
+
+def _need_kvm():
+    from ..host import available
+    ok, why = available()
+    if not ok:
+        raise OSError(f"--host needs a usable /dev/kvm: {why}")
+
+
+def _three_way(report, model, out):
+    from ..host import HostVM
+    with HostVM(memory=1 << 12) as host:
+        result = on_host(report, host, str(model), f"Linux {os.uname().release} (/dev/kvm, a fresh VM)")
+    print(result.table(), file=out)
+    print(result.summary(), file=out)
 
 
 def _read(name):
@@ -42,11 +93,18 @@ def run(args, out=None):
     """Run the subcommand for parsed ``args``; returns the exit status."""
     out = out or sys.stdout
     try:
-        report = replay(_read(args.file), keep_steps=False)
-        if args.step is None:
-            print(report.summary(), file=out)
-        else:
+        text = _read(args.file)
+        if args.host:
+            _need_kvm()
+        model = _model(args)
+        report = replay(text, model.vm, keep_steps=False)
+        if args.step is not None:
             print(explain(report, args.step), file=out)
+            return 0
+        print(f"model: {model}", file=out)
+        print(report.summary(), file=out)
+        if args.host:
+            _three_way(report, model, out)
     except (OSError, IndexError, ValueError) as e:
         print(f"kvmviz replay: {e}", file=sys.stderr)
         return 2

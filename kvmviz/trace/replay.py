@@ -270,7 +270,8 @@ def _why(rc, address_spaces):
     where = f"slot {c.id} of as{c.as_id}"
     if c.ret == 0 and c.as_id >= address_spaces:
         return (f"the log's kernel had address space {c.as_id} (SMM), the VM replaying it has "
-                f"{address_spaces}: a kernel without SMM refuses as_id {c.as_id} with -EINVAL; VM left unchanged")
+                f"{address_spaces} address space(s): a kernel without SMM refuses as_id {c.as_id} with -EINVAL; "
+                "VM left unchanged")
     if c.ret == 0 and c.memory_size == 0 and rc.before is None:
         return (f"the log deletes {where}, which it never created: the log starts mid-run (QEMU created the "
                 "slot before the first logged line), so the model has nothing to delete; VM left unchanged")
