@@ -40,7 +40,7 @@ def _gen(g):
 
 
 class MergedProtocol:
-    """The memslot update as merged for Linux 5.17 (the default)."""
+    """The memslot update as merged for Linux 5.17, with the 5.17.y fix c87661f855c3 (the default)."""
 
     name = "merged"
     #: Kernel function that swaps the active set (5.10-5.15: ``install_new_memslots``).
@@ -184,12 +184,16 @@ class MergedProtocol:
                            why="kvm_invalidate_memslot: ")
         yield from self.kvm_swap_active_memslots(old.as_id)
         text = vm.arch.flush_shadow_memslot(old)
-        yield self.step("kvm_arch_flush_shadow_memslot", text)
+        yield self.step("kvm_arch_flush_shadow_memslot",
+                        f"{text} Until swap #2 a guest fault on these gfns finds the INVALID copy and is "
+                        "retried (RET_PF_RETRY, x86 5.13+: no exit, no MMIO SPTE; before 5.13 it was handled "
+                        "like MMIO); kvm_read_guest-style reads get -EFAULT.")
         vm.lock(SAL)
         old.arch = invalid.arch
         yield self.step("kvm_invalidate_memslot",
-                        f"take slots_arch_lock again; {old.label}.arch = {invalid.label}.arch, since arch data "
-                        f"may have changed while the lock was dropped ({old.label} is only in the inactive set).")
+                        f"take slots_arch_lock again; {old.label}.arch = {invalid.label}.arch: while the lock was "
+                        "dropped x86 may have written the live copy's arch data (lazy rmap allocation under "
+                        f"slots_arch_lock); {old.label} is only in the inactive set.")
 
     def kvm_create_memslot(self, old, new, invalid):
         """``kvm_create_memslot``: add ``new`` to both sets, one at a time."""
@@ -296,7 +300,7 @@ class MergedProtocol:
             new.dirty_bitmap = None
             yield self.step("kvm_prepare_memory_region",
                             f"prepare failed: free the dirty bitmap {allocated.label} it allocated "
-                            "(5.17 as first merged leaked it for CREATE; fixed by c87661f855c3).")
+                            "(5.17 as first merged leaked it for CREATE; fixed by c87661f855c3 in 5.17.y).")
         return r
 
     def prepare_dirty_bitmap(self, old, new):

@@ -133,14 +133,16 @@ class ArrayProtocol(MergedProtocol):
         yield from self.kvm_swap_active_memslots(as_id)
         text = vm.arch.flush_shadow_memslot(ArraySlot(entry))
         yield self.step("kvm_arch_flush_shadow_memslot",
-                        f"{text} (5.15.y, e.g. 5.15.85, then calls kvm_arch_guest_memory_reclaimed.)")
+                        f"{text} (5.15.y, e.g. 5.15.85, then calls kvm_arch_guest_memory_reclaimed.) Until the "
+                        "next install, guest faults on the slot's gfns are retried (RET_PF_RETRY, 5.13+).")
         vm.lock(SAL)
         reused, active = vm.inactive_set(as_id), vm.active_set(as_id)
         reused.kvm_copy_memslots(active)
         yield self.step("kvm_copy_memslots",
                         f"take slots_arch_lock again; reuse {reused.name}, which install_new_memslots returned, "
                         f"as the scratch buffer: copy {active.name} into it again ({kvm_memslots_size(active.used_slots)} "
-                        "bytes), since arch data may have changed while the lock was dropped. The second O(n) copy.")
+                        "bytes), since x86 may have written arch data of live slots while the lock was dropped "
+                        "(lazy rmap allocation). The second O(n) copy.")
 
     def revert(self, as_id, id, change):
         """Prepare failed: DELETE/MOVE clear INVALID in the scratch copy and install it."""

@@ -243,7 +243,8 @@ def test_window_between_the_swaps_retries_the_fault(change):
     assert "RET_PF_RETRY" in right_after.notes[-1] and "e0c378684b65" in right_after.notes[-1]
     assert old_reader.access(0x101).reason == "ok"      # entered before swap #1: still the old set
     old_reader.srcu_read_unlock()
-    _step_until(upd, lambda s: s.function == "kvm_arch_flush_shadow_memslot")
+    flush = _step_until(upd, lambda s: s.function == "kvm_arch_flush_shadow_memslot")
+    assert "is retried (RET_PF_RETRY" in flush.text and "before 5.13 it was handled like MMIO" in flush.text
     after_flush = _fresh_access(vm, v, 0x101, write=True)
     assert (after_flush.reason, after_flush.generation, after_flush.exit_reason) == ("retry", 4, None)
     assert vm.mmio_sptes == () and (v.mmio_gfn, v.mmio_gen) == (None, None)   # no MMIO SPTE, nothing cached
@@ -374,4 +375,5 @@ def test_array_model_readers_pin_the_old_structure_and_cache_an_index():
     v.srcu_read_unlock()
     assert _fresh_access(vm, v, 0x101).reason == "retry"                 # 5.15 retries too (5.13+)
     upd.run()
+    assert any("retried (RET_PF_RETRY, 5.13+)" in s.text for s in upd.steps)
     assert _fresh_access(vm, v, 0x101).reason == "no-slot" and kvmviz.check_invariants(vm) == []
