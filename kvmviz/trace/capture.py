@@ -361,10 +361,10 @@ def _session(run, scenario):
         return cmd, f.read()
 
 
-def capture(scenario, timeout=60.0, qemu=QEMU):
+def capture(scenario, timeout=60.0, qemu=QEMU, kvm="/dev/kvm"):
     """Run ``scenario`` (see ``SCENARIOS``) on a real QEMU and return the trace with its header.
 
-    Raises ``CaptureError`` (one line) when QEMU is missing, ``/dev/kvm`` is
+    Raises ``CaptureError`` (one line) when QEMU is missing, ``kvm`` is
     unusable, QMP fails, or the whole capture takes longer than ``timeout``
     seconds. Models no kernel function: it records what the kernel did.
 
@@ -376,7 +376,7 @@ def capture(scenario, timeout=60.0, qemu=QEMU):
     if scenario not in SCENARIOS:
         raise CaptureError(f"unknown scenario {scenario!r}; choose from {', '.join(sorted(SCENARIOS))}")
     version = qemu_version(qemu)
-    check_kvm()
+    check_kvm(kvm)
     with tempfile.TemporaryDirectory(prefix="kvmviz-capture-") as tmp:
         run = _Run(_find_qemu(qemu), tmp, timeout)
         try:
