@@ -394,7 +394,8 @@ def check_array_invariants(vm):
     gfn overlap, ``id_to_index`` and ``used_slots`` consistent, no freed
     structure or allocation reachable; at rest no scratch copy exists and
     mid-update it differs from the active one only in the changing slot;
-    generation rules as in reference §3.1.
+    generation rules as in reference §3.1. No page-count rule: 5.15 has no
+    ``nr_memslot_pages``.
 
     >>> from kvmviz import VM
     >>> vm = VM(implementation="array")
