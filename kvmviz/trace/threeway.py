@@ -6,7 +6,7 @@ runs the same ioctls, in the same order, on ``host``: any object with
 practice a fresh ``kvmviz.host.HostVM`` (this module does not import
 ``kvmviz.host``: the caller hands the kernel in). The hvas in a QEMU trace
 are addresses in QEMU's process, not ours; ``KVM_SET_USER_MEMORY_REGION``
-only range-checks an hva (x86 ``access_ok`` in ``kvm_set_memory_region``)
+only range-checks an hva (``access_ok`` in ``__kvm_set_memory_region``, virt/kvm/kvm_main.c)
 and touches it once a vCPU faults, so the logged values are passed as they
 are. A READONLY toggle gets QEMU's untraced DELETE first, as on the model;
 guest_memfd calls are not run (the model leaves them out too).
