@@ -32,6 +32,7 @@ import os
 import sys
 
 from . import __version__, export, variants
+from .host.cli import add_parser as add_host_check
 from .invariants import check_invariants
 from .memslots import ModelBug
 from .trace.capture_cli import add_parser as add_capture
@@ -261,7 +262,7 @@ def run_recipe(args, out):
 
 
 #: ``add_parser(subparsers)`` functions, one per subcommand (append to add one).
-SUBCOMMANDS = [add_explain, add_diff, add_recipe, add_replay, add_capture]
+SUBCOMMANDS = [add_explain, add_diff, add_recipe, add_replay, add_capture, add_host_check]
 
 
 def build_parser():
