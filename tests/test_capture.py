@@ -5,6 +5,7 @@ they skip with the reason, or fail when ``CI=true`` (``.ci/run`` installs
 ``qemu-system-x86``). Each scenario is captured once per session.
 """
 
+import importlib
 import os
 import subprocess
 import sys
@@ -13,8 +14,9 @@ import time
 import pytest
 
 from kvmviz import VM, trace
-from kvmviz.trace import capture as cap
 from kvmviz.trace.capture import SCENARIOS, CaptureError, Scenario, capture, read_header
+
+cap = importlib.import_module("kvmviz.trace.capture")      # the module (trace.capture is the function)
 from kvmviz.trace.threeway import on_host
 
 SHIPPED = {s: f"captured-{s}.log" for s in SCENARIOS}
@@ -211,6 +213,10 @@ def test_ctrl_c_kills_qemu(monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         capture("probe")
     _gone(seen[0])
+
+
+def test_trace_capture_is_the_function():
+    assert trace.capture is capture and cap.capture is capture and cap.__name__ == "kvmviz.trace.capture"
 
 
 def test_without_qemu_the_command_says_how_to_install_it(tmp_path):
