@@ -10,6 +10,7 @@
 from .constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEMSLOT_INVALID, KVM_USER_MEM_SLOTS
 from .errors import KvmError
 from .invariants import check_invariants
+from .kernels import KERNELS
 from .memslot import Memslot
 from .schedule import Schedule, Tick, Timeline
 from .srcu import ReaderAction
@@ -22,7 +23,7 @@ __version__ = "0.1.0"
 
 from . import export, variants  # noqa: E402  (they read __version__)
 
-__all__ = ["VM", "KvmError", "Memslot", "Step", "Update", "check_invariants", "Schedule", "Tick", "Timeline",
+__all__ = ["VM", "KERNELS", "KvmError", "Memslot", "Step", "Update", "check_invariants", "Schedule", "Tick", "Timeline",
            "ReaderAction", "Vcpu", "Access", "GfnToHvaCache", "STAGES", "CHANGES",
            "CREATE", "DELETE", "MOVE", "FLAGS_ONLY", "NONE", "KVM_MEM_LOG_DIRTY_PAGES",
            "KVM_MEM_READONLY", "KVM_MEMSLOT_INVALID", "KVM_USER_MEM_SLOTS", "__version__",

@@ -8,9 +8,11 @@ import sys
 import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-# Not the engine: kvmviz/viz draws; kvmviz/trace/capture*.py runs QEMU (a process, a clock, a socket).
+# Not the engine: kvmviz/viz draws; kvmviz/host drives /dev/kvm; kvmviz/trace/capture*.py runs QEMU
+# (a process, a clock, a socket).
 OUTSIDE_ENGINE = {"trace/capture.py", "trace/capture_cli.py"}
-ENGINE = [p for p in (ROOT / "kvmviz").rglob("*.py") if "viz" not in p.relative_to(ROOT / "kvmviz").parts
+ENGINE = [p for p in (ROOT / "kvmviz").rglob("*.py")
+          if not {"viz", "host"} & set(p.relative_to(ROOT / "kvmviz").parts)
           and p.relative_to(ROOT / "kvmviz").as_posix() not in OUTSIDE_ENGINE]
 
 
@@ -50,6 +52,16 @@ def test_engine_reads_no_clock_and_no_unseeded_randomness():
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
                     and node.value.id == "random":
                 assert node.attr == "Random", f"{path}: random.{node.attr} is unseeded"
+
+
+def test_the_engine_never_imports_the_real_kernel_binding():
+    for path in ENGINE:
+        if path.stem.endswith("cli"):
+            continue          # command lines (host-check, replay --host) may drive the real kernel
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                module = "." * node.level + (node.module or "")
+                assert "host" not in module.split("."), f"{path}: imports {module}"
 
 
 def test_every_engine_module_has_a_doctest_example():
