@@ -1,12 +1,16 @@
 """The ``kvmviz`` command (also ``python -m kvmviz``): explain, diff, recipes.
 
 - ``kvmviz explain --slot N --gpa X --size X --hva X [--flags X] [--as N]
-  [--variant V] [--fail-prepare [ERRNO]] [--setup RECIPE]`` prints the
-  plain-text trace of one ``KVM_SET_USER_MEMORY_REGION``, the invariant
+  [--kernel K] [--address-spaces N] [--variant V] [--fail-prepare [ERRNO]]
+  [--setup RECIPE]`` prints the plain-text trace of one
+  ``KVM_SET_USER_MEMORY_REGION`` on the model of Linux ``K``, the invariant
   violations each step introduces, and the memslot sets afterwards.
-- ``kvmviz diff --variant A --variant B ...`` (same call options) runs the call
-  under two variants and prints ``export.diff`` of the two traces.
-- ``kvmviz recipe run FILE`` re-runs a scenario recipe (``export.recipe``).
+- ``kvmviz diff --variant A --variant B ...`` or ``kvmviz diff --kernel 5.17
+  --kernel 6.12 ...`` (same call options) runs the call on two models and
+  prints ``export.diff`` of the two traces. One ``--kernel`` (or ``--variant``)
+  applies to both sides; two of each pair up in order.
+- ``kvmviz recipe run FILE [--kernel K] [--address-spaces N]`` re-runs a
+  scenario recipe (``export.recipe``), optionally on another model.
 - ``kvmviz replay FILE [--step N]`` replays a QEMU ``kvm_set_user_memory`` trace
   (``kvmviz.trace.cli``).
 
@@ -22,8 +26,8 @@ by appending its own ``add_parser`` to the list.
 >>> import io; out = io.StringIO()
 >>> main(["explain", "--slot", "1", "--gpa", "0x1000", "--size", "0x1000", "--hva", "0x7f0000000000"], out)
 0
->>> out.getvalue().splitlines()[0]
-'kvmviz 0.1.0, variant merged: KVM_SET_USER_MEMORY_REGION slot=0x1 flags=0x0'
+>>> out.getvalue().splitlines()[0].replace(kernels.DEFAULT_KERNEL, "K")
+'kvmviz 0.1.0, Linux K model, variant merged: KVM_SET_USER_MEMORY_REGION'
 """
 
 import argparse
@@ -31,7 +35,8 @@ import errno
 import os
 import sys
 
-from . import __version__, export, variants
+from . import __version__, export, kernels, variants
+from .kernels import KERNELS
 from .host.cli import add_parser as add_host_check
 from .invariants import check_invariants
 from .memslots import ModelBug
@@ -95,12 +100,27 @@ def _recipe_text(spec):
     raise UsageError(f"no such recipe file: {spec}")
 
 
-def _scenario(args, variant):
-    """A checked ``Scenario`` after the ``--setup`` recipe, under ``variant``."""
+def _add_model_options(p, twice=False):
+    """``--kernel`` and ``--address-spaces`` (``--kernel`` may be given twice for ``diff``)."""
+    p.add_argument("--kernel", choices=list(KERNELS), action="append" if twice else "store",
+                   help="modelled Linux version (default: the setup recipe's, else "
+                        f"{kernels.DEFAULT_KERNEL})" + ("; give it twice to compare versions" if twice else ""))
+    p.add_argument("--address-spaces", type=int, choices=(1, 2), metavar="N",
+                   help="memslot address spaces: 2 (x86 with SMM, the default) or 1 (no SMM)")
+
+
+def _scenario(args, variant, kernel):
+    """A checked ``Scenario`` after the ``--setup`` recipe, on the model of ``kernel`` under ``variant``."""
     if not args.setup:
-        return export.Scenario(variant=variant or "merged", check=True)
-    _, recipe_variant, _ = export.parse_recipe(_recipe_text(args.setup))
-    sc = export.replay_recipe(_recipe_text(args.setup), variant=variant or recipe_variant, check=True)
+        variant = variant or "merged"
+        return export.Scenario(variant=variant, check=True, kernel=export.check_model(kernel, variant),
+                               address_spaces=args.address_spaces)
+    text = _recipe_text(args.setup)
+    parsed = export.parse_recipe(text)
+    variant = variant or parsed.variant
+    kernel = export.check_model(export.recipe_kernel(parsed, kernel), variant)
+    sc = export.replay_recipe(text, variant=variant, kernel=kernel, address_spaces=args.address_spaces,
+                              check=True)
     if sc.vm.update is not None:
         raise UsageError("the --setup recipe leaves a call running; end it with 'finish'")
     return sc
@@ -144,8 +164,30 @@ def _outcome(sc, upd, out):
     return 1
 
 
-def _header(args, variant):
-    return (f"kvmviz {__version__}, variant {variant}: KVM_SET_USER_MEMORY_REGION slot={_slot(args):#x} "
+def _vs(values):
+    """``"a"`` when all values are ``a``, else ``"a vs b"``."""
+    values = list(dict.fromkeys(values))
+    return " vs ".join(map(str, values))
+
+
+def model_text(vms):
+    """The model(s) a header names: ``Linux 6.12 model, variant merged``; what differs as ``a vs b``.
+
+    >>> from kvmviz import VM
+    >>> model_text([VM(kernel="5.17"), VM(kernel="6.12")])
+    'Linux 5.17 vs 6.12 models, variant merged'
+    >>> model_text([VM(kernel="6.12", variant="seed", address_spaces=1)])
+    'Linux 6.12 model, variant seed, 1 address space(s)'
+    """
+    kernel = _vs(vm.kernel for vm in vms)
+    text = f"Linux {kernel} model{'s' if ' vs ' in kernel else ''}, variant {_vs(vm.variant for vm in vms)}"
+    if any(vm.address_spaces != KERNELS[vm.kernel].address_spaces for vm in vms):
+        text += f", {_vs(vm.address_spaces for vm in vms)} address space(s)"
+    return text
+
+
+def _header(args, model):
+    return (f"kvmviz {__version__}, {model}: KVM_SET_USER_MEMORY_REGION slot={_slot(args):#x} "
             f"flags={args.flags:#x} gpa={args.gpa:#x} size={args.size:#x} hva={args.hva:#x}"
             + (f" (prepare fails: {errno.errorcode[args.fail_prepare]})" if args.fail_prepare else "")
             + (f", after setup {args.setup!r}" if args.setup else ""))
@@ -157,8 +199,9 @@ def add_explain(subparsers):
     p = subparsers.add_parser("explain", help="print the plain-text trace of one memslot update",
                               description="Run one KVM_SET_USER_MEMORY_REGION and explain every step.")
     _add_call_options(p)
+    _add_model_options(p)
     p.add_argument("--variant", choices=variants.names(), help="algorithm variant (default: merged, "
-                                                               "or the setup recipe's)")
+                                                               "or the setup recipe's); 5.17 and later")
     p.add_argument("--markdown", action="store_true", help="Markdown tables instead of plain text")
     p.add_argument("--recipe", action="store_true", help="also print the recipe that re-runs all of this")
     p.set_defaults(func=run_explain)
@@ -166,10 +209,10 @@ def add_explain(subparsers):
 
 def run_explain(args, out):
     """``kvmviz explain``: returns the exit status."""
-    sc = _scenario(args, args.variant)
+    sc = _scenario(args, args.variant, args.kernel)
     upd = _run_call(sc, args)
     render = export.markdown if args.markdown else export.text
-    print("\n".join(export._wrap(_header(args, sc.variant), 0)), file=out)
+    print("\n".join(export._wrap(_header(args, model_text([sc.vm])), 0)), file=out)
     print(f"change: {upd.change or 'none (refused before classification)'}", file=out)
     print(file=out)
     print(render(upd.steps, notes=_notes_for(sc, upd.steps)), file=out)
@@ -186,12 +229,14 @@ def run_explain(args, out):
 # -- diff -----------------------------------------------------------------------------------
 def add_diff(subparsers):
     """Register ``diff``."""
-    p = subparsers.add_parser("diff", help="run one call under two variants and diff the traces",
-                              description="Run one KVM_SET_USER_MEMORY_REGION under two variants and "
-                                          "align the traces step by step.")
+    p = subparsers.add_parser("diff", help="run one call on two kernel versions or variants and diff the traces",
+                              description="Run one KVM_SET_USER_MEMORY_REGION on two models (two kernel "
+                                          "versions, two variants, or both) and align the traces step by "
+                                          "step. One --kernel or --variant applies to both sides.")
     _add_call_options(p)
-    p.add_argument("--variant", action="append", choices=variants.names(), required=True,
-                   help="give it twice: --variant merged --variant seed")
+    _add_model_options(p, twice=True)
+    p.add_argument("--variant", action="append", choices=variants.names(),
+                   help="give it twice: --variant merged --variant seed (variants apply to 5.17 and later)")
     p.set_defaults(func=run_diff)
 
 
@@ -207,20 +252,33 @@ def _first_violation(sc, steps):
     return "every invariant holds at every step"
 
 
+def _sides(args):
+    """The ``(kernel, variant)`` of each side of a diff; one value of an option serves both sides.
+
+    >>> _sides(build_parser().parse_args(["diff", "--slot", "1", "--kernel", "5.17", "--kernel", "6.12"]))
+    [('5.17', None), ('6.12', None)]
+    """
+    kernel, variant = args.kernel or [None], args.variant or [None]
+    if max(len(kernel), len(variant)) != 2:
+        raise UsageError("diff compares two runs: give exactly two --variant or exactly two --kernel options "
+                         f"(got {len(args.variant or [])} --variant, {len(args.kernel or [])} --kernel)")
+    return list(zip(kernel * (3 - len(kernel)), variant * (3 - len(variant))))
+
+
 def run_diff(args, out):
     """``kvmviz diff``: returns the exit status (0 once both traces exist)."""
-    if len(args.variant) != 2:
-        raise UsageError(f"diff needs exactly two --variant options, got {len(args.variant)}")
     runs = []
-    for name in args.variant:
-        sc = _scenario(args, name)
-        runs.append((name, sc, _run_call(sc, args)))
-    print("\n".join(export._wrap(_header(args, " vs ".join(args.variant)), 0)), file=out)
+    for kernel, variant in _sides(args):
+        sc = _scenario(args, variant, kernel)
+        runs.append((sc, _run_call(sc, args)))
+    (sa, ua), (sb, ub) = runs
+    labels = export.diff_labels(*((sc.vm.kernel, sc.vm.variant, sc.vm.address_spaces) for sc, _ in runs))
+    print("\n".join(export._wrap(_header(args, model_text([sa.vm, sb.vm])), 0)), file=out)
     print(file=out)
-    print(export.diff(runs[0][2].steps, runs[1][2].steps, labels=tuple(args.variant)), file=out)
+    print(export.diff(ua, ub, labels=labels), file=out)
     print(file=out)
-    for name, sc, upd in runs:
-        print("\n".join(export._wrap(f"invariants under {name}: {_first_violation(sc, upd.steps)}", 0)), file=out)
+    for label, (sc, upd) in zip(labels, runs):
+        print("\n".join(export._wrap(f"invariants under {label}: {_first_violation(sc, upd.steps)}", 0)), file=out)
     return 0
 
 
@@ -233,6 +291,10 @@ def add_recipe(subparsers):
     r = sub.add_parser("run", help="re-run a recipe file and print its trace")
     r.add_argument("file", help="recipe file ('-' for standard input)")
     r.add_argument("--markdown", action="store_true", help="Markdown tables instead of plain text")
+    r.add_argument("--kernel", choices=list(KERNELS), help="run on this Linux version's model instead of "
+                                                          "the recipe's 'kernel' line")
+    r.add_argument("--address-spaces", type=int, choices=(1, 2), metavar="N",
+                   help="override the recipe's 'address-spaces' line (1 or 2)")
     r.set_defaults(func=run_recipe)
 
 
@@ -245,9 +307,11 @@ def run_recipe(args, out):
             text = f.read()
     else:
         raise UsageError(f"no such recipe file: {args.file}")
-    sc = export.replay_recipe(text, check=True)
+    parsed = export.parse_recipe(text)
+    export.check_model(export.recipe_kernel(parsed, args.kernel), parsed.variant)
+    sc = export.replay_recipe(text, check=True, kernel=args.kernel, address_spaces=args.address_spaces)
     render = export.markdown if args.markdown else export.text
-    print(f"kvmviz {__version__}, variant {sc.variant}: recipe {args.file}", file=out)
+    print(f"kvmviz {__version__}, {model_text([sc.vm])}: recipe {args.file}", file=out)
     if sc.version_note:
         print(f"note: {sc.version_note}", file=out)
     print(file=out)

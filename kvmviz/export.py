@@ -12,7 +12,7 @@ a few lines of text that re-run a scenario to the same trace.
 >>> steps = vm.set_user_memory_region(1, 0, 0x100000, 0x10000, 0x7f0000000000)
 >>> print(text(steps).splitlines()[0])
   # stage      function                       as0 set0    as0 set1    lk
->>> print(text(vm).splitlines()[3])
+>>> print(text(vm).splitlines()[4])
 slot   id    base_gfn         npages userspace_addr   flags          data
 """
 
@@ -21,7 +21,9 @@ import errno
 import re
 import shlex
 import textwrap
+from typing import NamedTuple
 
+from .kernels import KERNELS, kernel_for
 from .memslots import ModelBug
 from .constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEMSLOT_INVALID
 from .constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
@@ -69,6 +71,44 @@ def _flags(flags):
 
 def _locks(locks):
     return "".join(c if name in locks else "-" for name, c in _LOCKS)
+
+
+def model_label(vm):
+    """The version a VM models, for headers and titles: ``"Linux 6.12 model"``.
+
+    The variant and the number of address spaces are added when they are not
+    the version's usual ones (``merged``; ``kvm_arch_nr_memslot_as_ids``).
+
+    >>> from kvmviz import VM
+    >>> model_label(VM(kernel="5.17")), model_label(VM(kernel="6.12", variant="seed", address_spaces=1))
+    ('Linux 5.17 model', 'Linux 6.12 model (variant seed, 1 address space)')
+    """
+    extra = [f"variant {vm.variant}"] if vm.variant != "merged" else []
+    if vm.address_spaces != KERNELS[vm.kernel].address_spaces:
+        extra.append(f"{vm.address_spaces} address space{'s' if vm.address_spaces > 1 else ''}")
+    return f"Linux {vm.kernel} model" + (f" ({', '.join(extra)})" if extra else "")
+
+
+def check_model(kernel=None, variant="merged"):
+    """The version name ``VM(kernel=kernel, variant=variant)`` runs; ``ValueError`` if they do not fit.
+
+    Variants are changes to the tree protocol (5.17 and later); the 5.15
+    array design has no inactive set to edit, so they do not apply there.
+
+    >>> check_model(None, "seed") in KERNELS, check_model("6.12", "no-catch-up")
+    (True, '6.12')
+    >>> check_model("5.15", "seed")
+    Traceback (most recent call last):
+    ...
+    ValueError: variant 'seed' changes the tree protocol of 5.17 and later; kernel 5.15 is the array design (one sorted array copied whole), where it does not apply: choose kernel 5.17 or 6.12, or variant merged
+    """
+    k = kernel_for(kernel)
+    if variant != "merged" and k.implementation != "tree":
+        trees = " or ".join(n for n, kk in KERNELS.items() if kk.implementation == "tree")
+        raise ValueError(f"variant {variant!r} changes the tree protocol of 5.17 and later; kernel {k.name} "
+                         "is the array design (one sorted array copied whole), where it does not apply: "
+                         f"choose kernel {trees}, or variant merged")
+    return k.name
 
 
 def _result(r):
@@ -124,13 +164,22 @@ def _steps_of(obj):
     return list(steps)
 
 
+def _trace_title(obj, steps):
+    """The header line of a trace whose VM is known (an ``Update`` or a ``Scenario``), else None."""
+    vm = getattr(obj, "vm", None)
+    if vm is None:
+        return None
+    return f"{model_label(vm)}, variant {vm.variant}: {len(steps)} steps"
+
+
 # -- text -------------------------------------------------------------------------------
 def text(steps_or_vm, notes=None):
     """ASCII rendering (<= 78 columns) of a trace or of a VM's state.
 
-    A trace (a list of ``Step``s, an ``Update`` or a ``Scenario``) gives one
-    row per step: number, stage, kernel function, the generation of each set
-    of the address space being changed (``*`` marks the active set, ``|IP``
+    A trace (a list of ``Step``s, an ``Update`` or a ``Scenario``; the last
+    two start with a line naming the modelled version) gives one row per
+    step: number, stage, kernel function, the generation of each set of the
+    address space being changed (``*`` marks the active set, ``|IP``
     the in-progress bit) and the locks held (S = slots_lock, A =
     slots_arch_lock, M = mn_invalidate_lock), then the step's text. ``notes``
     maps a step's position to extra lines (e.g. invariant violations). A VM
@@ -147,7 +196,9 @@ def text(steps_or_vm, notes=None):
         return _state_text(steps_or_vm)
     as_id = _as_of(steps)
     header = [f"{n if n in ('#', 'stage', 'function', 'lk') else f'as{as_id} {n}'}" for n, _, _ in _STEP_COLS]
-    lines = [_row(_STEP_COLS, header), _row(_STEP_COLS, ["-" * w for _, w, _ in _STEP_COLS])]
+    title = _trace_title(steps_or_vm, steps)
+    lines = (_wrap(title, 0) if title else []) + [_row(_STEP_COLS, header),
+                                                  _row(_STEP_COLS, ["-" * w for _, w, _ in _STEP_COLS])]
     for i, step in enumerate(steps, 1):
         g0, g1 = _gen_cells(step, as_id)
         lines.append(_row(_STEP_COLS, (i, step.stage, step.function, g0, g1, _locks(getattr(step, "locks", ())))))
@@ -163,11 +214,20 @@ def _slot_row(slot):
             _flags(slot.flags), data)
 
 
+def _last_used(s):
+    """The set's ``last_used_slot``: a slot (trees), or an array index (5.15, ``lru_slot``)."""
+    last = s.last_used_slot
+    if isinstance(last, int):
+        entries = s.entries()
+        return f"index {last}" + (f" ({entries[last].label})" if last < len(entries) else "")
+    return last.label if last is not None else "-"
+
+
 def _set_rows(vm, as_id):
     out = []
-    for s in vm.sets[as_id]:
+    for s in dict.fromkeys(vm.sets[as_id]):      # the 5.15 array at rest: one structure, shown once
         active = vm.active_idx[as_id] == s.node_idx
-        last = s.last_used_slot.label if s.last_used_slot is not None else "-"
+        last = _last_used(s)
         title = (f"{s.name} ({'ACTIVE' if active else 'inactive'}), generation {gen_text(s.generation)}, "
                  f"last_used_slot {last}")
         out.append((title, [_slot_row(slot) for slot in s.slots()]))
@@ -183,12 +243,14 @@ def _vm_summary(vm):
     upd = vm.update
     running = f"update {upd.call} running ({upd.change})" if upd is not None else "no update running"
     locks = ", ".join(sorted(vm.locks)) or "none"
-    return (f"VM variant {vm.variant}: nr_memslot_pages {vm.nr_memslot_pages:#x}, locks held: {locks}, "
-            f"{running}")
+    pages = f"nr_memslot_pages {vm.nr_memslot_pages:#x}, " if vm.implementation == "tree" else ""   # 5.17+
+    return (f"VM on the Linux {vm.kernel} model, variant {vm.variant}, {vm.address_spaces} address space(s)",
+            f"{pages}locks held: {locks}, {running}")
 
 
 def _state_text(vm):
-    lines = _wrap(_vm_summary(vm), 0)
+    title, summary = _vm_summary(vm)
+    lines = _wrap(title, 0) + _wrap(summary, 0)
     for as_id in _shown_address_spaces(vm):
         for title, rows in _set_rows(vm, as_id):
             lines += ["", title, _row(_SLOT_COLS, [n for n, _, _ in _SLOT_COLS]),
@@ -215,11 +277,13 @@ def markdown(steps_or_vm, notes=None):
     >>> vm = VM(); steps = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x7f0000000000)
     >>> print(markdown(steps).splitlines()[0])
     | # | stage | function | as0 set0 | as0 set1 | locks | what happens |
+    >>> print(markdown(VM(kernel="6.12").begin_set_user_memory_region(1, 0, 0, 0, 0)).splitlines()[0])
+    **Linux 6.12 model, variant merged: 0 steps**
     """
     steps = _steps_of(steps_or_vm)
     if steps is None:
         vm = steps_or_vm
-        lines = [_vm_summary(vm)]
+        lines = ["**{}**: {}".format(*_vm_summary(vm))]
         for as_id in _shown_address_spaces(vm):
             for title, rows in _set_rows(vm, as_id):
                 lines += ["", f"**{title}**", ""] + _md_table([n for n, _, _ in _SLOT_COLS], rows)
@@ -232,7 +296,9 @@ def markdown(steps_or_vm, notes=None):
         g0, g1 = (g[1:] + " (active)" if g.startswith("*") else g.strip() for g in (g0, g1))
         rows.append((i, step.stage, f"`{step.function}`", g0, g1,
                      _locks(getattr(step, "locks", ())), body))
-    return "\n".join(_md_table(["#", "stage", "function", f"as{as_id} set0", f"as{as_id} set1", "locks",
+    title = _trace_title(steps_or_vm, steps)
+    return "\n".join(([f"**{title}**", ""] if title else []) +
+                     _md_table(["#", "stage", "function", f"as{as_id} set0", f"as{as_id} set1", "locks",
                                 "what happens"], rows))
 
 
@@ -244,7 +310,7 @@ def _key(step):
     return (step.stage, step.function, frozenset(getattr(step, "locks", ())))
 
 
-def _differences(a, b):
+def _differences(a, b, texts=False):
     out = []
     if _key(a) != _key(b):
         out.append(("function", f"{a.stage} {a.function}", f"{b.stage} {b.function}"))
@@ -255,6 +321,8 @@ def _differences(a, b):
         out.append(("slots", _edits(a) or "-", _edits(b) or "-"))
     elif not out and _LABEL.findall(a.text) != _LABEL.findall(b.text):
         out.append(("objects", a.text, b.text))
+    if texts and a.text != b.text and not any(kind == "objects" for kind, _, _ in out):
+        out.append(("text", a.text, b.text))
     if getattr(a, "gens", ()) != getattr(b, "gens", ()):
         out.append(("gens", _gens_line(a), _gens_line(b)))
     if frozenset(getattr(a, "locks", ())) != frozenset(getattr(b, "locks", ())):
@@ -283,7 +351,27 @@ def _pairs(a, b):
             yield from ((None, j) for j in range(j1, j2))
 
 
-def diff(steps_a, steps_b, labels=("a", "b")):
+def _model_of(obj):
+    """``(kernel, variant, address spaces)`` of the VM behind an ``Update`` or ``Scenario``, else None."""
+    vm = getattr(obj, "vm", None)
+    return None if vm is None else (vm.kernel, vm.variant, vm.address_spaces)
+
+
+def diff_labels(model_a, model_b):
+    """Short names for two ``(kernel, variant, address spaces)`` models: only what differs.
+
+    >>> diff_labels(("5.17", "merged", 2), ("6.12", "merged", 2))
+    ('Linux 5.17', 'Linux 6.12')
+    >>> diff_labels(("6.12", "merged", 2), ("6.12", "seed", 1))
+    ('merged, 2 AS', 'seed, 1 AS')
+    """
+    names = ([f"Linux {m[0]}" for m in (model_a, model_b)], [m[1] for m in (model_a, model_b)],
+             [f"{m[2]} AS" for m in (model_a, model_b)])
+    parts = [n for n in names if n[0] != n[1]] or names[:1]
+    return tuple(", ".join(p[i] for p in parts) for i in (0, 1))
+
+
+def diff(steps_a, steps_b, labels=None, texts=None):
     """Align two traces step by step and show where they differ (<= 78 columns).
 
     Steps are matched on (stage, kernel function, locks held). Each line is ``=`` (same
@@ -291,14 +379,29 @@ def diff(steps_a, steps_b, labels=("a", "b")):
     (matched but different; the differences follow), ``-`` (only in the first
     trace) or ``+`` (only in the second). A summary ends the diff.
 
+    Traces given as ``Update``s or ``Scenario``s know their VM: ``labels``
+    then default to what differs between the two models (``diff_labels``),
+    else to ``("a", "b")``. ``texts=True`` also reports steps whose text alone
+    differs, which is how two kernel versions usually part (a check or a hook
+    that one version has); the default turns it on when the two traces come
+    from different kernel versions.
+
     >>> from kvmviz import VM
     >>> a = VM().set_user_memory_region(1, 0, 0, 0x1000, 0x7f0000000000)
     >>> b = VM(variant="seed").set_user_memory_region(1, 0, 0, 0x1000, 0x7f0000000000)
     >>> print(diff(a, b, labels=("merged", "seed")).splitlines()[-1])
     in seed; results 0 / 0; final generations equal
+    >>> ua, ub = (VM(kernel=k).begin_set_user_memory_region(1, 0, 1 << 52, 0x1000, 0x10000) for k in ("5.17", "6.12"))
+    >>> runs = [list(u) for u in (ua, ub)]
+    >>> out = " ".join(diff(ua, ub).split()); out[:out.index("(")], "results 0 / -EINVAL" in out
+    ('a = Linux 5.17 ', True)
     """
+    models = _model_of(steps_a), _model_of(steps_b)
     a, b = _steps_of(steps_a), _steps_of(steps_b)
-    la, lb = labels
+    known = None not in models
+    la, lb = labels or (diff_labels(*models) if known else ("a", "b"))
+    if texts is None:
+        texts = known and models[0][0] != models[1][0]
     lines = [f"a = {la} ({len(a)} steps), b = {lb} ({len(b)} steps)",
              "   a    b    stage      function", "---- ----  - ---------- " + "-" * 30]
     counts = {"equal": 0, "differ": 0, "a": 0, "b": 0}
@@ -311,7 +414,7 @@ def diff(steps_a, steps_b, labels=("a", "b")):
             lines.append(_diff_row(i, j, mark, step))
             lines += _wrap(_step_body(step), 12)
             continue
-        found = _differences(a[i], b[j])
+        found = _differences(a[i], b[j], texts)
         counts["differ" if found else "equal"] += 1
         lines.append(_diff_row(i, j, "!" if found else "=", step))
         for kind, va, vb in found:
@@ -343,7 +446,8 @@ def _diff_row(i, j, mark, step):
 RECIPE_MAGIC = "kvmviz-recipe 1"
 _CALL_KEYS = ("slot", "flags", "gpa", "size", "hva")
 #: the words a recipe line may start with
-RECIPE_WORDS = ("kvmviz-recipe", "version", "variant", "call", "begin", "step", "finish", "vcpu", "mn")
+RECIPE_WORDS = ("kvmviz-recipe", "version", "kernel", "address-spaces", "variant", "call", "begin", "step", "finish",
+                "vcpu", "mn")
 
 
 class RecipeError(ValueError):
@@ -364,21 +468,28 @@ class Scenario:
     the same trace. ``steps`` are the writer's steps, ``events`` everything
     recorded (steps and reader actions), ``results`` each call's result.
 
-    >>> sc = Scenario(variant="seed")
+    ``kernel`` and ``address_spaces`` pick the modelled version and its
+    number of address spaces (``VM(kernel=..., address_spaces=...)``); a
+    variant that does not apply to the version is a ``ValueError``
+    (``check_model``).
+
+    >>> sc = Scenario(variant="seed", kernel="6.12")
     >>> sc.call(1, 0, 0x100000, 0x1000, 0x7f0000000000).result
     0
     >>> print(recipe(sc))
     kvmviz-recipe 1
     version 0.1.0
+    kernel 6.12
+    address-spaces 2
     variant seed
     call slot=0x1 flags=0x0 gpa=0x100000 size=0x1000 hva=0x7f0000000000
     """
 
-    def __init__(self, variant="merged", version=None, check=False):
+    def __init__(self, variant="merged", version=None, check=False, kernel=None, address_spaces=None):
         from . import VM, __version__
         self.variant = variant
         self.version = version or __version__
-        self.vm = VM(variant=variant)
+        self.vm = VM(kernel=check_model(kernel, variant), variant=variant, address_spaces=address_spaces)
         self.actions = []
         self.updates = []
         self.vcpus = {}
@@ -410,6 +521,11 @@ class Scenario:
                 return
             self._checked()
             yield step
+
+    @property
+    def kernel(self):
+        """The modelled kernel version (``vm.kernel``)."""
+        return self.vm.kernel
 
     # -- writer --------------------------------------------------------------------
     def begin(self, slot, flags, gpa, size, hva, fail_prepare=0):
@@ -525,9 +641,10 @@ def _num(v):
 
 
 def recipe(scenario):
-    """The recipe text of a ``Scenario``: version, variant and one action per line.
+    """The recipe text of a ``Scenario``: versions, model and one action per line.
 
-    Lines: ``call``/``begin`` with ``slot= flags= gpa= size= hva=`` and an
+    Header lines: ``version`` (of kvmviz), ``kernel`` (the modelled Linux
+    version), ``address-spaces``, ``variant``. Lines: ``call``/``begin`` with ``slot= flags= gpa= size= hva=`` and an
     optional ``fail-prepare=ERRNO``; ``step N``; ``finish``; ``vcpu N ACTION
     [ARGS]``; ``mn start|end HVA_START HVA_END``. ``#`` starts a comment.
 
@@ -538,7 +655,9 @@ def recipe(scenario):
     if not isinstance(scenario, Scenario):
         raise TypeError(f"recipe() takes a Scenario, not {type(scenario).__name__}: run the calls through "
                         "export.Scenario(variant=...) (it drives scenario.vm and remembers every action)")
-    lines = [RECIPE_MAGIC, f"version {scenario.version}", f"variant {scenario.variant}"]
+    vm = scenario.vm
+    lines = [RECIPE_MAGIC, f"version {scenario.version}", f"kernel {vm.kernel}",
+             f"address-spaces {vm.address_spaces}", f"variant {scenario.variant}"]
     for kind, args in scenario.actions:
         if kind in ("call", "begin"):
             *region, fail = args
@@ -551,29 +670,84 @@ def recipe(scenario):
     return "\n".join(lines)
 
 
-def parse_recipe(text):
-    """Parse recipe text into ``(version, variant, actions)``; ``RecipeError`` names the bad line.
+#: The version a recipe written by ``recipe()`` means when it has no ``kernel`` line: the only
+#: tree version kvmviz modelled before recipes named one.
+LEGACY_KERNEL = "5.17"
 
-    >>> parse_recipe("variant seed\\ncall slot=1 gpa=0x1000 size=0x1000 hva=0x10000")[1:]
-    ('seed', [('call', (1, 0, 4096, 4096, 65536, 0))])
+
+class Recipe(NamedTuple):
+    """A parsed recipe: its header lines (None when absent) and its actions."""
+
+    version: str
+    variant: str
+    actions: list
+    kernel: str = None
+    address_spaces: int = None
+    written: bool = False       # has the ``kvmviz-recipe`` or ``version`` line that ``recipe()`` writes
+
+
+def _parse_kernel(rest):
+    if rest[0] not in KERNELS:
+        raise ValueError(f"unknown kernel {rest[0]!r}; modelled: {', '.join(KERNELS)}")
+    return rest[0]
+
+
+def _parse_address_spaces(rest):
+    if rest[0] not in ("1", "2"):
+        raise ValueError(f"address-spaces is 1 (no SMM) or 2 (x86 with SMM), not {rest[0]!r}")
+    return int(rest[0])
+
+
+_HEADER_WORDS = {"version": ("version", lambda rest: rest[0]), "variant": ("variant", lambda rest: rest[0]),
+                 "kernel": ("kernel", _parse_kernel), "address-spaces": ("address_spaces", _parse_address_spaces)}
+
+
+def parse_recipe(text):
+    """Parse recipe text into a ``Recipe``; ``RecipeError`` names the bad line.
+
+    >>> r = parse_recipe("kernel 6.12; variant seed\\ncall slot=1 gpa=0x1000 size=0x1000 hva=0x10000")
+    >>> r.kernel, r.variant, r.actions, r.address_spaces, r.written
+    ('6.12', 'seed', [('call', (1, 0, 4096, 4096, 65536, 0))], None, False)
     """
-    version, variant, actions = None, "merged", []
+    head = {"version": None, "variant": "merged", "kernel": None, "address_spaces": None, "written": False}
+    actions = []
     for n, raw in enumerate(text.replace(";", "\n").splitlines(), 1):
         line = raw.split("#", 1)[0].strip()
-        if not line or line == RECIPE_MAGIC:
+        if not line:
             continue
         try:
             words = shlex.split(line)
             kind, rest = words[0], words[1:]
-            if kind == "version":
-                version = rest[0]
-            elif kind == "variant":
-                variant = rest[0]
+            head["written"] |= line == RECIPE_MAGIC or kind == "version"
+            if line == RECIPE_MAGIC:
+                continue
+            if kind in _HEADER_WORDS:
+                field, parse = _HEADER_WORDS[kind]
+                head[field] = parse(rest)
             else:
                 actions.append((kind, _parse_args(kind, rest)))
         except (ValueError, IndexError) as e:
             raise RecipeError(f"recipe line {n}: {raw.strip()!r}: {e}") from None
-    return version, variant, actions
+    return Recipe(actions=actions, **head)
+
+
+def recipe_kernel(parsed, kernel=None):
+    """The kernel a parsed recipe runs on: ``kernel`` if given, its ``kernel`` line, else the default.
+
+    A recipe that ``recipe()`` wrote before it had a ``kernel`` line (it has
+    the ``kvmviz-recipe``/``version`` lines) means ``LEGACY_KERNEL``; a
+    hand-written fragment without one means the default version (None).
+
+    >>> old, fragment = "kvmviz-recipe 1; version 0.1.0; call slot=1 size=0", "call slot=1 size=0"
+    >>> old, fragment = parse_recipe(old), parse_recipe(fragment)
+    >>> recipe_kernel(old), recipe_kernel(fragment), recipe_kernel(old, "6.12")
+    ('5.17', None, '6.12')
+    """
+    if kernel is not None:
+        return kernel
+    if parsed.kernel is not None:
+        return parsed.kernel
+    return LEGACY_KERNEL if parsed.written else None
 
 
 def _int(word):
@@ -604,26 +778,37 @@ def _parse_args(kind, rest):
     raise ValueError(f"unknown action {kind!r}; use {', '.join(RECIPE_WORDS[1:])}")
 
 
-def replay_recipe(text, variant=None, check=False):
+def replay_recipe(text, variant=None, check=False, kernel=None, address_spaces=None):
     """Run a recipe; returns the ``Scenario`` (``.steps``, ``.vm``, ``.results``).
 
-    ``variant`` overrides the recipe's; ``check=True`` runs the invariant
-    checker after every event (``scenario.notes``). A recipe written by another kvmviz
-    version still runs; ``scenario.version_note`` then says the trace may
-    differ.
+    ``variant``, ``kernel`` and ``address_spaces`` override the recipe's
+    (``recipe_kernel`` says which kernel a recipe without a ``kernel`` line
+    means); ``check=True`` runs the invariant checker after every event
+    (``scenario.notes``). A recipe written by another kvmviz version still
+    runs; ``scenario.version_note`` then says the trace may differ, and it
+    says which kernel an old recipe without a ``kernel`` line ran on.
 
-    >>> sc = replay_recipe("variant seed; call slot=1 gpa=0 size=0x1000 hva=0x7f0000000000")
-    >>> sc.results, sc.variant, sc.version_note
-    ([0], 'seed', '')
+    >>> sc = replay_recipe("variant seed; call slot=1 gpa=0 size=0x1000 hva=0x7f0000000000", kernel="6.12")
+    >>> sc.results, sc.variant, sc.kernel, sc.version_note
+    ([0], 'seed', '6.12', '')
     """
     from . import __version__
-    version, recipe_variant, actions = parse_recipe(text)
-    sc = Scenario(variant=variant or recipe_variant, check=check)
-    sc.version_note = (f"recipe written by kvmviz {version}, replayed by {__version__}: the trace may differ"
-                       if version and version != __version__ else "")
+    parsed = parse_recipe(text)
+    try:
+        sc = Scenario(variant=variant or parsed.variant, check=check, kernel=recipe_kernel(parsed, kernel),
+                      address_spaces=address_spaces or parsed.address_spaces)
+    except ValueError as e:
+        raise RecipeError(f"recipe: {e}") from None
+    notes = []
+    if parsed.version and parsed.version != __version__:
+        notes.append(f"recipe written by kvmviz {parsed.version}, replayed by {__version__}: the trace may differ")
+    if kernel is None and parsed.kernel is None and parsed.written:
+        notes.append(f"the recipe names no kernel (it predates the 'kernel' line): replayed on Linux "
+                     f"{LEGACY_KERNEL}, the version it was written for")
+    sc.version_note = "; ".join(notes)
     runners = {"call": sc.call, "begin": sc.begin, "step": sc.step, "finish": sc.finish,
                "vcpu": sc.vcpu, "mn": sc.mn}
-    for n, (kind, args) in enumerate(actions, 1):
+    for n, (kind, args) in enumerate(parsed.actions, 1):
         try:
             runners[kind](*args)
         except (TypeError, ValueError, RuntimeError) as e:
@@ -632,5 +817,6 @@ def replay_recipe(text, variant=None, check=False):
     return sc
 
 
-__all__ = ["text", "markdown", "diff", "recipe", "replay_recipe", "parse_recipe", "Scenario",
-           "RecipeError", "gen_text", "WIDTH"]
+__all__ = ["text", "markdown", "diff", "diff_labels", "recipe", "replay_recipe", "parse_recipe",
+           "recipe_kernel", "Recipe", "Scenario", "RecipeError", "gen_text", "model_label", "check_model",
+           "LEGACY_KERNEL", "WIDTH"]

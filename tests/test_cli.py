@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from kvmviz import cli, export
+from kvmviz.kernels import DEFAULT_KERNEL
 
 CALL = ["--slot", "1", "--gpa", "0x100000", "--size", "0x10000", "--hva", "0x7f0000000000"]
 SETUP = "call slot=1 gpa=0x100000 size=0x10000 hva=0x7f0000000000"
@@ -23,7 +24,8 @@ def test_explain_create(capsys):
     code, out, err = run(["explain"] + CALL, capsys)
     assert code == 0 and err == ""
     lines = out.splitlines()
-    assert lines[0].startswith("kvmviz 0.1.0, variant merged: KVM_SET_USER_MEMORY_REGION slot=0x1")
+    assert " ".join(lines[:2]).startswith(f"kvmviz 0.1.0, Linux {DEFAULT_KERNEL} model, variant merged: "
+                                          "KVM_SET_USER_MEMORY_REGION slot=0x1")
     assert "change: CREATE" in lines
     assert any(line.startswith(" 12 activate   kvm_swap_active_memslots") and "*0x2" in line for line in lines)
     assert "as0/set1 (ACTIVE), generation 0x2, last_used_slot -" in lines
@@ -121,6 +123,15 @@ def test_recipe_run(tmp_path, capsys):
     (["explain", "--slot", "1", "--setup", "/no/such/file"], "no such recipe file"),
     (["explain", "--slot", "1", "--setup", "call slot=1 gpa=x size=1"], "recipe line 1"),
     (["diff", "--variant", "merged", "--slot", "1"], "exactly two --variant"),
+    (["diff", "--kernel", "5.17", "--kernel", "6.12", "--kernel", "5.15", "--slot", "1"],
+     "exactly two --variant or exactly two --kernel options (got 0 --variant, 3 --kernel)"),
+    (["explain", "--slot", "1", "--kernel", "4.19"], "argument --kernel: invalid choice: '4.19'"),
+    (["explain", "--slot", "1", "--address-spaces", "3"], "argument --address-spaces: invalid choice: 3"),
+    (["explain", "--slot", "1", "--kernel", "5.15", "--variant", "seed"],
+     "kvmviz explain: variant 'seed' changes the tree protocol of 5.17 and later; kernel 5.15 is the array design"),
+    (["explain", "--slot", "1", "--kernel", "5.15", "--setup", "variant no-catch-up"], "kernel 5.15 is the array"),
+    (["diff", "--kernel", "5.15", "--kernel", "6.12", "--variant", "seed", "--slot", "1"],
+     "kvmviz diff: variant 'seed' changes the tree protocol"),
     (["recipe", "run", "/no/such/file"], "no such recipe file"),
     (["explain", "--slot", "1", "--setup", "vcpu 0 access"], "recipe action 1 (vcpu 0x0 access)"),
     (["explain", "--slot", "1", "--setup", "vcpu 0 lock; vcpu 0 lock"], "already inside"),
@@ -161,3 +172,85 @@ def test_console_script_is_declared():
     import tomllib
     with open(os.path.join(os.path.dirname(__file__), os.pardir, "pyproject.toml"), "rb") as f:
         assert tomllib.load(f)["project"]["scripts"]["kvmviz"] == "kvmviz.cli:main"
+
+
+# -- kernel versions ------------------------------------------------------------------------------
+BEYOND = ["--slot", "1", "--gpa", hex(1 << 52), "--size", "0x10000", "--hva", "0x7f0000000000", "--setup", SETUP]
+
+
+def _flat(text):
+    return " ".join(text.split())
+
+
+def test_explain_names_the_kernel_and_runs_its_rules(capsys):
+    code, out, err = run(["explain", "--kernel", "6.12"] + BEYOND, capsys)
+    assert code == 1 and "EINVAL (errno 22)" in err and "kvm_mmu_max_gfn()" in out
+    assert _flat(out).startswith("kvmviz 0.1.0, Linux 6.12 model, variant merged: KVM_SET_USER_MEMORY_REGION slot=0x1")
+    assert "VM on the Linux 6.12 model, variant merged, 2 address space(s)" in out
+    code, out, _ = run(["explain", "--kernel", "5.17"] + BEYOND, capsys)
+    assert code == 0 and "Linux 5.17 model" in out.splitlines()[0] and "kvm_mmu_max_gfn" not in out
+
+
+def test_explain_address_spaces(capsys):
+    code, out, err = run(["explain", "--kernel", "6.12", "--address-spaces", "1", "--as", "1", "--slot", "1",
+                          "--size", "0x1000", "--hva", "0x7f0000000000"], capsys)
+    assert code == 1 and "address space 1 >= 1" in err
+    assert _flat(out).startswith("kvmviz 0.1.0, Linux 6.12 model, variant merged, 1 address space(s):")
+    code, out, _ = run(["explain", "--address-spaces", "1", "--recipe"] + CALL, capsys)
+    assert code == 0 and "address-spaces 1" in out.splitlines()
+
+
+def test_explain_kernel_comes_from_the_setup_recipe_unless_given(capsys):
+    setup = "kernel 6.12; " + SETUP
+    move = ["--slot", "1", "--gpa", "0x300000", "--size", "0x10000", "--hva", "0x7f0000000000"]
+    _, out, _ = run(["explain", "--setup", setup] + move, capsys)
+    assert "Linux 6.12 model" in out.splitlines()[0] and "change: MOVE" in out
+    _, out, _ = run(["explain", "--setup", setup, "--kernel", "5.15"] + move, capsys)
+    assert "Linux 5.15 model" in out.splitlines()[0] and "kvm_dup_memslots" in out
+
+
+def test_diff_two_kernels(capsys):
+    code, out, _ = run(["diff", "--kernel", "5.17", "--kernel", "6.12"] + BEYOND, capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 78
+    assert _flat(out).startswith("kvmviz 0.1.0, Linux 5.17 vs 6.12 models, variant merged: KVM_SET_USER_MEMORY_REGION")
+    assert any(line.startswith("a = Linux 5.17 (27 steps), b = Linux 6.12 (") for line in lines)
+    assert any(line.endswith("! prepare    kvm_arch_prepare_memory_region") for line in lines)
+    assert "results 0 / -EINVAL" in _flat(out)
+    assert "invariants under Linux 6.12: every invariant holds at every step" in lines
+
+
+def test_diff_two_kernels_under_one_variant_and_two_variants_on_one_kernel(capsys):
+    code, out, _ = run(["diff", "--kernel", "5.17", "--kernel", "6.12", "--variant", "seed"] + BEYOND, capsys)
+    assert code == 0 and "Linux 5.17 vs 6.12 models, variant seed:" in _flat(out)
+    assert "results 0 / -EINVAL" in _flat(out)
+    code, out, _ = run(["diff", "--kernel", "6.12", "--variant", "merged", "--variant", "seed"] + BEYOND, capsys)
+    assert code == 0 and "Linux 6.12 model, variant merged vs seed:" in _flat(out)
+    assert any(line.startswith("a = merged (") for line in out.splitlines())
+    assert "results -EINVAL / -EINVAL" in _flat(out)
+
+
+def test_diff_pairs_two_kernels_with_two_variants(capsys):
+    code, out, _ = run(["diff", "--kernel", "5.17", "--kernel", "6.12", "--variant", "merged",
+                        "--variant", "no-catch-up"] + CALL, capsys)
+    assert code == 0
+    assert any(line.startswith("a = Linux 5.17, merged (") for line in out.splitlines())
+    assert "invariants under Linux 5.17, merged: every invariant holds" in out
+    assert "invariants under Linux 6.12, no-catch-up: step" in out
+
+
+def test_recipe_run_on_another_kernel(tmp_path, capsys):
+    path = tmp_path / "beyond.recipe"
+    path.write_text(f"kernel 6.12\n{SETUP}\ncall slot=1 gpa={1 << 52:#x} size=0x10000 hva=0x7f0000000000\n")
+    code, out, _ = run(["recipe", "run", str(path)], capsys)
+    assert code == 0 and out.splitlines()[0] == f"kvmviz 0.1.0, Linux 6.12 model, variant merged: recipe {path}"
+    assert "results: 0, -EINVAL" in out
+    code, out, _ = run(["recipe", "run", str(path), "--kernel", "5.17", "--address-spaces", "1"], capsys)
+    assert code == 0 and "Linux 5.17 model, variant merged, 1 address space(s)" in out.splitlines()[0]
+    assert "results: 0, 0" in out
+    code, _, err = run(["recipe", "run", str(path), "--kernel", "5.15"], capsys)
+    assert code == 0 and err == ""
+    path.write_text("variant seed\n" + SETUP)
+    code, _, err = run(["recipe", "run", str(path), "--kernel", "5.15"], capsys)
+    assert code == 2 and "kernel 5.15 is the array design" in err
