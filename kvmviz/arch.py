@@ -18,6 +18,7 @@ import errno
 
 from .constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, MMIO_SPTE_GEN_BITS
 from .history import Journaled
+from .kernels import FEATURES, has
 
 MMIO_SPTE_GEN_MASK = (1 << MMIO_SPTE_GEN_BITS) - 1
 
@@ -50,8 +51,7 @@ class X86Arch(Journaled):
         if change in ("CREATE", "MOVE") and self.vm.max_gfn is not None and new.end_gfn - 1 > self.vm.max_gfn:
             return -errno.EINVAL, (f"x86 refuses {new.label}: its last gfn {new.end_gfn - 1:#x} is above "
                                    f"kvm_mmu_max_gfn() = {self.vm.max_gfn:#x}, the highest gfn the host's MMU "
-                                   "can map (6.x; KVM: x86/mmu: Do not create SPTEs for GFNs that exceed "
-                                   "host.MAXPHYADDR). Returns -EINVAL.")
+                                   f"can map, and returns -EINVAL ({FEATURES['max_gfn'].cite()}).")
         if change in ("CREATE", "MOVE"):
             new.arch = self.vm.alloc("arch", new.npages * 8)
             return 0, f"x86 allocates fresh arch metadata {new.arch.label} (rmap, lpage info) for {new.label}."
@@ -86,9 +86,27 @@ class X86Arch(Journaled):
         return "x86: " + ("; ".join(parts) if parts else "nothing to do") + "."
 
     def flush_shadow_memslot(self, old):
-        """``kvm_arch_flush_shadow_memslot``: 5.17 x86 zaps all shadow pages."""
+        """``kvm_arch_flush_shadow_memslot``: zap all shadow pages, or (6.12) maybe only the slot's.
+
+        5.17 x86 always zaps everything. 6.12 does so only for a default VM
+        with ``KVM_X86_QUIRK_SLOT_ZAP_ALL`` on (``vm.slot_zap_all``, the
+        default); otherwise it unmaps the slot's gfn range and zaps the shadow
+        pages that map it, and every other mapping stays.
+
+        >>> from kvmviz import VM
+        >>> VM(kernel="6.12", slot_zap_all=False).arch.flush_shadow_memslot(VM().alloc_memslot())[:40]
+        'x86 zaps only the mappings of #1 (kvm_un'
+        """
+        vm = self.vm
+        if has(vm.kernel, "slot_zap_quirk") and (vm.private_mem or not vm.slot_zap_all):
+            why = "a VM with private memory" if vm.private_mem else "KVM_X86_QUIRK_SLOT_ZAP_ALL is disabled"
+            return (f"x86 zaps only the mappings of {old.label} (kvm_unmap_gfn_range over its gfns, then the "
+                    f"shadow pages that map it): {why}; other slots keep their SPTEs "
+                    f"({FEATURES['slot_zap_quirk'].cite()}).")
         self.kvm_mmu_zap_all_fast()
-        return (f"x86 zaps every shadow page, not only {old.label}'s (kvm_mmu_zap_all_fast: "
+        quirk = (" because KVM_X86_QUIRK_SLOT_ZAP_ALL is on (the default)" if has(vm.kernel, "slot_zap_quirk")
+                 else "")
+        return (f"x86 zaps every shadow page, not only {old.label}'s{quirk} (kvm_mmu_zap_all_fast: "
                 f"mmu_valid_gen -> {self.mmu_valid_gen}); no SPTE maps the slot any more.")
 
     def kvm_mmu_zap_all_fast(self):

@@ -41,6 +41,51 @@ KERNELS = {k.name: k for k in (
            max_gfn_check=True, default_max_gfn=(1 << (52 - 12)) - 1),
 )}
 
+class Feature(NamedTuple):
+    """A behaviour that not every modelled version has: where it is and where it came from."""
+
+    since: str           # first modelled version that has it
+    where: str           # file / function
+    commit: str          # commit subject (and id where known)
+
+    def cite(self):
+        """``"6.12: file function (commit)"``, for step texts and messages."""
+        return f"{self.since}+: {self.where}; {self.commit}"
+
+
+#: Behaviours that came after 5.17, by name (docs/kernel-6.12.md has the full account).
+FEATURES = {
+    "max_gfn": Feature("6.12", "arch/x86/kvm/x86.c kvm_arch_prepare_memory_region",
+                       '"KVM: x86/mmu: Do not create SPTEs for GFNs that exceed host.MAXPHYADDR" (86931ff7207b)'),
+    "memory_region2": Feature("6.12", "virt/kvm/kvm_main.c kvm_vm_ioctl",
+                              '"KVM: Introduce KVM_SET_USER_MEMORY_REGION2" (6.8)'),
+    "guest_memfd": Feature("6.12", "kvm_main.c __kvm_set_memory_region, guest_memfd.c kvm_gmem_bind",
+                           '"KVM: Add KVM_CREATE_GUEST_MEMFD ioctl() for guest-specific backing memory" '
+                           '(a7800aa80ea4, 6.8)'),
+    "as_ids_per_vm": Feature("6.12", "kvm_main.c __kvm_set_memory_region, kvm_swap_active_memslots",
+                             '"KVM: Allow arch code to track number of memslot address spaces per VM" (6.8)'),
+    "guest_memory_reclaimed": Feature("6.12", "kvm_main.c kvm_invalidate_memslot",
+                                      "kvm_arch_guest_memory_reclaimed after the flush (SEV cache flush; "
+                                      "commit subject not found)"),
+    "dirty_logging_count": Feature("6.12", "kvm_main.c kvm_commit_memory_region",
+                                   '"KVM: x86: Replace cpu_dirty_logging_count with nr_memslots_dirty_logging" '
+                                   '(6.3)'),
+    "slot_zap_quirk": Feature("6.12", "arch/x86/kvm/mmu/mmu.c kvm_arch_flush_shadow_memslot",
+                              '"KVM: x86/mmu: Introduce a quirk to control memslot zap behavior" (aa8d1f48d353)'),
+}
+
+_ORDER = ("5.15", "5.17", "6.12")
+
+
+def has(kernel, feature):
+    """True when modelled version ``kernel`` has ``FEATURES[feature]``.
+
+    >>> has("5.17", "max_gfn"), has("6.12", "max_gfn")
+    (False, True)
+    """
+    return _ORDER.index(kernel) >= _ORDER.index(FEATURES[feature].since)
+
+
 #: The version a ``VM()`` models when none is named.
 DEFAULT_KERNEL = "5.17"
 

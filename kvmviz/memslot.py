@@ -19,7 +19,7 @@ from .history import Journaled
 #: Fields a reader can observe; writing one of them while the slot is
 #: reachable from a visible set is an in-place modification (invariant 1).
 OBSERVED_FIELDS = frozenset(
-    ("id", "as_id", "base_gfn", "npages", "flags", "userspace_addr", "dirty_bitmap", "arch"))
+    ("id", "as_id", "base_gfn", "npages", "flags", "userspace_addr", "dirty_bitmap", "arch", "gmem"))
 
 
 class Allocation(Journaled):
@@ -45,20 +45,21 @@ class Allocation(Journaled):
 class Memslot(Journaled):
     """One memslot object (``struct kvm_memory_slot``).
 
+    ``gmem`` is ``(guest_memfd fd, first page)`` for a GUEST_MEMFD slot (6.12), else None.
     ``owner`` (the VM) is told about writes to observed fields while the slot
     is linked into a set that readers can see, so the invariant checker can
     report them.
     """
 
     __slots__ = ("uid", "label", "id", "as_id", "base_gfn", "npages", "flags",
-                 "userspace_addr", "dirty_bitmap", "arch", "nodes", "freed", "_owner")
+                 "userspace_addr", "dirty_bitmap", "arch", "gmem", "nodes", "freed", "_owner")
 
     def __init__(self, history=None, *, uid=0, owner=None, id=0, as_id=0,
                  base_gfn=0, npages=0, flags=0, userspace_addr=0):
         super().__init__(history, uid=uid, label=f"#{uid}", _owner=owner, id=id, as_id=as_id,
                          base_gfn=base_gfn, npages=npages, flags=flags,
                          userspace_addr=userspace_addr, dirty_bitmap=None,
-                         arch=None, nodes=0, freed=False)
+                         arch=None, gmem=None, nodes=0, freed=False)
 
     def __setattr__(self, name, value):
         owner = self._owner
@@ -101,5 +102,5 @@ def kvm_copy_memslot(dest, src):
     >>> b = Memslot(); kvm_copy_memslot(b, a); b.id, b.dirty_bitmap is a.dirty_bitmap
     (3, True)
     """
-    for name in ("base_gfn", "npages", "dirty_bitmap", "arch", "userspace_addr", "flags", "id", "as_id"):
+    for name in ("base_gfn", "npages", "dirty_bitmap", "arch", "gmem", "userspace_addr", "flags", "id", "as_id"):
         setattr(dest, name, getattr(src, name))

@@ -84,6 +84,7 @@ class ArraySlot:
 
     __slots__ = ("entry",)
     freed = False          # values are never freed one by one: their structure is
+    gmem = None            # 5.15 has no guest_memfd
 
     def __init__(self, entry):
         self.entry = entry

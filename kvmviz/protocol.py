@@ -15,9 +15,10 @@ Each method models the kernel function of the same name (reference §2.1-§2.4,
 
 import errno
 
-from .constants import (KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS,
-                        KVM_MEMSLOT_INVALID, SIZEOF_KVM_MEMORY_SLOT)
+from .constants import (KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS,
+                        KVM_MEMSLOT_INVALID, PAGE_SHIFT, SIZEOF_KVM_MEMORY_SLOT)
 from .errors import KvmError
+from .kernels import FEATURES, has
 from .memslot import kvm_copy_memslot
 from .set_memory_region import CREATE, DELETE, FLAGS_ONLY, MOVE, NONE, check_ioctl, check_memory_region
 from .step import Step
@@ -78,7 +79,7 @@ class MergedProtocol:
         vm = self.vm
         self.upd, self.stage = upd, "validate"
         try:
-            check_ioctl(region)
+            check_ioctl(region, vm.kernel)
         except KvmError as e:
             yield self.step("kvm_vm_ioctl_set_memory_region", f"refused before taking any lock: {e}",
                             result=-e.errno, error=e)
@@ -105,6 +106,18 @@ class MergedProtocol:
         if plan.change != DELETE:
             new, text = self.new_memslot(plan)
             yield self.step("__kvm_set_memory_region", text)
+        if new is not None and new.flags & KVM_MEM_GUEST_MEMFD:
+            error = self.kvm_gmem_bind(new, region)
+            yield self.step("kvm_gmem_bind", error.message if error else
+                            f"bind pages {region.guest_memfd_offset >> 12:#x}.. of guest_memfd {region.guest_memfd} "
+                            f"to {new.label} ({FEATURES['guest_memfd'].cite()}).")
+            if error:
+                text = self.drop_new(new)
+                vm.unlock(SL)
+                vm.changing = None
+                yield self.step("__kvm_set_memory_region", f"{text}release slots_lock; the ioctl returns "
+                                                           f"{_ret(-error.errno)}.", result=-error.errno, error=error)
+                return
         r = yield from self.kvm_set_memslot(plan.old, new, plan.change, fail)
         freed = self.drop_new(new) if r and new is not None else ""
         vm.unlock(SL)
@@ -123,10 +136,36 @@ class MergedProtocol:
         new = self.vm.alloc_memslot(plan)
         return new, f"allocate {new.label} and fill it with the new values; no set links it yet."
 
+    def kvm_gmem_bind(self, new, region):
+        """``kvm_gmem_bind``: tie ``new`` to pages of a guest_memfd; returns None or the ``KvmError``.
+
+        -EBADF for an fd that is not open, -EINVAL for one that is no
+        guest_memfd of this VM, a range beyond the file or pages bound to
+        another slot (docs/kernel-6.12.md §2.4).
+        """
+        fd, offset = region.guest_memfd, region.guest_memfd_offset
+        gmem = self.vm.gmem_files.get(fd)
+        if gmem is None:
+            return KvmError(errno.EBADF, f"kvm_gmem_bind: guest_memfd {fd} is not a guest_memfd of this VM "
+                                         f"({region.where()})", rule="4.5", slot=region.id)
+        why = gmem.bind(offset, new.npages, new.label)
+        if why:
+            return KvmError(errno.EINVAL, f"kvm_gmem_bind: {why} ({region.where()})", rule="4.5", slot=region.id)
+        new.gmem = (fd, offset >> PAGE_SHIFT)
+        return None
+
+    def kvm_gmem_unbind(self, slot):
+        """``kvm_gmem_unbind``: release the guest_memfd pages of ``slot``; returns a text."""
+        if slot.gmem is None:
+            return ""
+        self.vm.gmem_files[slot.gmem[0]].unbind(slot.label)
+        return f"unbind {slot.label} from guest_memfd {slot.gmem[0]}; "
+
     def drop_new(self, new):
         """Free ``new`` after ``kvm_set_memslot`` failed; returns the text for the last step."""
+        unbound = self.kvm_gmem_unbind(new)
         self.vm.free(new)
-        return f"free {new.label} (it was never reachable); "
+        return f"{unbound}free {new.label} (it was never reachable); "
 
     # -- kvm_set_memslot -------------------------------------------------------
     def kvm_set_memslot(self, old, new, change, fail):
@@ -188,6 +227,11 @@ class MergedProtocol:
                         f"{text} Until swap #2 a guest fault on these gfns finds the INVALID copy and is "
                         "retried (RET_PF_RETRY, x86 5.13+: no exit, no MMIO SPTE; before 5.13 it was handled "
                         "like MMIO); kvm_read_guest-style reads get -EFAULT.")
+        if has(vm.kernel, "guest_memory_reclaimed"):
+            yield self.step("kvm_arch_guest_memory_reclaimed",
+                            "tell the arch the slot's memory may have been reclaimed: x86 calls the vendor's "
+                            "guest_memory_reclaimed hook (SVM flushes caches for SEV guests; nothing for "
+                            f"others) ({FEATURES['guest_memory_reclaimed'].cite()}).")
         vm.lock(SAL)
         old.arch = invalid.arch
         yield self.step("kvm_invalidate_memslot",
@@ -323,18 +367,20 @@ class MergedProtocol:
             vm.nr_memslot_pages -= old.npages
         elif change == CREATE:
             vm.nr_memslot_pages += new.npages
+        logging = self.count_dirty_logging(old, new)
         text = vm.arch.commit_memory_region(old, new, change)
         yield self.step("kvm_arch_commit_memory_region",
-                        f"nr_memslot_pages = {vm.nr_memslot_pages:#x}. {text}")
+                        f"nr_memslot_pages = {vm.nr_memslot_pages:#x}.{logging} {text}")
         if change == CREATE:
             return
         if change == DELETE:
             freed = [a for a in (old.dirty_bitmap, old.arch) if a is not None]
             for a in freed:
                 vm.free(a)
+            unbound = self.kvm_gmem_unbind(old)
             vm.free(old)
-            yield self.step("kvm_free_memslot", f"free {old.label} with {_list(freed)}: no set reaches it "
-                                                "and its grace period is over.")
+            yield self.step("kvm_free_memslot", f"{unbound}free {old.label} with {_list(freed)}: no set "
+                                                "reaches it and its grace period is over.")
             return
         freed = []
         if old.dirty_bitmap is not None and new.dirty_bitmap is None:
@@ -343,6 +389,19 @@ class MergedProtocol:
         vm.free(old)
         yield self.step("kfree", f"free the {old.label} struct only ({new.label} may share its data)"
                                  + (f", and its dirty bitmap {freed[0].label}" if freed else "") + ".")
+
+
+    def count_dirty_logging(self, old, new):
+        """6.12 ``nr_memslots_dirty_logging``: +1/-1 when LOG_DIRTY_PAGES turns on/off; returns a text."""
+        if not has(self.vm.kernel, "dirty_logging_count"):
+            return ""
+        delta = (bool(new and new.flags & KVM_MEM_LOG_DIRTY_PAGES)
+                 - bool(old and old.flags & KVM_MEM_LOG_DIRTY_PAGES))
+        if not delta:
+            return ""
+        self.vm.nr_memslots_dirty_logging += delta
+        return (f" Dirty logging turned {'on' if delta > 0 else 'off'}: nr_memslots_dirty_logging = "
+                f"{self.vm.nr_memslots_dirty_logging} ({FEATURES['dirty_logging_count'].cite()}).")
 
 
 def _label(slot):

@@ -25,7 +25,9 @@ from .arch import X86Arch
 from .constants import PAGE_SHIFT, PAGE_SIZE, U64_MAX
 from .dirty_log import get_dirty_log
 from .history import History, Journaled
-from .kernels import KERNELS, kernel_for
+from .errors import KvmError
+from .guest_memfd import create_guest_memfd
+from .kernels import KERNELS, has, kernel_for
 from .memslot import Allocation, Memslot
 from .memslots import MemslotSet
 from .srcu import Srcu
@@ -44,7 +46,12 @@ class VM(Journaled):
     ``kvm_arch_nr_memslot_as_ids``; 1 on kernels without SMM, where as_id 1
     is -EINVAL and each swap adds 1 to the generation) and ``max_gfn`` (the
     x86 ``kvm_mmu_max_gfn()`` that 6.x checks at prepare; versions without
-    that check refuse the knob). ``kvmviz.host.model_for_host()`` sets both.
+    that check refuse the knob). ``kvmviz.host.model_for_host()`` sets them.
+    6.12 only: ``private_mem`` (``kvm_arch_has_private_mem``: a VM with
+    private memory, 6.12's KVM_X86_SW_PROTECTED_VM, accepts GUEST_MEMFD
+    slots and has one address space) and ``slot_zap_all`` (the
+    ``KVM_X86_QUIRK_SLOT_ZAP_ALL`` quirk, on by default: a DELETE or MOVE
+    zaps every shadow page; off, or on a private-memory VM, only the slot's).
 
     With ``implementation="array"`` (5.10-5.15, reference §6) ``sets[as_id]``
     is ``(active, inactive view)`` of ``ArrayMemslots`` structures and
@@ -60,12 +67,14 @@ class VM(Journaled):
                  "mn_active_invalidate_count", "mn_ranges", "swaps", "uid", "alloc_seq",
                  "in_place_writes", "arch", "srcu", "vcpus", "protocol", "update",
                  "implementation", "variant", "calls", "ulong_max", "changing", "mmio_sptes",
-                 "kernel", "address_spaces", "max_gfn")
+                 "kernel", "address_spaces", "max_gfn", "private_mem", "slot_zap_all", "gmem_files",
+                 "nr_memslots_dirty_logging")
 
     def __init__(self, implementation=None, variant="merged", *, kernel=None, address_spaces=None,
-                 max_gfn=None, history=True):
+                 max_gfn=None, private_mem=False, slot_zap_all=True, history=True):
         k = kernel_for(kernel, implementation)
-        n = _address_spaces(k, address_spaces)
+        _check_612_knobs(k, private_mem, slot_zap_all)
+        n = _address_spaces(k, address_spaces, private_mem)
         h = History(enabled=history)
         cost = Counter()
         super().__init__(h, history=h, cost=cost, active_idx=(0,) * n,
@@ -73,7 +82,9 @@ class VM(Journaled):
                          mn_ranges=(), swaps=(0,) * n, uid=0, alloc_seq=0,
                          in_place_writes=(), vcpus=(), update=None, calls=0, changing=None, mmio_sptes=(),
                          implementation=k.implementation, variant=variant, ulong_max=U64_MAX,
-                         kernel=k.name, address_spaces=n, max_gfn=_max_gfn(k, max_gfn))
+                         kernel=k.name, address_spaces=n, max_gfn=_max_gfn(k, max_gfn),
+                         private_mem=private_mem, slot_zap_all=slot_zap_all, gmem_files={},
+                         nr_memslots_dirty_logging=0)
         object.__setattr__(self, "sets", _make_sets(h, k.implementation, cost, n))
         object.__setattr__(self, "arch", X86Arch(h, self))
         object.__setattr__(self, "srcu", Srcu(h))
@@ -124,6 +135,16 @@ class VM(Journaled):
         that does not fit its C field raises ``ValueError`` at once.
         """
         region = make_region(slot, flags, guest_phys_addr, memory_size, userspace_addr)
+        return self._begin(region, fail_prepare)
+
+    def begin_set_user_memory_region2(self, slot, flags, guest_phys_addr, memory_size, userspace_addr,
+                                      guest_memfd=0, guest_memfd_offset=0, fail_prepare=False):
+        """Start ``KVM_SET_USER_MEMORY_REGION2`` (6.8+): also a guest_memfd and its offset."""
+        region = make_region(slot, flags, guest_phys_addr, memory_size, userspace_addr,
+                             guest_memfd_offset, guest_memfd, v2=True)
+        return self._begin(region, fail_prepare)
+
+    def _begin(self, region, fail_prepare):
         fail = _fail_errno(fail_prepare)
         if "slots_lock" in self.locks and not self.history.at_frontier:
             raise RuntimeError("the VM was stepped back into the middle of an update; step forward to "
@@ -146,6 +167,28 @@ class VM(Journaled):
         """
         upd = self.begin_set_user_memory_region(slot, flags, guest_phys_addr, memory_size,
                                                 userspace_addr, fail_prepare)
+        return self._finish(upd)
+
+    def set_user_memory_region2(self, slot, flags, guest_phys_addr, memory_size, userspace_addr,
+                                guest_memfd=0, guest_memfd_offset=0, fail_prepare=False):
+        """Run ``KVM_SET_USER_MEMORY_REGION2`` to the end; returns its steps (6.12).
+
+        >>> vm = VM(kernel="6.12", private_mem=True); fd = vm.create_guest_memfd(0x2000)
+        >>> _ = vm.set_user_memory_region2(1, 4, 0x100000, 0x2000, 0x7f0000000000, fd, 0)
+        >>> vm.gmem_files[fd].bindings, vm.memslots()[0].gmem
+        (((0, 2, '#1'),), (3, 0))
+        """
+        upd = self.begin_set_user_memory_region2(slot, flags, guest_phys_addr, memory_size, userspace_addr,
+                                                 guest_memfd, guest_memfd_offset, fail_prepare)
+        return self._finish(upd)
+
+    def create_guest_memfd(self, size, flags=0):
+        """``KVM_CREATE_GUEST_MEMFD`` (6.8+): the new file's fd (``kvmviz.guest_memfd``)."""
+        if not has(self.kernel, "guest_memfd"):
+            raise KvmError(errno.ENOTTY, f"KVM_CREATE_GUEST_MEMFD does not exist in {self.kernel} (added in 6.8)")
+        return create_guest_memfd(self, size, flags)
+
+    def _finish(self, upd):
         for step in upd:
             if step.waiting:
                 raise RuntimeError(f"the update is blocked ({upd.blocked}); run it with "
@@ -349,11 +392,21 @@ def _fail_errno(fail_prepare):
     raise ValueError(f"fail_prepare must be True/False or a positive errno, not {fail_prepare!r}")
 
 
-def _address_spaces(kernel, n):
+def _check_612_knobs(kernel, private_mem, slot_zap_all):
+    for name, value, default in (("private_mem", private_mem, False), ("slot_zap_all", slot_zap_all, True)):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, not {value!r}")
+        if value != default and not has(kernel.name, "guest_memfd"):
+            raise ValueError(f"{name}={value} is a 6.12 knob; kernel {kernel.name} has no such choice")
+
+
+def _address_spaces(kernel, n, private_mem):
     if n is None:
-        return kernel.address_spaces
+        return 1 if private_mem else kernel.address_spaces
     if isinstance(n, bool) or n not in (1, 2):
         raise ValueError(f"address_spaces must be 1 (no SMM) or 2 (x86 with SMM), not {n!r}")
+    if private_mem and n != 1:
+        raise ValueError("a VM with private memory has one memslot address space (kvm_arch_nr_memslot_as_ids)")
     return n
 
 

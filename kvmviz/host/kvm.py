@@ -114,16 +114,15 @@ class HostVM:
     def set_user_memory_region(self, slot, flags, guest_phys_addr, memory_size, userspace_addr):
         """``KVM_SET_USER_MEMORY_REGION``: 0 or ``-errno``."""
         r = make_region(slot, flags, guest_phys_addr, memory_size, userspace_addr)
-        buf = ctypes.create_string_buffer(struct.pack("IIQQQ", *r), 32)
+        buf = ctypes.create_string_buffer(struct.pack("IIQQQ", *r[:5]), 32)
         return self._note(r, ioctl(self.fd, KVM_SET_USER_MEMORY_REGION, buf))
 
     def set_user_memory_region2(self, slot, flags, guest_phys_addr, memory_size, userspace_addr,
                                 guest_memfd=0, guest_memfd_offset=0):
         """``KVM_SET_USER_MEMORY_REGION2`` (6.8+): 0 or ``-errno`` (-EINVAL where absent)."""
-        r = make_region(slot, flags, guest_phys_addr, memory_size, userspace_addr)
-        args = (*r, _u(guest_memfd_offset, U64_MAX, "guest_memfd_offset"),
-                _u(guest_memfd, U32_MAX, "guest_memfd"))
-        buf = ctypes.create_string_buffer(struct.pack("IIQQQQI", *args), 160)
+        r = make_region(slot, flags, guest_phys_addr, memory_size, userspace_addr, guest_memfd_offset,
+                        guest_memfd, v2=True)
+        buf = ctypes.create_string_buffer(struct.pack("IIQQQQI", *r[:7]), 160)
         return self._note(r, ioctl(self.fd, KVM_SET_USER_MEMORY_REGION2, buf))
 
     def _note(self, region, rc):

@@ -15,7 +15,12 @@ a difference is a ``Mismatch`` that says why. What the log says wins:
   ``memory_size 0`` call. A logged success that toggles READONLY on an
   existing slot is replayed as that implied DELETE plus the logged call;
 - guest_memfd slots (``KVM_MEM_GUEST_MEMFD``, Linux 6.8+, reference §4.5) are
-  outside the model: such calls are reported as ``OUTSIDE`` and not run.
+  replayed as ``KVM_SET_USER_MEMORY_REGION2`` on a VM whose kernel has them
+  (``kernel="6.12"``; a VM without private memory refuses the flag, as a 6.12
+  default VM does): the trace does not log ``KVM_CREATE_GUEST_MEMFD``, so each
+  guest_memfd fd the log names gets a model file of ``GMEM_FILE_SIZE`` bytes
+  when first seen. On older kernels they are outside the model: such calls
+  are reported as ``OUTSIDE`` and not run.
 
 Every ioctl runs to its end or is refused by the checks before it changes
 anything, so no call leaves a half-applied VM; a VM with readers inside SRCU
@@ -39,14 +44,15 @@ from contextlib import contextmanager
 from importlib import resources
 from typing import NamedTuple
 
-from ..constants import KVM_MEM_READONLY, flag_names
-from ..kernels import KERNELS
+from ..constants import KVM_MEM_GUEST_MEMFD, KVM_MEM_READONLY, flag_names
 from ..errors import KvmError
+from ..kernels import KERNELS, has
 from ..set_memory_region import CHANGES, DELETE, check_ioctl, check_memory_region, make_region
 from ..vm import VM
 from .qemu import MemoryCall, QemuTrace, parse_qemu
 
 FAILED, OUTSIDE = "FAILED", "OUTSIDE"
+GMEM_FILE_SIZE = 1 << 62     # big enough for any offset + size a trace binds
 COUNT_KEYS = CHANGES + (FAILED, OUTSIDE)
 _DATA = "data"
 
@@ -201,7 +207,7 @@ class _Replayer:
             raise ValueError("replay needs a VM at rest: no update running, no vCPU inside SRCU, no "
                              "MMU-notifier invalidation in progress (an update could block midway)")
         self.vm, self.keep_steps = vm, keep_steps
-        self.gmem = set()
+        self.gmem, self.fds = set(), {}
         self.counts = Counter(dict.fromkeys(COUNT_KEYS, 0))
         self.calls, self.mismatches = [], []
         self.peak = self.nslots()
@@ -212,7 +218,7 @@ class _Replayer:
     def run(self, number, call):
         vm = self.vm
         rc = ReplayedCall(number, call, _span(vm, call.as_id, call.id), _gens(vm))
-        if call.uses_guest_memfd or (call.as_id, call.id) in self.gmem:
+        if not has(vm.kernel, "guest_memfd") and (call.uses_guest_memfd or (call.as_id, call.id) in self.gmem):
             self.outside(rc)
         elif call.ret:
             self.logged_failure(rc)
@@ -246,23 +252,44 @@ class _Replayer:
     def logged_failure(self, rc):
         c = rc.call
         try:
-            region = make_region(*c.args)
+            region = make_region(*c.args, *self.gmem_args(c))
             with _uncounted(self.vm):
-                check_ioctl(region)
+                check_ioctl(region, self.vm.kernel)
                 plan = check_memory_region(self.vm, region)
         except KvmError:
             self.ioctl(rc, c.args)       # refused by the checks: the VM stays as it is
             return
+        if region.flags & KVM_MEM_GUEST_MEMFD and _gmem_refuses(self.vm, region, plan.npages):
+            self.ioctl(rc, c.args)       # kvm_gmem_bind refuses it, after the checks: nothing changes
+            return
         rc.change, rc.modelled = plan.change, 0
         self.counts[FAILED] += 1
 
+    def gmem_args(self, call):
+        """``(guest_memfd_offset, model fd, v2)`` for a call of the guest_memfd era on a 6.12 VM."""
+        if not (call.uses_guest_memfd and has(self.vm.kernel, "guest_memfd")):
+            return ()
+        if call.guest_memfd not in self.fds and self.vm.private_mem:
+            self.fds[call.guest_memfd] = self.vm.create_guest_memfd(GMEM_FILE_SIZE)
+        return call.guest_memfd_offset or 0, self.fds.get(call.guest_memfd, 0), True
+
     def ioctl(self, rc, args):
-        upd = self.vm.begin_set_user_memory_region(*args)
+        extra = self.gmem_args(rc.call)
+        if extra:
+            offset, fd, _ = extra
+            upd = self.vm.begin_set_user_memory_region2(*args, guest_memfd=fd, guest_memfd_offset=offset)
+        else:
+            upd = self.vm.begin_set_user_memory_region(*args)
         for step in upd:
             if self.keep_steps:
                 rc.steps.append(step)
         rc.change, rc.modelled, rc.error = upd.change, upd.result, upd.error
         self.counts[upd.change if upd.result == 0 else FAILED] += 1
+
+
+def _gmem_refuses(vm, region, npages):
+    gmem = vm.gmem_files.get(region.guest_memfd)
+    return gmem is None or gmem.bind_error(region.guest_memfd_offset, npages) is not None
 
 
 def _why(rc, address_spaces):

@@ -92,7 +92,7 @@ def dry_run(vm, slot, flags, gpa, size, hva):
     region = make_region(slot, flags, gpa, size, hva)
     saved = Counter(vm.cost)
     try:
-        check_ioctl(region)
+        check_ioctl(region, vm.kernel)
         return check_memory_region(vm, region).change
     finally:
         vm.cost.clear()
