@@ -11,6 +11,9 @@ slots and the generations; the property tests compare kvmviz against it.
 (-17, None)
 >>> ref.generations
 [2, 1]
+>>> ref612 = RefVM("6.12", address_spaces=1, max_gfn=0xfffff)
+>>> ref612.call(1, 0, 0xfffff000, 0x2000, 0x100000), ref612.generations
+((-22, 'CREATE'), [0])
 """
 
 import errno
@@ -22,21 +25,45 @@ TASK_SIZE_MAX = (1 << 47) - PAGE
 U64 = (1 << 64) - 1
 
 
-class RefVM:
-    """Per address space a dict id -> (base_gfn, npages, flags, hva)."""
+GMEM = 4
 
-    def __init__(self):
-        self.slots = [{} for _ in range(AS_NUM)]
-        self.generations = list(range(AS_NUM))
+
+class RefVM:
+    """Per address space a dict id -> (base_gfn, npages, flags, hva); 6.12: guest_memfd bindings.
+
+    ``kernel`` "5.15"/"5.17"/"6.12"; on 6.12 ``max_gfn`` bounds CREATE/MOVE
+    at prepare and, with ``private_mem``, GUEST_MEMFD slots bind pages of
+    guest_memfd files (``gmem``: fd -> size; ``bound``: (fd, page) -> slot id).
+    """
+
+    def __init__(self, kernel="5.17", address_spaces=AS_NUM, max_gfn=None, private_mem=False):
+        self.kernel, self.n, self.max_gfn, self.private_mem = kernel, address_spaces, max_gfn, private_mem
+        self.slots = [{} for _ in range(address_spaces)]
+        self.generations = list(range(address_spaces))
+        self.gmem, self.bound, self.binding = {}, {}, {}
 
     def _swaps(self, as_id, n):
-        self.generations[as_id] += AS_NUM * n
+        self.generations[as_id] += self.n * n
 
-    def call(self, slot, flags, gpa, size, hva, fail=0):
-        """Return ``(0 or -errno, change or None)`` and update the state."""
+    def _flags_ok(self, flags, v2):
+        if self.kernel != "6.12":
+            return not flags & ~3
+        if not v2 and flags & ~3:
+            return False
+        if flags & GMEM:
+            return self.private_mem and not flags & ~GMEM
+        return not flags & ~3
+
+    def call(self, slot, flags, gpa, size, hva, fail=0, gmem=None):
+        """Return ``(0 or -errno, change or None)`` and update the state.
+
+        ``gmem`` = ``(fd, offset)`` makes it a KVM_SET_USER_MEMORY_REGION2 call (6.12).
+        """
         as_id, id_ = slot >> 16, slot & 0xFFFF
-        bad = (id_ >= USER_SLOTS or flags & ~3 or size % PAGE or gpa % PAGE or hva % PAGE
-               or size > TASK_SIZE_MAX or hva > TASK_SIZE_MAX - size or as_id >= AS_NUM
+        fd, offset = gmem or (0, 0)
+        bad = (not self._flags_ok(flags, gmem is not None) or id_ >= USER_SLOTS or size % PAGE or gpa % PAGE
+               or hva % PAGE or size > TASK_SIZE_MAX or hva > TASK_SIZE_MAX - size
+               or (flags & GMEM and (offset % PAGE or offset + size > U64)) or as_id >= self.n
                or gpa + size > U64 or size // PAGE > MAX_PAGES)
         if bad:
             return -errno.EINVAL, None
@@ -50,9 +77,10 @@ class RefVM:
             if fail:
                 return -fail, "DELETE"
             del table[id_]
+            self._unbind(as_id, id_)
             return 0, "DELETE"
         if old is not None:
-            if hva != old[3] or npages != old[1] or (flags ^ old[2]) & 2:
+            if flags & GMEM or hva != old[3] or npages != old[1] or (flags ^ old[2]) & (2 | GMEM):
                 return -errno.EINVAL, None
             change = "MOVE" if gfn != old[0] else "FLAGS_ONLY" if flags != old[2] else "NONE"
             if change == "NONE":
@@ -63,6 +91,15 @@ class RefVM:
             for other, (g, n, _, _) in table.items():
                 if other != id_ and g < gfn + npages and gfn < g + n:
                     return -errno.EEXIST, None
+        if flags & GMEM:
+            pages = [(fd, offset // PAGE + k) for k in range(npages)]
+            if fd not in self.gmem:
+                return -errno.EBADF, None
+            if offset + size > self.gmem[fd] or any(p in self.bound for p in pages):
+                return -errno.EINVAL, None
+        if not fail and self.max_gfn is not None and change in ("CREATE", "MOVE") \
+                and gfn + npages - 1 > self.max_gfn:
+            fail = errno.EINVAL
         if change == "MOVE":
             self._swaps(as_id, 2)
         elif not fail:
@@ -70,7 +107,20 @@ class RefVM:
         if fail:
             return -fail, change
         table[id_] = (gfn, npages, flags, hva)
+        if flags & GMEM:
+            self.binding[(as_id, id_)] = pages
+            self.bound.update(dict.fromkeys(pages, id_))
         return 0, change
+
+    def _unbind(self, as_id, id_):
+        for page in self.binding.pop((as_id, id_), ()):
+            del self.bound[page]
+
+    def create_guest_memfd(self, size):
+        """A guest_memfd file of ``size`` bytes; its fd (3, 4, ... like the model's)."""
+        fd = 3 + len(self.gmem)
+        self.gmem[fd] = size
+        return fd
 
     def layout(self, as_id):
         """Sorted ``(id, base_gfn, npages, flags, hva)`` of an address space."""

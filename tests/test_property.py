@@ -14,8 +14,11 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 import kvmviz
 from reference_model import RefVM
 
-IMPLEMENTATIONS = ["tree", "array"]
+#: Every modelled version, and 6.12 as a kernel without SMM and with a low max gfn (so MOVEs revert).
+CONFIGS = {"5.15": {"kernel": "5.15"}, "5.17": {"kernel": "5.17"}, "6.12": {"kernel": "6.12"},
+           "6.12-no-smm": {"kernel": "6.12", "address_spaces": 1, "max_gfn": 0x103}}
 OUTCOMES = Counter()      # what the random calls exercised, printed by test_outcomes_cover_every_path
+GMEM_OUTCOMES = Counter()
 
 PAGE = 0x1000
 def mostly(good, bad):
@@ -52,7 +55,7 @@ def run_checked(vm, call):
 
 
 def check_against(ref, vm):
-    for as_id in (0, 1):
+    for as_id in range(vm.address_spaces):
         assert layout(vm, as_id, "active") == ref.layout(as_id)
         assert layout(vm, as_id, "inactive") == ref.layout(as_id)
         assert vm.generation(as_id) == ref.generations[as_id]
@@ -60,14 +63,15 @@ def check_against(ref, vm):
     assert vm.nr_memslot_pages == (0 if vm.implementation == "array" else pages)   # 5.15 counts no pages
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("config", CONFIGS)
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(seq=st.lists(calls, min_size=1, max_size=25))
 @example(seq=[(0, 0, 0, PAGE, 0x10000000, 0), (0, 1, 0, PAGE, 0x10000000, errno.ENOMEM),
               (0, 1, 0, PAGE, 0x10000000, 0), (0, 1, 0x100000, PAGE, 0x10000000, errno.EIO),
               (0, 1, 0, 0, 0, errno.ENOMEM), (0, 0, 0, 0, 0x10000001, 0)])
-def test_random_calls_match_reference(implementation, seq):
-    vm, ref = kvmviz.VM(implementation=implementation), RefVM()
+def test_random_calls_match_reference(config, seq):
+    vm = kvmviz.VM(**CONFIGS[config])
+    ref = RefVM(vm.kernel, vm.address_spaces, vm.max_gfn if config == "6.12-no-smm" else None)
     for call in seq:
         upd = run_checked(vm, call)
         expected, change = ref.call(*call)
@@ -88,9 +92,47 @@ def test_outcomes_cover_every_path():
     print("outcomes:", sorted(OUTCOMES.items(), key=str))
 
 
+gmem_calls = st.tuples(
+    st.sampled_from([1, 2, 3]),                                                        # slot
+    st.sampled_from([0, 4, 4, 5, 6, 1]),                                               # flags
+    st.sampled_from([0, 4 * PAGE, 0x100000]),                                          # gpa
+    st.sampled_from([0, PAGE, 2 * PAGE, 4 * PAGE]),                                    # size
+    st.sampled_from([0x10000000]),                                                     # hva
+    st.sampled_from([0, 0, 0, errno.ENOMEM]),                                          # fail
+    st.sampled_from([(3, 0), (3, PAGE), (3, 2 * PAGE), (4, 0), (3, 0x801), (9, 0), None]),  # gmem
+)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(seq=st.lists(gmem_calls, min_size=1, max_size=20))
+def test_guest_memfd_calls_match_reference(seq):
+    """6.12 with private memory: v2 calls binding two guest_memfd files of 4 and 2 pages."""
+    vm, ref = kvmviz.VM(kernel="6.12", private_mem=True), RefVM("6.12", 1, (1 << 40) - 1, private_mem=True)
+    for size in (4 * PAGE, 2 * PAGE):
+        assert vm.create_guest_memfd(size) == ref.create_guest_memfd(size)
+    for *call, gmem in seq:
+        if gmem is None:
+            upd = run_checked(vm, call)
+        else:
+            upd = vm.begin_set_user_memory_region2(*call[:5], gmem[0], gmem[1], fail_prepare=call[5])
+            for step in upd:
+                assert kvmviz.check_invariants(vm) == [], step
+        expected, _ = ref.call(*call, gmem=gmem)
+        assert upd.result == expected, (call, gmem, upd.steps[-1].text)
+        check_against(ref, vm)
+        bound = {(fd, first + k) for fd, f in vm.gmem_files.items() for first, n, _ in f.bindings for k in range(n)}
+        assert bound == set(ref.bound)
+        GMEM_OUTCOMES[upd.result] += 1
+
+
+def test_guest_memfd_outcomes_cover_binding_errors():
+    """The drawn guest_memfd calls bind, and fail with -EBADF and -EINVAL."""
+    assert {0, -errno.EBADF, -errno.EINVAL} <= set(GMEM_OUTCOMES), GMEM_OUTCOMES
+
+
 def check_lookups(ref, vm):
     """gfn_to_memslot (which fills last_used_slot) agrees with a linear scan."""
-    for as_id in (0, 1):
+    for as_id in range(vm.address_spaces):
         for gfn in (0, 1, 4, 7, 8, 0x100, 0x103, 0x108):
             hit = vm.gfn_to_memslot(gfn, as_id)
             want = [i for i, (g, n, _, _) in ref.slots[as_id].items() if g <= gfn < g + n]
