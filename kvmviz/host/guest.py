@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from ..constants import KVM_USER_MEM_SLOTS, PAGE_SIZE
 from .ioctl import (KVM_CREATE_VCPU, KVM_GET_SREGS, KVM_GET_VCPU_MMAP_SIZE, KVM_RUN, KVM_SET_REGS,
-                    KVM_SET_SREGS, Memory, ioctl)
+                    KVM_SET_SREGS, Memory, ioctl, release)
 
 KVM_EXIT_IO, KVM_EXIT_MMIO = 2, 6
 PROBE_PORT = 0x10
@@ -135,12 +135,7 @@ class Guest:
 
     def close(self):
         """Unmap the run page and code page, close the vCPU fd (idempotent)."""
-        if self.run is not None:
-            self.run.close()
-            self.run = None
-        if self.code is not None:
-            self.code.close()
-            self.code = None
+        release(self, "run", "code")
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None

@@ -111,3 +111,16 @@ class Memory:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def release(owner, *names):
+    """Close each named attribute of ``owner`` that is set (an mmap, ``Memory``, ...), then clear it.
+
+    >>> class Box: pass
+    >>> b = Box(); b.m = Memory(PAGE_SIZE); b.n = None; release(b, "m", "n"); b.m
+    """
+    for name in names:
+        thing = getattr(owner, name)
+        if thing is not None:
+            thing.close()
+            setattr(owner, name, None)

@@ -27,7 +27,7 @@ from ..set_memory_region import make_region
 from .guest import Guest, free_place
 from .ioctl import (CAPS, KVM_CHECK_EXTENSION, KVM_CREATE_GUEST_MEMFD, KVM_CREATE_VM, KVM_GET_API_VERSION,
                     KVM_GET_DIRTY_LOG, KVM_SET_USER_MEMORY_REGION, KVM_SET_USER_MEMORY_REGION2, Memory,
-                    ioctl)
+                    ioctl, release)
 
 def available(path="/dev/kvm"):
     """``(True, release)`` when ``path`` opens and creates a VM, else ``(False, why)``.
@@ -168,11 +168,7 @@ class HostVM:
 
     def close(self):
         """Close every fd (vCPU, guest_memfd, VM, /dev/kvm) and unmap memory; idempotent."""
-        if self._guest is not None:
-            self._guest.close()
-            self._guest = None
-        if self.memory is not None:
-            self.memory.close()
+        release(self, "_guest", "memory")
         while self._fds:
             os.close(self._fds.pop())
 
