@@ -146,6 +146,16 @@ def test_the_suite_reports_a_wrong_model():
     assert any(d.case == "max-gfn" and d.host == "-EINVAL" for d in report.differences)
 
 
+def test_guest_memfd_follows_the_vm_caps(caps):
+    """6.18 lets a default VM bind guest_memfd (cap 1 on the VM fd); a 6.12 default VM model refuses."""
+    case = [c for c in check.CASES if c.name == "memory-region2"]
+    assert check.run(cases=case).differences == []
+    default_vm = lambda: model_for_host(caps, private_mem=False, history=False)
+    diffs = check.run(cases=case, make_vm=default_vm).differences
+    assert caps.guest_memfd == 1 and (diffs[0].model, diffs[0].host) == ("-EINVAL", "0")
+    assert "GUEST_MEMFD needs a VM with private memory" in diffs[0].rule
+
+
 _CALLS = st.lists(st.tuples(*(st.integers(0, len(p) - 1) for p in check.pools(None))), min_size=25, max_size=35)
 
 

@@ -40,7 +40,12 @@ PROBED_SLOTS = 4            # a probe looks at the first and last 4 slots by gfn
 
 
 class Call(NamedTuple):
-    """One ``KVM_SET_USER_MEMORY_REGION``; ``hva`` is relative to the memory base unless ``abs_hva``."""
+    """One ``KVM_SET_USER_MEMORY_REGION``; ``hva`` is relative to the memory base unless ``abs_hva``.
+
+    ``v2`` makes it ``KVM_SET_USER_MEMORY_REGION2``; ``gmem`` is then
+    ``(k, offset)``: the k-th ``GmemFile`` of the case (or ``None`` for an fd
+    that is not open) and the guest_memfd offset.
+    """
 
     slot: int
     flags: int
@@ -48,6 +53,8 @@ class Call(NamedTuple):
     size: int
     hva: int = 0
     abs_hva: bool = False
+    v2: bool = False
+    gmem: tuple = (None, 0)
 
     def address(self, base):
         """The userspace_addr passed to the ioctl."""
@@ -55,11 +62,23 @@ class Call(NamedTuple):
 
     def __str__(self):
         hva = f"{self.hva:#x}" if self.abs_hva else f"mem+{self.hva:#x}"
+        v2 = (f" guest_memfd=file{self.gmem[0]} offset={self.gmem[1]:#x} (v2)" if self.v2 and
+              self.gmem[0] is not None else " (v2)" if self.v2 else "")
         return (f"slot={self.slot:#x} flags={self.flags:#x} gpa={self.gpa:#x} size={self.size:#x} "
-                f"hva={hva}")
+                f"hva={hva}{v2}")
+
+
+class GmemFile(NamedTuple):
+    """``KVM_CREATE_GUEST_MEMFD`` of ``size`` bytes, on the model and on the kernel."""
+
+    size: int
+
+    def __str__(self):
+        return f"KVM_CREATE_GUEST_MEMFD size={self.size:#x}"
 
 
 PROBE = "probe"
+CLOSED_FD = 1 << 20          # an fd number no process here has open
 
 
 class Case(NamedTuple):
@@ -105,10 +124,15 @@ def rc_text(rc):
 
 
 # -- running one case -------------------------------------------------------------------
-def model_call(vm, call, base):
-    """The model's return code and the rule it applied (``-errno`` or 0)."""
+def model_call(vm, call, base, fds=()):
+    """The model's return code and the rule it applied (``-errno`` or 0); ``fds``: the model's gmem fds."""
+    args = (call.slot, call.flags, call.gpa, call.size, call.address(base))
     try:
-        steps = vm.set_user_memory_region(call.slot, call.flags, call.gpa, call.size, call.address(base))
+        if call.v2:
+            fd = CLOSED_FD if call.gmem[0] is None else fds[call.gmem[0]]
+            steps = vm.set_user_memory_region2(*args, guest_memfd=fd, guest_memfd_offset=call.gmem[1])
+        else:
+            steps = vm.set_user_memory_region(*args)
     except KvmError as e:
         return -e.errno, f"§{e.rule}: {e.message}" if e.rule else e.message
     return 0, (steps[-1].function if steps else "-")
@@ -121,6 +145,7 @@ class _Runner:
         self.case, self.make_vm, self.max_gfn, self.path = case, make_vm, max_gfn, path
         self.calls = self.probes = self.matches = 0
         self.differences = []
+        self.fds = ([], [])         # guest_memfd fds: the model's, the kernel's
 
     def run(self):
         vm = self.make_vm()
@@ -129,6 +154,8 @@ class _Runner:
             for i, item in enumerate(self.case.build(self.max_gfn)):
                 if item == PROBE:
                     self.probe(i, vm, host)
+                elif isinstance(item, GmemFile):
+                    self.gmem_file(i, item, vm, host)
                 else:
                     self.call(i, item, vm, host)
         return CaseResult(self.case.name, self.calls, self.probes, self.matches, tuple(self.differences))
@@ -142,9 +169,27 @@ class _Runner:
     def call(self, i, call, vm, host):
         self.calls += 1
         base = host.memory.base
-        rc, rule = model_call(vm, call, base)
-        got = host.set_user_memory_region(call.slot, call.flags, call.gpa, call.size, call.address(base))
+        rc, rule = model_call(vm, call, base, self.fds[0])
+        args = (call.slot, call.flags, call.gpa, call.size, call.address(base))
+        if call.v2:
+            fd = CLOSED_FD if call.gmem[0] is None else self.fds[1][call.gmem[0]]
+            got = host.set_user_memory_region2(*args, guest_memfd=fd, guest_memfd_offset=call.gmem[1])
+        else:
+            got = host.set_user_memory_region(*args)
         self.compare(i, str(call), rc_text(rc), rc_text(got), rule)
+
+    def gmem_file(self, i, item, vm, host):
+        self.calls += 1
+        try:
+            fd, rule = vm.create_guest_memfd(item.size), "kvm_gmem_create"
+            self.fds[0].append(fd)
+            rc = 0
+        except KvmError as e:
+            rc, rule = -e.errno, e.message
+        got = host.create_guest_memfd(item.size)
+        if got >= 0:
+            self.fds[1].append(got)
+        self.compare(i, str(item), rc_text(rc), rc_text(min(got, 0)), rule)
 
     def probe(self, i, vm, host):
         vcpu = vm.add_vcpu()
@@ -188,7 +233,7 @@ def _probe_points(vm):
 
     For the first and last ``PROBED_SLOTS`` slots by gfn (all of them in small cases).
     """
-    points, slots = [], vm.memslots(0)
+    points, slots = [], [s for s in vm.memslots(0) if s.gmem is None]   # private memory is not probed
     for slot in slots[:PROBED_SLOTS] + slots[PROBED_SLOTS:][-PROBED_SLOTS:]:
         start, end = slot.base_gfn << PAGE_SHIFT, slot.end_gfn << PAGE_SHIFT
         if end > PROBE_LIMIT:
@@ -314,6 +359,20 @@ def _readers(_):
             Call(2, LOG, 0x30000, 4 * P, 0x8000), PROBE, Call(1, 0, 0x10000, 0), PROBE]
 
 
+def _memory_region2(_):
+    P4, G, LOG_RO = 4 * P, 1 << 2, LOG | RO
+    v2 = lambda slot, flags, gpa, size, gmem=(None, 0): Call(slot, flags, gpa, size, 0, v2=True, gmem=gmem)
+    return [v2(1, 0, 0x100000, P4), v2(1, 0, 0x100000, 0), v2(2, 1 << 3, 0x200000, P), Call(2, G, 0x200000, P),
+            GmemFile(16 * P), GmemFile(0x1001), GmemFile(0), GmemFile(P4),
+            v2(3, G, 0x300000, P4, (0, 0)), v2(4, G, 0x400000, P4, (0, 2 * P)), v2(4, G, 0x400000, P4, (0, 14 * P)),
+            v2(4, G, 0x400000, P4, (0, 0x800)), v2(4, G | LOG, 0x400000, P4, (0, 8 * P)),
+            v2(4, G | RO, 0x400000, P4, (0, 8 * P)), v2(4, G | LOG_RO, 0x400000, P4, (0, 8 * P)),
+            v2(4, G, 0x400000, P4, (None, 0)), v2(4, G, 0x400000, P4, (1, 0)), v2(5, G, 0x500000, P4, (1, 0)),
+            v2(3, G, 0x300000, P4, (0, 0)), v2(3, 0, 0x300000, P4, (0, 0)), v2(3, G, 0x600000, P4, (0, 0)),
+            v2(3, G | LOG, 0x300000, P4, (0, 0)), PROBE, Call(3, 0, 0x300000, 0), v2(6, G, 0x600000, P4, (0, 0)),
+            v2(6, G, 0x600000, 0, (0, 0x801)), v2(6, G, 0x600000, 0, (0, 0)), PROBE]
+
+
 def _many_slots(_):
     n = KVM_USER_MEM_SLOTS
     return ([Call(i, 0, i * P, P, i * P) for i in range(n)] + [Call(n, 0, n * P, P)]
@@ -340,6 +399,9 @@ CASES = [
                          "reads, writes and dirty logs in between", _change_types),
     Case("readers", "READONLY, dirty-logged and plain slots read and written by a real vCPU, "
                     "above 2 GiB too", _readers),
+    Case("memory-region2", "KVM_SET_USER_MEMORY_REGION2 and guest_memfd: flag filters, file sizes, binding, "
+                           "offsets, overlap in the file, flags with GUEST_MEMFD, modify, delete, rebind (§4.5)",
+         _memory_region2),
     Case("32764-slots", "all 32764 user slots, one more, a MOVE onto a used gfn, a probe", _many_slots),
 ]
 

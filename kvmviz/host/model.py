@@ -10,11 +10,16 @@ What it reads, and why:
   (``kvm_arch_nr_memslot_as_ids``; 0 means one, an x86 kernel without SMM);
 - the host's ``kvm_mmu_max_gfn()`` for versions that check it at prepare:
   with TDP (EPT/NPT) on, the host's MAXPHYADDR (``address sizes`` in
-  ``/proc/cpuinfo``), else 52 bits (shadow paging).
+  ``/proc/cpuinfo``), else 52 bits (shadow paging);
+- ``KVM_CAP_GUEST_MEMFD`` on a VM fd, which 6.12 answers with
+  ``kvm_arch_has_private_mem(kvm)``: whether a VM of the default type takes
+  GUEST_MEMFD slots (``private_mem``; 6.18 lets default VMs use guest_memfd,
+  6.12 does not; taken only with one address space, as a 6.12 VM with
+  private memory has).
 
 >>> vm = model_for_host(Capabilities("6.18.1", 12, 32764, 0, 1, 1, 1), tdp=False)
->>> vm.kernel, vm.address_spaces, hex(vm.max_gfn)
-('6.12', 1, '0xffffffffff')
+>>> vm.kernel, vm.address_spaces, hex(vm.max_gfn), vm.private_mem
+('6.12', 1, '0xffffffffff', True)
 >>> model_for_host(Capabilities("5.15.0", 12, 509, 2, 1, 0, 0)).kernel
 '5.15'
 """
@@ -22,7 +27,7 @@ What it reads, and why:
 import re
 
 from ..constants import PAGE_SHIFT
-from ..kernels import KERNELS
+from ..kernels import KERNELS, has
 from ..vm import VM
 from .kvm import Capabilities, HostVM
 
@@ -89,14 +94,19 @@ def model_for_host(caps=None, tdp=None, **vm_options):
     kernel = KERNELS[nearest_kernel(caps.release)]
     if kernel.max_gfn_check:
         vm_options.setdefault("max_gfn", host_max_gfn(tdp))
+    if has(kernel.name, "guest_memfd"):
+        # a 6.12 VM with private memory has one address space; a host that offers both
+        # SMM and guest_memfd to default VMs is newer than any modelled version
+        vm_options.setdefault("private_mem", bool(caps.guest_memfd) and caps.address_spaces == 1)
     return VM(kernel=kernel.name, address_spaces=caps.address_spaces, **vm_options)
 
 
 def describe(vm):
     """One line naming the model configuration, for reports."""
     max_gfn = f", max_gfn {vm.max_gfn:#x}" if vm.max_gfn is not None else ""
+    private = ", private memory (guest_memfd slots)" if vm.private_mem else ""
     return (f"kernel {vm.kernel} ({vm.implementation}), {vm.address_spaces} address space(s)"
-            f"{max_gfn}, variant {vm.variant}")
+            f"{max_gfn}{private}, variant {vm.variant}")
 
 
 __all__ = ["model_for_host", "nearest_kernel", "host_max_gfn", "describe", "Capabilities"]
