@@ -104,8 +104,8 @@ class X86Arch(Journaled):
                     f"shadow pages that map it): {why}; other slots keep their SPTEs "
                     f"({FEATURES['slot_zap_quirk'].cite()}).")
         self.kvm_mmu_zap_all_fast()
-        quirk = (" because KVM_X86_QUIRK_SLOT_ZAP_ALL is on (the default)" if has(vm.kernel, "slot_zap_quirk")
-                 else "")
+        quirk = (f" because KVM_X86_QUIRK_SLOT_ZAP_ALL is on, the default ({FEATURES['slot_zap_quirk'].cite()})"
+                 if has(vm.kernel, "slot_zap_quirk") else "")
         return (f"x86 zaps every shadow page, not only {old.label}'s{quirk} (kvm_mmu_zap_all_fast: "
                 f"mmu_valid_gen -> {self.mmu_valid_gen}); no SPTE maps the slot any more.")
 
