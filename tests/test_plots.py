@@ -52,7 +52,8 @@ def test_at_rest_both_sets_same_and_active_marked():
     fig = viz.plot_memslots(vm)
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     set0, set1 = fig.axes
-    assert fig.get_suptitle() == "as0 at rest: both sets hold the same 3 slots; set1 active, generation 0x6"
+    assert fig.get_suptitle() == (f"Linux {vm.kernel} model, as0 at rest: both sets hold the same 3 slots; "
+                                  "set1 active, generation 0x6")
     assert "ACTIVE" in set1.get_title() and "inactive" in set0.get_title()
     assert facecolours(set0) == facecolours(set1) == {(SAME.upper(), None), ("#FFFFFF", "..")}
     labels = [t.get_text() for t in set0.texts]
@@ -72,7 +73,7 @@ def test_mid_move_shows_invalid_copy_differing_slot_and_touched_node():
     assert (INVALID.upper(), "xx") in facecolours(active)
     assert (DIFFERS.upper(), None) in facecolours(inactive)
     assert widest_edge(inactive) == 3 and widest_edge(active) < 3
-    assert fig.get_suptitle().startswith("as0 mid-update: the sets differ in #")
+    assert fig.get_suptitle().startswith(f"Linux {vm.kernel} model, as0 mid-update: the sets differ in #")
     assert any("(touched)" in t.get_text() for t in inactive.texts)
 
 
@@ -152,8 +153,8 @@ def test_generations_mark_swaps_in_progress_and_lock_lanes():
     steps += vm.set_user_memory_region(1, 0, 0x1000, 0x1000, 0x10000)    # MOVE: two swaps
     fig = viz.plot_generations(vm, 0)
     gen_ax, lanes = fig.axes
-    assert gen_ax.get_title() == ("generations over events 1..42: as0 generation 0x6 (set1 active), "
-                                  "3 swap(s)")
+    assert gen_ax.get_title() == (f"Linux {vm.kernel} model, generations over events 1..42: as0 generation 0x6 "
+                                  "(set1 active), 3 swap(s)")
     shaded = [p for p in gen_ax.patches if mcolors.to_hex(p.get_facecolor()).upper() == OKABE_ITO["purple"]]
     in_progress = sum(1 for s in steps if s.gens[0][0] >> 63 or s.gens[0][1] >> 63)
     assert len(shaded) == in_progress > 0
@@ -184,7 +185,8 @@ def test_step_picture_tells_stage_function_and_state():
     run_until(vm, (1, 0, 0x1000000, 0x100000, 0x7f0010000000), lambda s: s.function == "rcu_assign_pointer")
     fig = viz.plot_step(vm)
     step = plots.current_step(vm)
-    assert fig.get_suptitle().startswith(f"event {step.index + 1} [invalidate] rcu_assign_pointer: as0 mid-update")
+    assert fig.get_suptitle().startswith(f"Linux {vm.kernel} model, event {step.index + 1} [invalidate] "
+                                         "rcu_assign_pointer: as0 mid-update")
     bar = fig.axes[0]
     current = [t.get_text() for t in bar.texts if t.get_fontweight() == "bold"]
     assert current == ["invalidate"]
@@ -193,11 +195,82 @@ def test_step_picture_tells_stage_function_and_state():
 
 
 def test_before_any_step_the_picture_says_so():
-    fig = viz.plot_step(kvmviz.VM())
-    assert fig.get_suptitle().startswith("before the call: as0 at rest")
+    fig = viz.plot_step(kvmviz.VM(kernel="6.12"))
+    assert fig.get_suptitle().startswith("Linux 6.12 model, before the call: as0 at rest")
 
 
 @pytest.mark.parametrize("plot", [viz.plot_memslots, viz.plot_trees, viz.plot_generations, viz.plot_step])
 def test_every_plot_renders_png(plot):
     data = png_bytes(plot(vm_with(2)))
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+# -- kernel versions -------------------------------------------------------------------------------
+def _mid_move(kernel, **knobs):
+    vm = kvmviz.VM(kernel=kernel, **knobs)
+    for i in range(3):
+        vm.set_user_memory_region(i, 0, i * 0x200000, 0x100000, 0x7f0000000000 + i * 0x10000000)
+    run_until(vm, (1, 0, 0x1000000, 0x100000, 0x7f0010000000), lambda s: s.stage == "prepare")
+    return vm
+
+
+def _title_box(fig, artist):
+    fig.canvas.draw()
+    return artist.get_window_extent(fig.canvas.get_renderer())
+
+
+@pytest.mark.parametrize("kernel", list(kvmviz.KERNELS))
+def test_every_title_names_the_version(kernel):
+    vm = _mid_move(kernel)
+    head = f"Linux {kernel} model, "
+    assert viz.plot_memslots(vm).get_suptitle().startswith(head + "as0 mid-update")
+    assert viz.plot_step(vm).get_suptitle().startswith(head + f"event {len(vm.history)} [prepare]")
+    assert viz.plot_generations(vm, 0).axes[0].get_title().startswith(head + "generations over events 1..")
+    if kvmviz.KERNELS[kernel].implementation == "tree":
+        assert viz.plot_trees(vm).get_suptitle().startswith(head + "as0 mid-update")
+
+
+@pytest.mark.parametrize("plot", [viz.plot_memslots, viz.plot_trees, viz.plot_step, viz.plot_generations])
+def test_long_model_titles_shrink_and_fit_the_figure(plot):
+    vm = _mid_move("6.12", variant="gen-before-publish", address_spaces=1)
+    fig = plot(vm) if plot is not viz.plot_generations else plot(vm, 0)
+    artist = fig._suptitle if plot is not viz.plot_generations else fig.axes[0].title
+    title = artist.get_text()
+    assert title.startswith(("Linux 6.12 model (variant gen-before-publish, 1 address space), ",
+                             "Linux 6.12 gen-before-publish, 1 AS: "))
+    box = _title_box(fig, artist)
+    assert 0 <= box.x0 and box.x1 <= fig.get_figwidth() * fig.dpi          # nothing cut off at the sides
+    assert title.count("\n") <= 1
+
+
+def test_the_5_15_array_is_drawn_as_one_structure_at_rest():
+    vm = kvmviz.VM(kernel="5.15")
+    vm.set_user_memory_region(1, 0, 0, 0x100000, 0x10000)
+    vm.set_user_memory_region(2, 0, 0x200000, 0x100000, 0x10000000)
+    fig = viz.plot_memslots(vm)
+    assert fig.get_suptitle() == ("Linux 5.15 model, as0 at rest: one array of 2 slots (5.15 copies it per "
+                                  "update); generation 0x4")
+    assert fig.axes[1].get_title().endswith("\nthe same structure: no copy at rest")
+    assert fig.axes[0].get_title().endswith("\n2 slots")
+    mid = _mid_move("5.15")
+    titles = [ax.get_title() for ax in viz.plot_memslots(mid).axes]
+    assert "ACTIVE" in titles[0] and "inactive" in titles[1] and "no copy" not in titles[1]
+    with pytest.raises(ValueError, match="Linux 5.15 model keeps one sorted array per address space"):
+        viz.plot_trees(vm)
+
+
+def test_generations_of_one_address_space():
+    vm = kvmviz.VM(kernel="6.12", address_spaces=1)
+    vm.set_user_memory_region(1, 0, 0, 0x1000, 0x10000)
+    ax = viz.plot_generations(vm).axes[0]
+    assert {line.get_label() for line in ax.lines} >= {"as0/set0", "as0/set1"}
+    assert not any(line.get_label().startswith("as1") for line in ax.lines)
+    assert ax.get_title().endswith("as0 generation 0x1 (set1 active), 1 swap(s)")   # +1 per swap
+
+
+def test_replay_title_names_the_model_it_ran_on():
+    from kvmviz import trace
+    from kvmviz.viz.replay import plot_replay
+    report = trace.replay(trace.load("qemu-vga-dirty-log.log"), vm=kvmviz.VM(kernel="6.12", history=False))
+    lines = plot_replay(report, name="VGA").axes[0].get_title().splitlines()
+    assert lines[0].startswith("VGA, address space 0: 15 calls") and lines[1].endswith("replayed on the Linux 6.12 model")

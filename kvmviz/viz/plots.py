@@ -4,7 +4,10 @@ Every function returns a ``matplotlib.figure.Figure`` built without pyplot
 (no global state, no figure leaks) and reads the VM without touching it: no
 lookups that move ``last_used_slot`` or the cost counters. Colours are the
 Okabe-Ito palette (colour-blind safe); the same state always gives the same
-pixels.
+pixels. Every figure title starts with the version the VM models
+(``export.model_label``: "Linux 6.12 model"); the 5.15 array design has
+no trees, so ``plot_trees`` refuses it and the set views show its one
+structure (and, mid-update, the scratch copy).
 
 >>> import kvmviz
 >>> vm = kvmviz.VM()
@@ -27,7 +30,8 @@ from matplotlib.collections import PatchCollection
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from ..constants import KVM_ADDRESS_SPACE_NUM, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP, flag_names
+from ..constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP, flag_names
+from ..export import model_label
 from ..step import STAGES, Step
 
 #: The Okabe-Ito colour-blind-safe palette.
@@ -106,6 +110,38 @@ def gen_text(gen):
     return f"{gen & ~IP:#x}|IP" if gen & IP else f"{gen:#x}"
 
 
+#: Average width of a character of a 10-point title at ``DPI``, in pixels (DejaVu Sans, measured).
+_TITLE_CHAR_PX = 5.3
+
+
+def titled(vm, text, pixels=576):
+    """A title ``pixels`` wide: the modelled version, then ``text``.
+
+    The version comes first, with the variant and address spaces when they
+    are not the usual ones (``export.model_label``); when that does not fit
+    on one line they shrink to ``Linux 6.12 seed, 1 AS``, and only a title
+    that still does not fit is wrapped (the layouts leave room for one line).
+
+    >>> import kvmviz
+    >>> titled(kvmviz.VM(kernel="6.12"), "as0 at rest")
+    'Linux 6.12 model, as0 at rest'
+    >>> titled(kvmviz.VM(kernel="6.12", variant="no-catch-up", address_spaces=1), "as0 at rest: " + "x" * 60)
+    'Linux 6.12 no-catch-up, 1 AS: as0 at rest: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'
+    """
+    width = int(pixels / _TITLE_CHAR_PX)
+    full = f"{model_label(vm)}, {text}"
+    if len(full) <= width:
+        return full
+    extra = (f" {vm.variant}" if vm.variant != "merged" else "") + (
+        f", {vm.address_spaces} AS" if "address space" in model_label(vm) else "")
+    return textwrap.fill(f"Linux {vm.kernel}{extra}: {text}", width, break_on_hyphens=False)
+
+
+def _width_px(fig, ax=None):
+    """Width of ``fig`` (or of its axes ``ax``) in pixels, for ``titled``."""
+    return fig.get_figwidth() * fig.dpi * (ax.get_position().width if ax is not None else 1)
+
+
 # -- what the state is ---------------------------------------------------------
 def current_step(vm):
     """The last applied history event if it is a ``Step`` (else None).
@@ -135,8 +171,13 @@ def state_summary(vm, as_id=0):
     """
     sets = vm.sets[as_id]
     active = vm.active_idx[as_id]
-    uids = [{s.uid for s in st.gfn_tree.values()} for st in sets]
+    uids = [{s.uid for s in st.slots()} for st in sets]
     gen = gen_text(sets[active].generation)
+    if sets[0] is sets[1]:
+        return f"as{as_id} at rest: one array of {len(uids[0])} slots (5.15 copies it per update); generation {gen}"
+    if uids[0] == uids[1] and vm.implementation == "array":       # kvm_dup_memslots' scratch copy
+        return (f"as{as_id} mid-update: the copy holds the same {len(uids[0])} slots; "
+                f"set{active} active, generation {gen}")
     if uids[0] == uids[1]:
         return (f"as{as_id} at rest: both sets hold the same {len(uids[0])} slots; "
                 f"set{active} active, generation {gen}")
@@ -172,10 +213,12 @@ def _slot_text(slot, short=False):
     return f"id {slot.id} {slot.label} {flag_names(slot.flags)}\n{slot.npages:#x} pages"
 
 
-def _set_title(vm, st):
+def _set_title(vm, st, alias=False):
     active = vm.active_idx[st.as_id] == st.node_idx
     role = "ACTIVE" if active else "inactive"
-    return f"{st.name} ({role}, generation {gen_text(st.generation)})\n{len(st)} slots"
+    # the 5.15 array at rest has one structure: both views are it (kvm_dup_memslots copies per update)
+    what = "the same structure: no copy at rest" if alias else f"{len(st)} slots"
+    return f"{st.name} ({role}, generation {gen_text(st.generation)})\n{what}"
 
 
 def _frame(ax, active):
@@ -225,7 +268,7 @@ def _draw_set_bands(ax, vm, st, other_uids, bands, touched):
 def _bands_for(vm, as_id):
     bounds = [0]
     for st in vm.sets[as_id]:
-        for slot in st.gfn_tree.values():
+        for slot in st.slots():
             bounds += (slot.base_gfn, slot.end_gfn)
     if len(bounds) == 1:
         bounds.append(0x100)
@@ -282,18 +325,18 @@ def draw_sets(axes, vm, as_id=0, step=None):
     """
     sets = vm.sets[as_id]
     touched = _touched(step, as_id)
-    uids = [{s.uid for s in st.gfn_tree.values()} for st in sets]
+    uids = [{s.uid for s in st.slots()} for st in sets]
     binned = max(len(st) for st in sets) > MAX_DRAWN
     bands = None if binned else _bands_for(vm, as_id)
     top = max((s.end_gfn for st in sets for s in st.slots()[-1:]), default=0x100)
-    for ax, st in zip(axes, sets):
+    for j, (ax, st) in enumerate(zip(axes, sets)):
         new = touched.get(st.node_idx, (None, None))[1]
         other = uids[st.node_idx ^ 1]
         if binned:
             _draw_set_binned(ax, vm, st, other, top, new)
         else:
             _draw_set_bands(ax, vm, st, other, bands, new)
-        ax.set_title(_set_title(vm, st), fontsize=9,
+        ax.set_title(_set_title(vm, st, alias=j == 1 and sets[1] is sets[0]), fontsize=9,
                      color=C["green"] if vm.active_idx[as_id] == st.node_idx else "black")
         _frame(ax, vm.active_idx[as_id] == st.node_idx)
     if binned:
@@ -334,8 +377,8 @@ def plot_memslots(vm, as_id=0, step=None, fig=None):
     >>> for s in upd:
     ...     if s.stage == "replace": break
     >>> fig = plot_memslots(vm)
-    >>> fig.get_suptitle()
-    'as0 mid-update: the sets differ in #1; set0 active, generation 0x0'
+    >>> fig.get_suptitle().replace(vm.kernel, "K")
+    'Linux K model, as0 mid-update: the sets differ in #1; set0 active, generation 0x0'
     """
     step = current_step(vm) if step is None else step
     if fig is None:
@@ -346,7 +389,7 @@ def plot_memslots(vm, as_id=0, step=None, fig=None):
         clear_artists(fig)
         axes = fig.axes
     binned = draw_sets(axes, vm, as_id, step)
-    fig.suptitle(state_summary(vm, as_id), fontsize=10)
+    fig.suptitle(titled(vm, state_summary(vm, as_id), _width_px(fig)), fontsize=10)
     fig.legend(handles=_legend_handles(binned), loc="lower center", ncol=3, fontsize=8)
     return fig
 
@@ -472,7 +515,14 @@ def plot_trees(vm, as_id=0, step=None):
     >>> vm = kvmviz.VM(); _ = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x10000)
     >>> [ax.get_title() for ax in plot_trees(vm).axes][:2]
     ['as0/set0 gfn tree: 1 nodes in base_gfn order', 'as0/set0 hva interval tree: 1 ranges']
+    >>> plot_trees(kvmviz.VM(kernel="5.15"))
+    Traceback (most recent call last):
+    ...
+    ValueError: the Linux 5.15 model keeps one sorted array per address space (no gfn tree, hva tree or id hash): use plot_memslots
     """
+    if vm.implementation != "tree":
+        raise ValueError(f"the {model_label(vm)} keeps one sorted array per address space (no gfn tree, "
+                         "hva tree or id hash): use plot_memslots")
     step = current_step(vm) if step is None else step
     touched = _touched(step, as_id)
     fig = _figure(12, 5.5)
@@ -489,7 +539,7 @@ def plot_trees(vm, as_id=0, step=None):
     what = ""
     if touched:
         what = "; this step: " + ", ".join(f"set{i} {o} -> {n}" for i, (o, n) in sorted(touched.items()))
-    fig.suptitle(f"{state_summary(vm, as_id)}{what}", fontsize=10)
+    fig.suptitle(titled(vm, f"{state_summary(vm, as_id)}{what}", _width_px(fig)), fontsize=10)
     fig.legend(handles=_legend_handles(True)[:4] + [_legend_handles(True)[-1]],
                loc="lower center", ncol=5, fontsize=8)
     return fig
@@ -658,11 +708,11 @@ def plot_generations(vm, as_id=None, first=None, last=None, fig=None):
 
     >>> import kvmviz
     >>> vm = kvmviz.VM(); _ = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x10000)
-    >>> plot_generations(vm, 0).axes[0].get_title()
-    'generations over events 1..15: as0 generation 0x2 (set1 active), 1 swap(s)'
+    >>> plot_generations(vm, 0).axes[0].get_title().replace(vm.kernel, "K")
+    'Linux K model, generations over events 1..15: as0 generation 0x2 (set1 active), 1 swap(s)'
     """
     rows = timeline(vm, first, last)
-    as_ids = tuple(range(KVM_ADDRESS_SPACE_NUM)) if as_id is None else (as_id,)
+    as_ids = tuple(range(vm.address_spaces)) if as_id is None else (as_id,)
     readers = _readers_by_event(vm, rows)
     if fig is None:
         n_lanes = len(LOCK_COLOURS) + (len(_reader_spans(readers, as_ids[0])) if readers else 0)
@@ -676,7 +726,7 @@ def plot_generations(vm, as_id=None, first=None, last=None, fig=None):
     swaps = draw_generations(ax, lanes, rows, as_ids, readers)
     ax.relim()
     ax.autoscale_view()
-    ax.set_title(_gen_title(vm, rows, as_ids, swaps), fontsize=10)
+    ax.set_title(titled(vm, _gen_title(vm, rows, as_ids, swaps), _width_px(fig, ax)), fontsize=10)
     return fig
 
 
@@ -694,16 +744,18 @@ def _draw_stage_bar(ax, step):
     ax.set_ylim(0, 1)
     for i, stage in enumerate(STAGES):
         current = step is not None and step.stage == stage
-        ax.add_patch(Rectangle((i + 0.04, 0.55), 0.92, 0.4, facecolor=C["yellow"] if current else "white",
+        ax.add_patch(Rectangle((i + 0.04, 0.66), 0.92, 0.32, facecolor=C["yellow"] if current else "white",
                                edgecolor="black", linewidth=2.5 if current else 0.6))
-        ax.text(i + 0.5, 0.75, stage, ha="center", va="center", fontsize=9,
+        ax.text(i + 0.5, 0.82, stage, ha="center", va="center", fontsize=9,
                 fontweight="bold" if current else "normal")
     if step is None:
         text = "before the call: nothing has happened yet"
     else:
         wait = " (waiting)" if step.waiting else ""
         text = f"{step.function}{wait}: {step.text}"
-    ax.text(0, 0.45, textwrap.fill(text, 110), ha="left", va="top", fontsize=8, family="monospace")
+    # three lines of the monospace text fit under the bar; the Stepper's text box has it all
+    ax.text(0, 0.58, textwrap.fill(text, 120, max_lines=3, placeholder=" [...]"), ha="left", va="top",
+            fontsize=8, family="monospace")
 
 
 def plot_step(vm, step=None, as_id=None, first=None):
@@ -715,15 +767,17 @@ def plot_step(vm, step=None, as_id=None, first=None):
 
     >>> import kvmviz
     >>> vm = kvmviz.VM(); _ = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x10000)
-    >>> fig = plot_step(vm); fig.get_suptitle().split(":")[0]
-    'event 15 [commit] kvm_set_memory_region'
+    >>> fig = plot_step(vm); fig.get_suptitle().split(":")[0].replace(vm.kernel, "K")
+    'Linux K model, event 15 [commit] kvm_set_memory_region'
     """
     step = current_step(vm) if step is None else step
     if as_id is None:
         as_id = _step_as(vm, step)
     fig = _figure(10, 7.5)
-    grid = fig.add_gridspec(4, 2, height_ratios=(1.0, 3.2, 1.5, 0.8), left=0.15, right=0.98, top=0.95,
-                            bottom=0.1, hspace=0.4, wspace=0.05)
+    head = "before the call" if step is None else f"event {step.index + 1} [{step.stage}] {step.function}"
+    title = titled(vm, f"{head}: {state_summary(vm, as_id)}", _width_px(fig))
+    grid = fig.add_gridspec(4, 2, height_ratios=(1.25, 3.2, 1.5, 0.8), left=0.15, right=0.98,
+                            top=0.95 - 0.025 * title.count("\n"), bottom=0.1, hspace=0.4, wspace=0.05)
     _draw_stage_bar(fig.add_subplot(grid[0, :]), step)
     left = fig.add_subplot(grid[1, 0])
     right = fig.add_subplot(grid[1, 1], sharey=left)
@@ -735,8 +789,7 @@ def plot_step(vm, step=None, as_id=None, first=None):
     draw_generations(gen_ax, lanes, rows, (as_id,), _readers_by_event(vm, rows))
     gen_ax.set_title(f"as{as_id} generation {gen_text(vm.generation(as_id))} (set{vm.active_idx[as_id]} "
                      f"active); locks held: {', '.join(sorted(vm.locks)) or 'none'}", fontsize=9)
-    head = "before the call" if step is None else f"event {step.index + 1} [{step.stage}] {step.function}"
-    fig.suptitle(f"{head}: {state_summary(vm, as_id)}", fontsize=10)
+    fig.suptitle(title, fontsize=10)
     fig.legend(handles=_legend_handles(binned), loc="lower center", ncol=6, fontsize=7)
     return fig
 

@@ -18,6 +18,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from ..constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
+from ..export import model_label
 from .plots import OKABE_ITO as C
 
 BAR_COLOURS = {"RAM": C["sky"], "READONLY": C["yellow"], "LOG_DIRTY_PAGES": C["blue"]}
@@ -82,12 +83,16 @@ def _marks(report, as_id):
 def plot_replay(report, as_id=0, name="trace", yscale="symlog"):
     """Slots of address space ``as_id`` over the calls of a ``ReplayReport``.
 
-    Returns a ``matplotlib.figure.Figure``; ``name`` goes into the title.
+    Returns a ``matplotlib.figure.Figure``; ``name`` goes into the title,
+    whose second line ends with the version the trace was replayed on.
 
     >>> from kvmviz import trace
     >>> fig = plot_replay(trace.replay(trace.load("qemu-boot-smm.log")), as_id=1, name="SMM boot")
     >>> fig.axes[0].get_title().splitlines()[0]
     'SMM boot, address space 1: 54 calls, 32 CREATE, 22 DELETE, 0 FLAGS_ONLY'
+    >>> from kvmviz.kernels import DEFAULT_KERNEL
+    >>> fig.axes[0].get_title().endswith(f"; replayed on the Linux {DEFAULT_KERNEL} model")
+    True
     """
     fig = Figure(figsize=(10, 5.5), dpi=72)
     ax = fig.add_axes((0.13, 0.12, 0.55, 0.76))
@@ -123,5 +128,5 @@ def _title(report, as_id, name):
     head = f"{name}, address space {as_id}: {len(mine)} calls, " + ", ".join(f"{v} {k}" for k, v in counts.items())
     slots = len(report.vm.memslots(as_id))
     tail = (f"{slots} slots at the end, generation {report.vm.generation(as_id):#x}; "
-            f"{sum(rc.mismatch is not None for rc in mine)} mismatches")
+            f"{sum(rc.mismatch is not None for rc in mine)} mismatches; replayed on the {model_label(report.vm)}")
     return f"{head}\n{tail}"

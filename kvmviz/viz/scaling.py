@@ -1,4 +1,4 @@
-"""Cost vs number of memslots, array (5.15) vs tree (5.17): a log-log plot (reference §6.5, §8).
+"""Cost vs number of memslots, array (Linux 5.15) vs tree (5.17, 6.12): a log-log plot (reference §6.5, §8).
 
 The figures are the engine's exact work counts per iteration of each
 modelled ``memslot_perf_test`` workload, written by
@@ -27,8 +27,8 @@ COSTS_JSON = Path(__file__).with_name("scaling_costs.json")
 PANELS = (("setup", "slot setup (create N slots)"), ("move inactive", "move: MOVE the last slot and back"),
           ("unmap", "unmap: 4 KiB notifier calls"), ("unmap 2M", "unmap 2M: 2 MiB notifier calls"),
           ("map", "map: guest faults + host unmap"))
-STYLE = {"array": dict(color=OKABE_ITO["vermillion"], marker="s", label="array (5.10-5.15)"),
-         "tree": dict(color=OKABE_ITO["blue"], marker="o", label="tree (5.17+)")}
+STYLE = {"array": dict(color=OKABE_ITO["vermillion"], marker="s", label="array (Linux 5.15)"),
+         "tree": dict(color=OKABE_ITO["blue"], marker="o", label="tree (Linux 5.17, 6.12)")}
 METRICS = {"work": "elementary operations per iteration", "bytes_copied": "bytes copied per iteration"}
 
 
@@ -68,7 +68,7 @@ def plot_scaling(rows=None, metric="work"):
     handles.append(Line2D([], [], color=OKABE_ITO["black"], marker="o", linestyle="none",
                           markerfacecolor="white", label="sampled, scaled up"))
     axes[0].legend(handles=handles, fontsize=8, loc="upper left")
-    fig.suptitle(f"Array vs tree memslots: {METRICS[metric]} grows O(n) or O(n^2) for the array, "
-                 "O(log n) per call for the tree", fontsize=10)
+    fig.suptitle(f"Linux 5.15 array vs 5.17+ tree models: {METRICS[metric]} grows O(n) or O(n^2) for the "
+                 "array, O(log n) per call for the tree", fontsize=10)
     fig.subplots_adjust(left=0.05, right=0.99, bottom=0.16, top=0.82, wspace=0.3)
     return fig
