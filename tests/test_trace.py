@@ -161,15 +161,27 @@ def test_readonly_toggle_replays_qemus_untraced_delete():
     assert second.gens_after[0] == 2 + 4 + 2 and r.layout()[0] == [(1, 0xc0, 0x20, 0)]
 
 
-def test_guest_memfd_slots_are_outside_the_model():
-    text = ("kvm_set_user_memory AddrSpace#0 Slot#0 flags=0x4 gpa=0x0 size=0x80000000 ua=0x7fe1ebfff000 ret=0\n"
-            "kvm_set_user_memory AddrSpace#0 Slot#0 flags=0x0 gpa=0x0 size=0x0 ua=0x7fe1ebfff000 ret=0\n"
-            + rec(0, 0, 0, 0x1000))
-    r = replay(text)
+GMEM_TEXT = ("kvm_set_user_memory AddrSpace#0 Slot#0 flags=0x4 gpa=0x0 size=0x80000000 ua=0x7fe1ebfff000 ret=0\n"
+             "kvm_set_user_memory AddrSpace#0 Slot#0 flags=0x0 gpa=0x0 size=0x0 ua=0x7fe1ebfff000 ret=0\n"
+             + rec(0, 0, 0, 0x1000))
+
+
+def test_guest_memfd_slots_are_outside_the_5_17_model():
+    r = replay(GMEM_TEXT, VM(kernel="5.17", history=False))
     assert [bool(rc.outside) for rc in r.calls] == [True, True, False]   # the delete is tracked by slot
     assert "outside the model" in r.calls[0].outside and r.calls[0].steps == []
     assert r.counts["OUTSIDE"] == 2 and r.counts["CREATE"] == 1 and r.mismatches == []
     assert "Not replayed" in explain(r, 1)
+
+
+def test_guest_memfd_slots_replay_on_6_12_with_private_memory():
+    r = replay(GMEM_TEXT)
+    assert r.vm.kernel == "6.12" and r.vm.private_mem and r.mismatches == []
+    assert {k: v for k, v in r.counts.items() if v} == {"CREATE": 2, "DELETE": 1}
+    bound = replay(GMEM_TEXT.split("\n")[0])
+    assert bound.vm.memslots()[0].gmem == (3, 0) and bound.vm.gmem_files[3].bindings == ((0, 0x80000, "#1"),)
+    refused = replay(GMEM_TEXT, VM(kernel="6.12", history=False))        # a default VM: no private memory
+    assert refused.mismatches and "private memory" in refused.mismatches[0].why
 
 
 def test_no_bad_line_leaves_a_half_applied_vm():
@@ -216,8 +228,9 @@ def test_explain_describes_the_call_in_plain_text():
 SHIPPED = {
     "qemu-boot-smm.log": (112, {"CREATE": 66, "DELETE": 46}, 20, (0xa4, 0x99)),
     "qemu-vga-dirty-log.log": (29, {"CREATE": 15, "DELETE": 12, "FAILED": 2}, 3, (0x28, 0x27)),
-    "qemu-guest-memfd-smm-off.log": (8, {"CREATE": 3, "OUTSIDE": 5}, 3, (0x6, 0x1)),
-    "qemu-guest-memfd-smm-on.log": (4, {"CREATE": 1, "OUTSIDE": 3}, 1, (0x2, 0x1)),
+    # replayed as 6.12 with private memory: one address space, guest_memfd bound
+    "qemu-guest-memfd-smm-off.log": (8, {"CREATE": 7, "DELETE": 1}, 6, (0x9,)),
+    "qemu-guest-memfd-smm-on.log": (4, {"CREATE": 3, "FAILED": 1}, 3, (0x3,)),
     "large-vm-generated.log": (2000, {"CREATE": 564, "DELETE": 60, "FLAGS_ONLY": 1376}, 516, (0x88c, 0x78d)),
     # captured here with `kvmviz capture` (QEMU 7.2, Linux 6.18: one address space, so as1 stays empty)
     "captured-boot.log": (35, {"CREATE": 22, "DELETE": 13}, 9, (0x60, 0x1)),
@@ -246,7 +259,7 @@ def test_shipped_trace_counts_and_generations(reports, name):
     r = reports[name]
     assert len(r.calls) == ncalls
     assert {k: v for k, v in r.counts.items() if v} == counts
-    assert r.peak_slots == peak and (r.vm.generation(0), r.vm.generation(1)) == gens
+    assert r.peak_slots == peak and tuple(r.vm.generation(a) for a in range(r.vm.address_spaces)) == gens[:2]
     assert check_invariants(r.vm) == []
 
 
@@ -275,9 +288,12 @@ def test_shipped_boot_trace_final_layout(reports):
 
 def test_shipped_guest_memfd_traces(reports):
     off, on = reports["qemu-guest-memfd-smm-off.log"], reports["qemu-guest-memfd-smm-on.log"]
-    assert off.layout()[0] == [(3, 0xc0, 0x20, 2), (4, 0xe0, 0x20, 2), (2, 0xffc00, 0x400, 2)]
+    assert off.layout()[0] == [(0, 0, 0xc0, 4), (3, 0xc0, 0x20, 2), (4, 0xe0, 0x20, 2), (5, 0x100, 0x7ff00, 4),
+                               (2, 0xffc00, 0x400, 2), (1, 0x100000, 0x80000, 4)]
     assert [rc.call.lines for rc in off.calls] == [2, 3, 2, 2, 2, 2, 2, 3]
-    assert [rc.call.ret for rc in on.calls][-1] == -22 and on.calls[-1].outside and on.mismatches == []
+    # SMM on: QEMU's slot 3 binds pages 0xa0.. of guest_memfd 15, already bound to slot 0: -EINVAL
+    assert [rc.call.ret for rc in on.calls][-1] == -22 and on.calls[-1].modelled == -22 and on.mismatches == []
+    assert on.vm.gmem_files[3].bindings == ((0, 0x80000, "#1"), (0x80000, 0x80000, "#2"))
     assert [u.line for u in on.unparsed] == [21, 22, 23, 24]
 
 
@@ -328,7 +344,7 @@ def test_kvmviz_replay_via_the_shared_cli(capsys):
     from kvmviz.cli import main
     assert main(["replay", "qemu-guest-memfd-smm-on.log"]) == 0
     out = capsys.readouterr().out
-    assert "OUTSIDE 3" in out and "line 24 unparsed (not a trace record)" in out
+    assert "FAILED 1" in out and "line 24 unparsed (not a trace record)" in out
 
 
 # -- plot ------------------------------------------------------------------------------------

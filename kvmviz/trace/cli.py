@@ -3,7 +3,8 @@
 Prints the summary and the mismatches (``ReplayReport.summary``); ``--step N``
 explains call N in plain text (``explain``). ``FILE`` may also name a trace
 shipped with kvmviz (``kvmviz replay qemu-boot-smm.log``). The model is
-``VM(kernel=K, address_spaces=N)`` (defaults: 5.17, two address spaces);
+``VM(kernel=K, address_spaces=N)`` (defaults: the newest modelled kernel, two
+address spaces; a log that binds guest_memfd gets a VM with private memory);
 ``--host`` models the running kernel instead (``kvmviz.host.model``) and also
 runs every call on a fresh real ``HostVM`` (``threeway``): one line per call
 with the logged, model and host return codes, and a summary of agreements
@@ -24,8 +25,9 @@ import argparse
 import os
 import sys
 
-from ..kernels import KERNELS
+from ..kernels import DEFAULT_KERNEL, KERNELS, has
 from ..vm import VM
+from .qemu import parse_qemu
 from .replay import explain, load, replay, shipped
 from .threeway import on_host
 
@@ -38,7 +40,7 @@ def add_parser(subparsers):
     p.add_argument("--step", type=int, metavar="N", help="explain call N (counted from 1) in plain text")
     p.add_argument("--host", action="store_true", help="model the running kernel and replay every call on "
                                                        "the real /dev/kvm too (three-way report)")
-    p.add_argument("--kernel", choices=list(KERNELS), help="modelled kernel version (default 5.17)")
+    p.add_argument("--kernel", choices=list(KERNELS), help=f"modelled kernel version (default {DEFAULT_KERNEL})")
     p.add_argument("--address-spaces", type=int, choices=(1, 2), metavar="N",
                    help="memslot address spaces: 2 (x86 with SMM, the default) or 1 (no SMM)")
     p.set_defaults(func=run)
@@ -54,15 +56,17 @@ class _Model:
         return self.name
 
 
-def _model(args):
+def _model(args, gmem=False):
     if args.host:
         if args.kernel or args.address_spaces:
             raise ValueError("--host models the running kernel; drop --kernel/--address-spaces")
         from ..host.model import describe, model_for_host
         vm = model_for_host(history=False)
         return _Model(vm, describe(vm))
-    vm = VM(kernel=args.kernel, address_spaces=args.address_spaces, history=False)
-    return _Model(vm, f"kernel {vm.kernel}, {vm.address_spaces} address space(s)")
+    private = gmem and has(args.kernel or DEFAULT_KERNEL, "guest_memfd") and args.address_spaces in (None, 1)
+    vm = VM(kernel=args.kernel, address_spaces=args.address_spaces, private_mem=private, history=False)
+    return _Model(vm, f"kernel {vm.kernel}, {vm.address_spaces} address space(s)"
+                      + (", private memory (the log binds guest_memfd)" if private else ""))
 
 
 def _need_kvm():
@@ -96,8 +100,9 @@ def run(args, out=None):
         text = _read(args.file)
         if args.host:
             _need_kvm()
-        model = _model(args)
-        report = replay(text, model.vm, keep_steps=False)
+        calls = parse_qemu(text)
+        model = _model(args, any(c.uses_guest_memfd for c in calls.calls))
+        report = replay(calls, model.vm, keep_steps=False)
         if args.step is not None:
             print(explain(report, args.step), file=out)
             return 0

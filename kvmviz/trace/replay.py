@@ -320,14 +320,16 @@ def replay(text_or_calls, vm=None, *, keep_steps=True):
     """Replay a QEMU trace (text, ``QemuTrace`` or iterable of ``MemoryCall``).
 
     Runs on ``vm``, a VM the caller configured (default: a fresh
-    ``VM(history=False)``): a trace from a kernel without SMM replays with the
-    right generations on ``VM(address_spaces=1)`` or
-    ``kvmviz.host.model_for_host()``. Returns a ``ReplayReport``. ``keep_steps=False`` drops the per-call steps to save
+    ``VM(history=False)`` of the default kernel, with private memory when the
+    log binds a guest_memfd, since only such a VM can): a trace from a kernel
+    without SMM replays with the right generations on
+    ``VM(address_spaces=1)`` or ``kvmviz.host.model_for_host()``. Returns a ``ReplayReport``. ``keep_steps=False`` drops the per-call steps to save
     memory on long traces. Models ``KVM_SET_USER_MEMORY_REGION`` as QEMU's
     ``kvm_set_user_memory_region`` issued it (see the module doc).
 
-    >>> replay("kvm_set_user_memory AddrSpace#0 Slot#0 flags=0x4 gpa=0x0 size=0x1000 ua=0x0 ret=0").counts["OUTSIDE"]
-    1
+    >>> gmem = "kvm_set_user_memory AddrSpace#0 Slot#0 flags=0x4 gpa=0x0 size=0x1000 ua=0x0 ret=0"
+    >>> replay(gmem).counts["CREATE"], replay(gmem, VM(kernel="5.17")).counts["OUTSIDE"]
+    (1, 1)
     >>> one = "kvm_set_user_memory Slot#1 flags=0x0 gpa=0x0 size=0x1000 ua=0x7f0000000000 ret=0"
     >>> replay(one).vm.generation(0), replay(one, VM(address_spaces=1, history=False)).vm.generation(0)
     (2, 1)
@@ -340,7 +342,9 @@ def replay(text_or_calls, vm=None, *, keep_steps=True):
         trace = QemuTrace(list(text_or_calls), [], [])
         if not all(isinstance(c, MemoryCall) for c in trace.calls):
             raise TypeError("replay takes trace text, a QemuTrace or MemoryCall objects")
-    replayer = _Replayer(VM(history=False) if vm is None else vm, keep_steps)
+    if vm is None:
+        vm = VM(history=False, private_mem=any(c.uses_guest_memfd for c in trace.calls))
+    replayer = _Replayer(vm, keep_steps)
     for number, call in enumerate(trace.calls, 1):
         replayer.run(number, call)
     return ReplayReport(trace, replayer.calls, replayer.counts, replayer.mismatches, replayer.peak,
