@@ -157,7 +157,7 @@ def test_presets_fill_a_valid_call_of_their_kind(preset, change):
 @pytest.mark.parametrize("fields, errname, words", [
     ({"gpa": "0x100001"}, "EINVAL", "is not page-aligned"),
     ({"gpa": "0x0"}, "EEXIST", "overlap slot 0"),
-    ({"flags": "0x4"}, "EINVAL", "has bits other than"),
+    ({"flags": "0x4"}, "EINVAL", "LOG_DIRTY_PAGES|READONLY"),      # 6.12's v1 filter or 5.x's flag check
     ({"slot": "32764"}, "EINVAL", "KVM_USER_MEM_SLOTS"),
     ({"size": "0"}, "EINVAL", "does not exist"),
     ({"gpa": "-0x1000"}, "EINVAL", "is negative, but the field is unsigned: C would pass 0xfffffffffffff000"),
@@ -276,3 +276,57 @@ def test_begin_takes_strings_and_refuses_junk_without_raising():
     assert st.begin("1", "0", "0x0", "0x1000", "0x10000") and st.upd.region.memory_size == 0x1000
     st.last()
     assert st.begin(2, 0, 1.5, 0x1000, 0x20000) is False and "is not a number" in st.error.value
+
+
+# -- kernel versions -------------------------------------------------------------------------------
+def test_header_and_kernel_choice_start_from_the_vms_version():
+    st = Stepper(kvmviz.VM(kernel="5.17"))
+    assert st.kernel.value == "5.17" and [v for _, v in st.kernel.options] == list(kvmviz.KERNELS)
+    assert st.header.value.startswith("<b>Linux 5.17 model</b>: the 5.17 merge")
+    assert "Variant <code>merged</code>, 2 address space(s)." in st.header.value
+    assert st.status.value == "" and "t-kernel" in st.kernel._dom_classes
+    assert "Linux 5.17 model" in st._static_bundle()["text/html"]
+
+
+def test_choosing_a_kernel_makes_a_new_vm_of_that_version_and_says_so():
+    old = vm_with(2)
+    st = Stepper(old)
+    st.begin(1, 0, 0x1000000, 0x100000, 0x7f0010000000)
+    st.step()
+    before = state(old)
+    st.kernel.value = "5.15"                                      # what a learner's click does
+    assert st.vm is not old and st.vm.kernel == "5.15" and st.vm.implementation == "array"
+    assert st.vm.memslots(0) == [] and st.upd is None and state(old) == before
+    assert st.status.value == ("new VM: Linux 5.15 model, empty; the Linux {} VM (with the call it was "
+                               "running) and its history are left as they were").format(old.kernel)
+    assert st.header.value.startswith("<b>Linux 5.15 model</b>")
+    assert st.position.value == "no call yet: fill the form and press begin"
+    assert [v for _, v in st.view.options] == ["sets"]            # the array has no trees
+    assert st.begin(1, 0, 0, 0x1000, 0x7f0000000000)
+    st.last()
+    assert st.upd.result == 0 and "kvm_dup_memslots" in [s.function for s in st.upd.steps]
+    st.kernel.value = "6.12"
+    assert st.vm.kernel == "6.12" and [v for _, v in st.view.options] == ["sets", "trees"]
+    fill(st, slot="1", flags="0", gpa=hex(1 << 52), size="0x1000", hva="0x7f0000000000")
+    click(st.begin_button)
+    st.last()
+    assert st.upd.result == -errno.EINVAL and "kvm_mmu_max_gfn()" in " ".join(s.text for s in st.upd.steps)
+
+
+def test_a_variant_that_does_not_apply_keeps_the_vm():
+    vm = kvmviz.VM(kernel="6.12", variant="seed")
+    st = Stepper(vm)
+    assert st.choose_kernel("5.15") is False
+    assert st.vm is vm and st.kernel.value == "6.12"
+    assert "kernel 5.15 not chosen" in st.error.value and "array design" in st.error.value
+    assert st.choose_kernel("5.17") and st.vm.variant == "seed" and st.vm.kernel == "5.17"
+    assert st.choose_kernel("5.17") is False                      # already that version
+
+
+def test_one_address_space_vm_keeps_its_form_and_generation_line():
+    st = Stepper(kvmviz.VM(kernel="6.12", address_spaces=1))
+    assert [v for _, v in st.as_field.options] == [0]
+    assert st.gen.value.count("generation") == 1 and "as1" not in st.gen.value
+    st.kernel.value = "5.17"
+    assert st.vm.address_spaces == 1 and [v for _, v in st.as_field.options] == [0]
+    assert st.header.value.startswith("<b>Linux 5.17 model (1 address space)</b>")

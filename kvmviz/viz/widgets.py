@@ -5,7 +5,9 @@ widgets. Every widget a test or lesson needs carries a stable CSS class
 (``t-next``, ``t-stage``, ``t-gen``, ...). Each rendering is also published
 as a plain display output (PNG and a short text), updated in place, so a
 notebook saved with outputs or exported to HTML still shows the last step
-without a kernel.
+without a kernel. The header names the modelled kernel version; the form's
+kernel choice (``t-kernel``, over ``kvmviz.KERNELS``) starts a new VM of
+another version.
 
 >>> import kvmviz
 >>> st = Stepper(kvmviz.VM())
@@ -31,8 +33,10 @@ from collections import Counter
 import ipywidgets as w
 from IPython.display import display
 
-from ..constants import KVM_ADDRESS_SPACE_NUM, KVM_MEM_LOG_DIRTY_PAGES, U64_MAX, flag_names
+from ..constants import KVM_MEM_LOG_DIRTY_PAGES, U64_MAX, flag_names
 from ..errors import KvmError
+from ..export import check_model, model_label
+from ..kernels import KERNELS
 from ..set_memory_region import check_ioctl, check_memory_region, make_region
 from ..step import STAGES
 from ..vm import VM
@@ -119,7 +123,9 @@ class Stepper:
     replays the next step and returns False once the call has finished;
     ``back()`` restores the exact previous state through ``vm.history``;
     ``first()``, ``last()``, ``goto(n)`` move within the call; ``reset()``
-    goes back to before it and forgets it; ``widget`` is the root widget.
+    goes back to before it and forgets it; ``choose_kernel(name)`` (the
+    form's kernel choice) replaces ``vm`` with a new, empty VM of that
+    version; ``widget`` is the root widget.
     Display the Stepper itself (``st`` as a cell's last line, or
     ``display(st)``) to also get the static copy; ``display(st.widget)``
     shows the widget alone. Bad input never raises: the widget shows the errno and the reason, and the
@@ -149,8 +155,15 @@ class Stepper:
 
     # -- widgets ---------------------------------------------------------------
     def _build(self):
+        self.header = w.HTML()
+        self.header.add_class("t-header")
+        self.kernel = w.Dropdown(options=[(f"Linux {k.name} ({k.implementation})", k.name) for k in KERNELS.values()],
+                                 value=self.vm.kernel, description="kernel", layout=w.Layout(width="17em"))
+        self.kernel.add_class("t-kernel")
+        self.status = w.Label()
+        self.status.add_class("t-status")
         self.slot = _text("1", "t-slot", "10em")
-        self.as_field = w.Dropdown(options=[("0", 0), ("1 (SMM)", 1)], value=self.as_id,
+        self.as_field = w.Dropdown(options=_as_options(self.vm), value=self.as_id,
                                    description="as_id", layout=w.Layout(width="12em"))
         self.as_field.add_class("t-as")
         self.flags = _text("0x0", "t-flags", "12em")
@@ -183,7 +196,7 @@ class Stepper:
         self.text.add_class("t-text")
         self.error = w.HTML()
         self.error.add_class("t-error")
-        self.view = w.ToggleButtons(options=[("memslot sets", "sets"), ("trees", "trees")], value="sets")
+        self.view = w.ToggleButtons(options=_view_options(self.vm), value="sets")
         self.view.add_class("t-view")
         self.figure = w.Image(format="png", layout=w.Layout(max_width="100%"))
         self.figure.add_class("t-figure")
@@ -199,13 +212,15 @@ class Stepper:
         self.speed.observe(lambda ch: setattr(self.play, "interval", ch["new"]), "value")
         self.slider.observe(self._guarded(self._on_slider), "value")
         self.view.observe(self._guarded(lambda ch: self._render()), "value")
+        self.kernel.observe(self._guarded(lambda ch: self.choose_kernel(ch["new"])), "value")
 
-        form = w.VBox([w.HBox([self.preset, self.slot, self.as_field, self.flags]),
+        form = w.VBox([w.HBox([self.kernel, self.status]),
+                       w.HBox([self.preset, self.slot, self.as_field, self.flags]),
                        w.HBox([self.gpa, self.size, self.hva]),
                        w.HBox([self.fail, self.begin_button])])
         transport = w.HBox([self.first_button, self.back_button, self.next_button, self.last_button,
                             self.play, self.speed])
-        self.widget = w.VBox([form, self.error, transport, w.HBox([self.slider, self.position]),
+        self.widget = w.VBox([self.header, form, self.error, transport, w.HBox([self.slider, self.position]),
                               self.stage, self.text, self.gen, self.view, self.figure, self.timeline])
         self.widget.add_class("t-stepper")
 
@@ -236,7 +251,7 @@ class Stepper:
         self._syncing = True
         try:
             self.slot.value = str(slot & 0xFFFF) if 0 <= slot <= U64_MAX else str(slot)
-            if 0 <= slot >> 16 < KVM_ADDRESS_SPACE_NUM:
+            if 0 <= slot >> 16 < self.vm.address_spaces:
                 self.as_field.value = slot >> 16
             self.flags.value, self.gpa.value, self.size.value, self.hva.value = (
                 _hex(flags), _hex(gpa), _hex(size), _hex(hva))
@@ -276,6 +291,55 @@ class Stepper:
             self._show_error(str(e), nothing_sent=True)
             return
         self.begin(*args, fail_prepare=self.fail.value)
+
+    def choose_kernel(self, name):
+        """Model Linux ``name`` from now on: a new, empty VM of that version; True if it changed.
+
+        The new VM keeps the variant and the number of address spaces; the
+        old VM (and its history) stays as it was, and the status line says
+        so. A variant that does not apply to ``name`` (variants change the
+        5.17+ tree protocol) is refused with the reason, and the choice goes
+        back to the VM's version.
+
+        >>> st = Stepper(VM(kernel="5.17")); st.choose_kernel("5.15"), st.vm.kernel, st.vm.history.cursor
+        (True, '5.15', 0)
+        >>> st.status.value
+        'new VM: Linux 5.15 model, empty; the Linux 5.17 VM and its history are left as they were'
+        """
+        old = self.vm
+        if name == old.kernel:
+            return False
+        try:
+            check_model(name, old.variant)
+        except ValueError as e:
+            self._set_kernel_field(old.kernel)
+            self._show_error(f"<b>kernel {html.escape(name)} not chosen</b>: {html.escape(str(e))}. "
+                             f"The VM still models Linux {old.kernel}.")
+            return False
+        self.vm = VM(kernel=name, variant=old.variant, address_spaces=old.address_spaces)
+        self.upd, self.base, self.as_id = None, 0, min(self.as_id, self.vm.address_spaces - 1)
+        self._cache.clear()
+        self._figs.clear()
+        self._set_kernel_field(name)
+        self._syncing = True
+        try:
+            self.as_field.options, self.as_field.value = _as_options(self.vm), self.as_id
+            self.view.options, self.view.value = _view_options(self.vm), "sets"
+        finally:
+            self._syncing = False
+        self.error.value = ""
+        running = " (with the call it was running)" if old.update is not None else ""
+        self.status.value = (f"new VM: {model_label(self.vm)}, empty; the Linux {old.kernel} VM{running} and "
+                             "its history are left as they were")
+        self._render()
+        return True
+
+    def _set_kernel_field(self, name):
+        self._syncing = True
+        try:
+            self.kernel.value = name
+        finally:
+            self._syncing = False
 
     # -- the call ----------------------------------------------------------------------
     def begin(self, slot, flags, gpa, size, hva, fail_prepare=False):
@@ -429,13 +493,14 @@ class Stepper:
             self.slider.value = max(k, 0)
         finally:
             self._syncing = False
+        self.header.value = _header_html(vm)
         self.position.value = self._position_text(k, n)
         self.stage.value = _stage_html(getattr(event, "stage", None))
         self.text.value = self._event_html(event)
         self.gen.value = " &nbsp;|&nbsp; ".join(
             f"as{a}: generation <b>{gen_text(vm.generation(a))}</b> (set{vm.active_idx[a]} active; "
             f"set0 {gen_text(vm.sets[a][0].generation)}, set1 {gen_text(vm.sets[a][1].generation)})"
-            for a in range(KVM_ADDRESS_SPACE_NUM))
+            for a in range(vm.address_spaces))
         at_start, done = k <= 0, self.finished
         self.first_button.disabled = self.back_button.disabled = at_start
         self.next_button.disabled = self.last_button.disabled = done
@@ -469,7 +534,7 @@ class Stepper:
     def _figure_key(self):
         event = self.current
         sets = self.vm.sets[self.as_id]
-        content = tuple(tuple((s.uid, s.flags, s.base_gfn) for s in st.gfn_tree.values()) for st in sets)
+        content = tuple(tuple((s.uid, s.flags, s.base_gfn) for s in st.slots()) for st in sets)
         return (self.view.value, self.as_id, tuple(getattr(event, "touched", ())),
                 self.vm.generations()[self.as_id], content)
 
@@ -508,11 +573,33 @@ class Stepper:
         return {
             "text/plain": text,
             "image/png": figure,
-            "text/html": (f"<details><summary>static copy (for readers without a kernel): "
+            "text/html": (f"<details><summary>static copy (for readers without a kernel), "
+                          f"{html.escape(model_label(self.vm))}: "
                           f"{html.escape(text)}</summary><img alt='memslot sets of as{self.as_id}' "
                           f"src='data:image/png;base64,{figure}'><br><img alt='generations and locks of "
                           f"this call' src='data:image/png;base64,{timeline}'></details>"),
         }
+
+
+def _as_options(vm):
+    """The address spaces of ``vm`` for the form (as1 is SMM on x86)."""
+    return [("0", 0), ("1 (SMM)", 1)][:vm.address_spaces]
+
+
+def _view_options(vm):
+    """The figure views: the 5.15 array has no trees to show."""
+    return [("memslot sets", "sets")] + ([("trees", "trees")] if vm.implementation == "tree" else [])
+
+
+def _header_html(vm):
+    """The Stepper's header: which kernel version the VM models, and how.
+
+    >>> _header_html(VM(kernel="6.12", address_spaces=1)).split(":")[0]
+    '<b>Linux 6.12 model (1 address space)</b>'
+    """
+    k = KERNELS[vm.kernel]
+    return (f"<b>{html.escape(model_label(vm))}</b>: {html.escape(k.summary)}. Variant "
+            f"<code>{html.escape(vm.variant)}</code>, {vm.address_spaces} address space(s).")
 
 
 def _hex(value):
