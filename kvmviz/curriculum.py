@@ -243,9 +243,11 @@ L07 = (
                 situation([SLOT1]), call=(1, 0, 0x100000, 0x20000, HVA)),
     ChooseErrno("07.8", "Fresh VM: slot 1 whose userspace_addr is 0x800000000000 (the kernel half).",
                 situation(), call=(1, 0, 0, 0x1000, 0x800000000000)),
-    PredictState("07.9", "Fresh VM: flags = 0x4 AND guest_phys_addr = 0x1001. Which numbered check of "
-                 "reference §4.2 refuses the call?", situation(), _rule_number((1, 4, 0x1001, 0x1000, HVA)),
-                 advance=0, hint="The checks run in the order of the table; the first one that fails wins."),
+    PredictState("07.9", "Fresh 5.17 VM: flags = 0x4 AND guest_phys_addr = 0x1001. Which numbered check of "
+                 "reference §4.2 refuses the call?", situation(kernel="5.17"),
+                 _rule_number((1, 4, 0x1001, 0x1000, HVA)), advance=0,
+                 hint="The checks run in the order of the table; the first one that fails wins. (On 6.12 the "
+                      "v1 ioctl refuses bit 2, GUEST_MEMFD, even before check 1: reference §4.5.)"),
 )
 
 #: 100 one-page slots, 1 MiB apart in gpa and hva.

@@ -87,14 +87,14 @@ def has(kernel, feature):
 
 
 #: The version a ``VM()`` models when none is named.
-DEFAULT_KERNEL = "5.17"
+DEFAULT_KERNEL = "6.12"
 
 
 def kernel_for(kernel=None, implementation=None):
     """The ``Kernel`` for ``VM(kernel=..., implementation=...)``; ``array`` means 5.15.
 
-    >>> kernel_for().name, kernel_for(implementation="array").name, kernel_for("6.12").name
-    ('5.17', '5.15', '6.12')
+    >>> kernel_for().name, kernel_for(implementation="array").name, kernel_for("5.17").name
+    ('6.12', '5.15', '5.17')
     >>> kernel_for("5.15", implementation="tree")
     Traceback (most recent call last):
     ...

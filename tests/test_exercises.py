@@ -35,7 +35,7 @@ EXPECTED = {
     "04.6": ("0", "EEXIST", "§4.2#17: the moving slot is exempt"),
     "05.1": ("0x6", "0x2", "§3.3 row 6: +2N although nothing changed"),
     "05.2": ("0x2", "0x4", "§3.1: no swap"),
-    "05.3": (17, 6, "§2.2 DELETE 6F: swap #2 publishes Y"),
+    "05.3": (18, 6, "§2.2 DELETE 6F: swap #2 publishes Y; 6.12 adds kvm_arch_guest_memory_reclaimed"),
     "05.4": ("#1", "#3", "§2.2 6F: old is restored"),
     "05.5": ("ENOMEM", "0", "§4.4"),
     "06.1": (10, 8, "§3.4 step 5: synchronize_srcu waits for old readers"),

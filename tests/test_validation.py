@@ -1,4 +1,7 @@
-"""Every check of reference §4.1-4.3, with its errno and its place in the order."""
+"""Every check of reference §4.1-4.3 (5.17), with its errno and its place in the order.
+
+6.12's additions (the v1 flag filter, guest_memfd) are in test_kernel612.py.
+"""
 
 import errno
 
@@ -12,7 +15,7 @@ HVA = 0x7f0000000000
 
 @pytest.fixture
 def vm():
-    vm = kvmviz.VM()
+    vm = kvmviz.VM(kernel="5.17")
     vm.set_user_memory_region(1, 0, 0x100000, 0x10000, HVA)          # gfn 0x100..0x10f
     return vm
 
