@@ -148,7 +148,7 @@ def test_trees_show_order_intervals_hash_and_touched_nodes():
 
 
 def test_generations_mark_swaps_in_progress_and_lock_lanes():
-    vm = kvmviz.VM()
+    vm = kvmviz.VM(kernel="5.17")
     steps = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x10000)          # CREATE: one swap
     steps += vm.set_user_memory_region(1, 0, 0x1000, 0x1000, 0x10000)    # MOVE: two swaps
     fig = viz.plot_generations(vm, 0)
