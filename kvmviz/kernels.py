@@ -35,9 +35,11 @@ KERNELS = {k.name: k for k in (
     Kernel("5.15", "array", "5.10-5.15 design: one sorted array per address space, copied whole "
                             "on every change (reference §6)"),
     Kernel("5.17", "tree", "the 5.17 merge: two sets per address space in gfn/hva trees and an id "
-                           "hash, edits on the inactive set, then a swap (reference §2)"),
-    Kernel("6.12", "tree", "the current long-term kernel: 5.17's protocol plus the x86 max-gfn "
-                           "check at prepare (a MOVE beyond it reverts with two swaps)",
+                           "hash, edits on the inactive set, then a swap (reference §2); 5.17.y with the "
+                           "dirty-bitmap leak fix c87661f855c3"),
+    Kernel("6.12", "tree", "the current long-term kernel: 5.17's protocol plus KVM_SET_USER_MEMORY_REGION2 "
+                           "and guest_memfd slots, address spaces per VM, the x86 max-gfn check at prepare "
+                           "(a MOVE beyond it reverts with two swaps), the SLOT_ZAP_ALL quirk (docs/kernel-6.12.md)",
            max_gfn_check=True, default_max_gfn=(1 << (52 - 12)) - 1),
 )}
 
