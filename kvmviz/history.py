@@ -25,18 +25,48 @@ event's entries.
 (0, 2)
 """
 
+from array import array
+
 _ATTR = 0
 _OP = 1
+_ITEM = 2
+#: ``log_item``'s marker for a key that was (or becomes) absent.
+MISSING = object()
+#: Slots per journal entry in ``History.entries``, a flat list (see ``History``).
+WIDTH = 5
+
+
+class StateError(ValueError, RuntimeError):
+    """An operation the model's current state does not allow; nothing was changed.
+
+    A ``ValueError`` (a refusal of the request) and, for older callers, a
+    ``RuntimeError``.
+
+    >>> issubclass(StateError, ValueError), issubclass(StateError, RuntimeError)
+    (True, True)
+    """
+
+
+class HistoryRangeError(IndexError, ValueError):
+    """``History.goto`` to a position outside ``0..len(history)``."""
 
 
 class History:
-    """The journal and the list of recorded events of one VM."""
+    """The journal and the list of recorded events of one VM.
+
+    The journal is one flat list, ``WIDTH`` slots per entry: ``_ATTR, obj,
+    name, old, new`` (an attribute store), ``_ITEM, container, key, old, new``
+    (a mapping or list item; ``MISSING`` for absent) or ``_OP, undo, redo,
+    None, None`` (two callables). Entries are not objects of their own, so
+    the cyclic garbage collector has nothing per entry to track, and an
+    entry costs five list slots.
+    """
 
     def __init__(self, enabled=True):
         self.enabled = enabled
-        self.entries = []        # journal: (_ATTR, obj, name, old, new) | (_OP, undo, redo)
+        self.entries = []        # flat journal, WIDTH slots per entry
         self.events = []
-        self.bounds = []         # bounds[k] = len(entries) after events[k]
+        self.bounds = array("q")  # bounds[k] = len(entries) after events[k]
         self.cursor = 0          # events applied
         self.on_truncate = []    # callbacks: the future was discarded
         self._replaying = False
@@ -47,14 +77,21 @@ class History:
         if self._replaying or not self.enabled:
             return
         self._truncate_future()
-        self.entries.append((_ATTR, obj, name, old, new))
+        self.entries += (_ATTR, obj, name, old, new)
 
     def log_op(self, undo, redo):
         """Log a container operation that already happened, as two callables."""
         if self._replaying or not self.enabled:
             return
         self._truncate_future()
-        self.entries.append((_OP, undo, redo))
+        self.entries += (_OP, undo, redo, None, None)
+
+    def log_item(self, container, key, old, new):
+        """Log ``container[key]`` going from ``old`` to ``new`` (either may be ``MISSING``)."""
+        if self._replaying or not self.enabled:
+            return
+        self._truncate_future()
+        self.entries += (_ITEM, container, key, old, new)
 
     def truncate(self):
         """Discard the recorded events ahead of the current state."""
@@ -95,21 +132,29 @@ class History:
         if self.cursor == len(self.events):
             self._undo_loose()
         self.cursor -= 1
-        self._apply(range(self.bounds[self.cursor] - 1, self._base(self.cursor) - 1, -1), undo=True)
+        self._apply(range(self.bounds[self.cursor] - WIDTH, self._base(self.cursor) - 1, -WIDTH), undo=True)
         return self.events[self.cursor]
 
     def forward(self):
         """Redo the next recorded event; returns it, or None at the frontier."""
         if self.cursor == len(self.events):
             return None
-        self._apply(range(self._base(self.cursor), self.bounds[self.cursor]), undo=False)
+        self._apply(range(self._base(self.cursor), self.bounds[self.cursor], WIDTH), undo=False)
         self.cursor += 1
         return self.events[self.cursor - 1]
 
     def goto(self, n):
-        """Move to the state right after ``n`` events (0 = the beginning)."""
+        """Move to the state right after ``n`` events (0 = the beginning).
+
+        >>> History().goto("1")
+        Traceback (most recent call last):
+        ...
+        TypeError: history.goto takes a number of events (an int), not '1'
+        """
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"history.goto takes a number of events (an int), not {n!r}")
         if not 0 <= n <= len(self.events):
-            raise IndexError(f"step {n} is outside 0..{len(self.events)}")
+            raise HistoryRangeError(f"step {n} is outside 0..{len(self.events)}")
         while self.cursor > n:
             self.back()
         while self.cursor < n:
@@ -118,26 +163,63 @@ class History:
     def _undo_loose(self):
         """Drop mutations logged after the last event (e.g. a cache fill)."""
         end = self.bounds[-1] if self.bounds else 0
-        self._apply(range(len(self.entries) - 1, end - 1, -1), undo=True)
+        self._apply(range(len(self.entries) - WIDTH, end - 1, -WIDTH), undo=True)
         del self.entries[end:]
 
     def _apply(self, indexes, undo):
+        entries = self.entries
         self._replaying = True
         try:
             for i in indexes:
-                entry = self.entries[i]
-                if entry[0] == _ATTR:
-                    object.__setattr__(entry[1], entry[2], entry[3] if undo else entry[4])
+                kind, target, key = entries[i], entries[i + 1], entries[i + 2]
+                value = entries[i + 3] if undo else entries[i + 4]
+                if kind == _ATTR:
+                    object.__setattr__(target, key, value)
+                elif kind == _ITEM:
+                    _set_item(target, key, value)
                 else:
-                    (entry[1] if undo else entry[2])()
+                    (target if undo else key)()
         finally:
             self._replaying = False
+
+    def entry_list(self, end=None):
+        """The journal as ``(kind, a, b, c, d)`` tuples, up to slot ``end`` (for checkers)."""
+        e = self.entries[:end]
+        return list(zip(e[0::WIDTH], e[1::WIDTH], e[2::WIDTH], e[3::WIDTH], e[4::WIDTH]))
 
     def __len__(self):
         return len(self.events)
 
     def __getitem__(self, k):
         return self.events[k]
+
+
+def _set_item(container, key, value):
+    if value is MISSING:
+        del container[key]
+    else:
+        container[key] = value
+
+
+def set_item(history, container, key, value):
+    """``container[key] = value`` (``MISSING`` deletes it), logged in ``history`` if given.
+
+    >>> h = History(); d = {}
+    >>> set_item(h, d, "a", 1); _ = h.record("a=1"); h.back(); d
+    'a=1'
+    {}
+    """
+    old = container.get(key, MISSING) if isinstance(container, dict) else container[key]
+    _set_item(container, key, value)
+    if history is not None:
+        history.log_item(container, key, old, value)
+
+
+def append_item(history, items, value):
+    """``items.append(value)`` on a list, logged in ``history`` if given (O(1))."""
+    items.append(value)
+    if history is not None:
+        history.log_op(items.pop, lambda: items.append(value))
 
 
 class Journaled:

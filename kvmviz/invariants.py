@@ -75,7 +75,7 @@ def _locks_at_writes(vm):
     h = vm.history
     end = len(h.entries) if h.at_frontier else (h.bounds[h.cursor - 1] if h.cursor else 0)
     locks, out = frozenset(), {}
-    for entry in h.entries[:end]:
+    for entry in h.entry_list(end):
         if entry[1] is not vm:
             continue
         if entry[2] == "locks":

@@ -20,7 +20,7 @@ from collections import Counter
 from sortedcontainers import SortedDict
 
 from .constants import GOLDEN_RATIO_32, ID_HASH_BITS
-from .history import Journaled
+from .history import MISSING, Journaled, set_item
 from .interval_tree import IntervalTree
 
 
@@ -66,27 +66,27 @@ class MemslotSet(Journaled):
             self._history.log_op(undo, redo)
 
     def hash_add(self, slot):
-        """``hash_add`` of ``slot.id_node[node_idx]`` (O(1))."""
-        self._hash_put(slot)
+        """``hash_add`` of ``slot.id_node[node_idx]`` (O(1)).
+
+        The bucket keeps one slot per id, so a second slot with the same id
+        (only a broken variant makes one) hides the first; the journal keeps
+        the hidden one, so undo restores the bucket exactly.
+        """
+        bucket = self.id_hash[hash_32(slot.id)]
         self.cost["hash_ops"] += 1
-        self._log(lambda: self._hash_pop(slot), lambda: self._hash_put(slot))
+        if self._history is None:
+            bucket[slot.id] = slot
+        else:
+            set_item(self._history, bucket, slot.id, slot)
 
     def hash_del(self, slot):
         """``hash_del`` of ``slot.id_node[node_idx]`` (O(1))."""
-        self._hash_pop(slot)
-        self.cost["hash_ops"] += 1
-        self._log(lambda: self._hash_put(slot), lambda: self._hash_pop(slot))
-
-    def _hash_put(self, slot):
-        self.id_hash[hash_32(slot.id)][slot.id] = slot
-
-    def _hash_pop(self, slot):
         bucket = self.id_hash[hash_32(slot.id)]
-        for key, value in bucket.items():
-            if value is slot:
-                del bucket[key]
-                return
-        raise ModelBug(f"{slot.label} is not in the id hash of {self.name}")
+        key = slot.id if bucket.get(slot.id) is slot else next((k for k, v in bucket.items() if v is slot), MISSING)
+        if key is MISSING:
+            raise ModelBug(f"{slot.label} is not in the id hash of {self.name}")
+        self.cost["hash_ops"] += 1
+        set_item(self._history, bucket, key, MISSING)
 
     def hva_insert(self, slot):
         """Insert ``slot.hva_node[node_idx]`` into the interval tree (O(log n))."""

@@ -313,6 +313,17 @@ class MergedProtocol:
         self.vm.publish(as_id, new_active.node_idx)
         return self.vm.srcu.start_grace_period()
 
+    def swap_blockers(self):
+        """Why a swap started now would wait (for a call that must not block): a list of reasons."""
+        vm = self.vm
+        n = vm.mn_active_invalidate_count
+        return ([f"{n} MMU-notifier invalidation(s) in progress"] if n else []) + self.reader_blockers()
+
+    def reader_blockers(self):
+        """The SRCU readers inside now, whom ``synchronize_srcu_expedited`` would wait for."""
+        readers = self.vm.srcu.holders(self.vm.srcu.seq + 1)
+        return [f"SRCU readers inside: {', '.join(map(str, readers))}"] if readers else []
+
     def synchronize_srcu_expedited(self, gp, old_active):
         """Wait until readers that entered before ``gp`` have left."""
         srcu = self.vm.srcu
@@ -322,6 +333,7 @@ class MergedProtocol:
                                       if not srcu.grace_period_done(gp) else None),
                              f"wait for the grace period: readers that entered before the swap may still "
                              f"use {old_active.name}.")
+        srcu.synchronized(gp)
         yield self.step("synchronize_srcu_expedited",
                         f"grace period over: no reader can still be using {old_active.name}.")
 

@@ -18,7 +18,7 @@ False
 
 from dataclasses import dataclass
 
-from .history import Journaled
+from .history import MISSING, Journaled, StateError, set_item
 
 
 @dataclass(eq=False)
@@ -51,24 +51,28 @@ class ReaderAction:
 class Srcu(Journaled):
     """``kvm->srcu``: who is inside a read-side section, and since when."""
 
-    __slots__ = ("seq", "readers")
+    __slots__ = ("seq", "completed", "_inside")
 
     def __init__(self, history=None):
-        super().__init__(history, seq=0, readers=())
+        super().__init__(history, seq=0, completed=0, _inside={})
+
+    @property
+    def readers(self):
+        """``(reader, sequence entered under)`` of each reader inside, in the order they entered."""
+        return tuple(self._inside.items())
 
     def read_lock(self, reader):
-        """``srcu_read_lock``: returns the sequence the reader entered under."""
+        """``srcu_read_lock``: returns the sequence the reader entered under (O(1))."""
         if self.inside(reader):
-            raise RuntimeError(f"{reader} is already inside an SRCU read-side section")
-        self.readers = self.readers + ((reader, self.seq),)
+            raise StateError(f"{reader} is already inside an SRCU read-side section")
+        set_item(self._history, self._inside, reader, self.seq)
         return self.seq
 
     def read_unlock(self, reader):
-        """``srcu_read_unlock``."""
-        kept = tuple(entry for entry in self.readers if entry[0] is not reader)
-        if len(kept) == len(self.readers):
-            raise RuntimeError(f"{reader} is not inside an SRCU read-side section")
-        self.readers = kept
+        """``srcu_read_unlock`` (O(1))."""
+        if not self.inside(reader):
+            raise StateError(f"{reader} is not inside an SRCU read-side section")
+        set_item(self._history, self._inside, reader, MISSING)
 
     def start_grace_period(self):
         """Begin a grace period; returns its sequence number."""
@@ -77,11 +81,20 @@ class Srcu(Journaled):
 
     def inside(self, reader):
         """True while ``reader`` is inside a read-side section."""
-        return any(r is reader for r, _ in self.readers)
+        return reader in self._inside
 
     def holders(self, gp):
         """Readers that entered before grace period ``gp`` and are still inside."""
-        return tuple(r for r, entered in self.readers if entered < gp)
+        return tuple(r for r, entered in self._inside.items() if entered < gp)
+
+    def synchronized(self, gp):
+        """The writer waited for grace period ``gp`` (``synchronize_srcu`` returned).
+
+        ``completed`` is the newest such period: the checker's measure of
+        whether an unpublished set may be written (reference §3.4 step 5).
+        """
+        if gp > self.completed:
+            self.completed = gp
 
     def grace_period_done(self, gp):
         """True when grace period ``gp`` has ended."""

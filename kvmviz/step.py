@@ -14,11 +14,18 @@ generations of every set and which set was edited.
 """
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from .history import StateError
+from .memslots import ModelBug
 
 STAGES = ("validate", "invalidate", "prepare", "replace", "activate", "commit")
 
 
-@dataclass(eq=False)
+_NO_COST = MappingProxyType({})
+
+
+@dataclass(eq=False, slots=True)
 class Step:
     """One step of an update (see module doc)."""
 
@@ -66,28 +73,75 @@ class Update:
         self._gen = run(self)
 
     def __iter__(self):
-        return self
+        """The steps until the update ends or waits for a reader (then ``blocked`` says why).
+
+        >>> from kvmviz import VM
+        >>> vm = VM(); _ = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x100000)
+        >>> v = vm.add_vcpu(); v.srcu_read_lock()
+        >>> upd = vm.begin_set_user_memory_region(1, 0, 0, 0, 0)
+        >>> steps = list(upd); steps[-1].waiting, upd.blocked
+        (True, 'SRCU readers still inside: vcpu0')
+        >>> next(upd) is steps[-1], len(vm.history) == steps[-1].index + 1     # waiting records nothing
+        (True, True)
+        """
+        while self.result is None:
+            step = next(self)
+            yield step
+            if step.waiting and self.blocked:
+                return
 
     def __next__(self):
         if self.result is not None:
             raise StopIteration
-        if self.abandoned:
-            raise RuntimeError("this update was abandoned: its future steps were discarded when the "
-                               "VM went back in time and something new happened")
-        if not self.vm.history.at_frontier:
-            raise RuntimeError("the VM was stepped back; use vm.history.forward() to replay recorded "
-                               "steps before running new ones")
+        self._check_runnable()
+        if self.steps and self.steps[-1].waiting and self.blocked:
+            return self.steps[-1]           # still waiting: the same step, no new event
         before = dict(self.vm.cost)
-        step = next(self._gen)
+        try:
+            step = next(self._gen)
+        except ModelBug as e:
+            step = self._crash(e)
+        except Exception as e:
+            self._finish_step(self._crash(e), before)
+            raise
+        return self._finish_step(step, before)
+
+    def _check_runnable(self):
+        if self.abandoned:
+            raise StateError("this update was abandoned: its future steps were discarded when the "
+                             "VM went back in time and something new happened")
+        if not self.vm.history.at_frontier:
+            raise StateError("the VM was stepped back; use vm.history.forward() to replay recorded "
+                             "steps before running new ones")
+
+    def _finish_step(self, step, before):
         step.call = self.call
         step.change = self.change
-        step.cost = {k: v - before.get(k, 0) for k, v in self.vm.cost.items() if v != before.get(k, 0)}
+        step.cost = {k: v - before.get(k, 0) for k, v in self.vm.cost.items() if v != before.get(k, 0)} or _NO_COST
         self.steps.append(step)
         self.vm.record(step)
         if step.result is not None:
             self.result, self.error = step.result, step.error
             self.vm.end_update(self)
         return step
+
+    def _crash(self, e):
+        """The kernel ``BUG()``/``WARN()`` a broken variant hit, as the update's last step.
+
+        The locks are released and the update ends, so the VM stays explorable
+        (a real kernel would oops with ``slots_lock`` held); ``result`` is
+        ``"BUG"`` or ``"WARN"`` and ``error`` the exception.
+        """
+        vm = self.vm
+        kind = "WARN" if str(e).startswith("WARN") else "BUG"
+        held = ", ".join(sorted(vm.locks)) or "no lock"
+        vm.locks = frozenset()
+        vm.changing = None
+        stage = getattr(vm.protocol, "stage", "validate")
+        return Step(stage, kind, f"the model hit a kernel {kind}: {e}. The kernel would oops here with {held} "
+                                 "held and the ioctl would never return; kvmviz ends the update and releases the "
+                                 "locks so you can keep exploring.", locks=vm.locks, gens=vm.generations(),
+                    result=kind, error=e)
 
     @property
     def blocked(self):
@@ -109,9 +163,10 @@ class Update:
                 total[name] = total.get(name, 0) + value
         return total
 
-    def run(self, limit=10_000):
-        """Run to the end; returns the steps. Raises if it stays blocked."""
-        for step in self:
-            if step.waiting and len(self.steps) > limit:
-                raise RuntimeError(f"update blocked for good: {self.blocked}")
+    def run(self):
+        """Run to the end; returns the steps. ``StateError`` if a reader blocks it."""
+        for _ in self:
+            pass
+        if self.result is None:
+            raise StateError(f"update {self.call} is blocked: {self.blocked}; let the readers go on, then run it again")
         return self.steps

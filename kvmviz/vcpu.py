@@ -35,9 +35,11 @@ from .arch import MMIO_SPTE_GEN_MASK
 from .constants import KVM_MEM_READONLY, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
 from .constants import PAGE_SHIFT
 from .dirty_log import mark_page_dirty_in_slot
-from .history import Journaled
+from .history import Journaled, StateError
+from .numbers import check_number
 from .memslot import OBSERVED_FIELDS
 from .srcu import ReaderAction
+from .vm import GFN_LIMIT
 
 #: ``Access.reason`` values that the x86 MMU handles like MMIO (an exit to userspace).
 #: A fault on an INVALID slot is not one of them since 5.13: it gives ``"retry"``.
@@ -218,8 +220,8 @@ class Vcpu(Journaled):
 
     def _start(self):
         if not self.vm.history.at_frontier:
-            raise RuntimeError("the VM was stepped back; use vm.history.forward() to replay recorded "
-                               "steps before a vCPU acts again")
+            raise StateError("the VM was stepped back; use vm.history.forward() to replay recorded "
+                             "steps before a vCPU acts again")
 
     @property
     def inside(self):
@@ -268,8 +270,8 @@ class Vcpu(Journaled):
         self._start()
         vm = self.vm
         if vm.srcu.inside(self):
-            raise RuntimeError(f"{self.name} is already inside an SRCU read-side section; "
-                               "call srcu_read_unlock first")
+            raise StateError(f"{self.name} is already inside an SRCU read-side section; "
+                             "call srcu_read_unlock first")
         idx = vm.srcu.read_lock(self)
         sets = [vm.active_set(a) for a in range(len(vm.sets))]
         self.pinned = tuple(s.node_idx for s in sets)
@@ -291,8 +293,8 @@ class Vcpu(Journaled):
         self._start()
         vm = self.vm
         if not vm.srcu.inside(self):
-            raise RuntimeError(f"{self.name} is not inside an SRCU read-side section; "
-                               "call srcu_read_lock first")
+            raise StateError(f"{self.name} is not inside an SRCU read-side section; "
+                             "call srcu_read_lock first")
         upd = vm.update
         blocked = upd is not None and upd.blocked
         vm.srcu.read_unlock(self)
@@ -310,9 +312,17 @@ class Vcpu(Journaled):
         >>> from kvmviz import VM
         >>> v = VM().add_vcpu(); v.set_smm(); v.address_space
         1
+        >>> v.set_smm("off")
+        Traceback (most recent call last):
+        ...
+        TypeError: set_smm takes True or False, not 'off'
         """
+        if not isinstance(smm, bool):
+            raise TypeError(f"set_smm takes True or False, not {smm!r}")
+        if smm and self.vm.address_spaces == 1:
+            raise ValueError(f"this VM has one address space (no SMM): {self.name} cannot enter SMM")
         self._start()
-        self.smm = bool(smm)
+        self.smm = smm
         what = "enters SMM: its lookups use address space 1" if smm else "leaves SMM: back to address space 0"
         self.record("kvm_smm_changed", f"{self.name} {what}.")
 
@@ -374,7 +384,7 @@ class Vcpu(Journaled):
             self._history.log_op(lambda: seen.pop(key), lambda: seen.__setitem__(key, entry))
 
     def _as(self, as_id):
-        return self.address_space if as_id is None else as_id
+        return self.address_space if as_id is None else self.vm.check_as_id(as_id)
 
     def gfn_to_memslot(self, gfn, as_id=None):
         """``kvm_vcpu_gfn_to_memslot``: the slot holding ``gfn``, or None.
@@ -389,8 +399,8 @@ class Vcpu(Journaled):
         >>> v = vm.add_vcpu(); v.srcu_read_lock(); v.gfn_to_memslot(0).label, v.gfn_to_memslot(1)
         ('#1', None)
         """
+        gfn, as_id = check_number(gfn, "gfn", GFN_LIMIT), self._as(as_id)
         self._start()
-        as_id = self._as(as_id)
         slot, notes = self._lookup(gfn, as_id)
         found = slot.label + (" (INVALID copy)" if slot.invalid else "") if slot else "None"
         self.record("kvm_vcpu_gfn_to_memslot", f"gfn {gfn:#x} in as{as_id} -> {found}; {'; '.join(notes)}.",
@@ -416,11 +426,13 @@ class Vcpu(Journaled):
         >>> v.access(0).reason, hex(v.access(0).hva), v.access(0, write=True).reason, v.access(7).reason
         ('ok', '0x100000', 'readonly', 'no-slot')
         """
+        gfn, as_id = check_number(gfn, "gfn", GFN_LIMIT), self._as(as_id)
+        if not isinstance(write, bool):
+            raise TypeError(f"write must be True or False, not {write!r}")
         self._start()
-        as_id = self._as(as_id)
         gen = self.current_generation(as_id)
         notes = []
-        spte = self._mmio_spte(as_id, gfn)
+        spte = self.vm.mmio_spte(as_id, gfn)
         if spte is not None:
             ok, why = check_mmio_spte(spte, gen)
             if ok:
@@ -447,21 +459,11 @@ class Vcpu(Journaled):
         return outcome
 
     # -- x86 MMIO caches (reference §3.2, §3.5) -------------------------------------------
-    def _mmio_spte(self, as_id, gfn):
-        valid = self.vm.arch.mmu_valid_gen
-        for spte in self.vm.mmio_sptes:
-            if spte.as_id == as_id and spte.gfn == gfn and spte.mmu_valid_gen == valid:
-                return spte
-        return None
-
     def _make_mmio_spte(self, as_id, gfn, reason):
         """``make_mmio_spte``: keep only the 19 MMIO generation bits."""
         gen = self.current_generation(as_id)
         spte = MmioSpte(as_id, gfn, gen & MMIO_SPTE_GEN_MASK, self.vm.arch.mmu_valid_gen, reason)
-        valid = self.vm.arch.mmu_valid_gen
-        kept = tuple(s for s in self.vm.mmio_sptes
-                     if s.mmu_valid_gen == valid and (s.as_id, s.gfn) != (as_id, gfn))
-        self.vm.mmio_sptes = kept + (spte,)
+        self.vm.set_mmio_spte(spte)
         return (f"make_mmio_spte for gfn {gfn:#x} with MMIO generation {spte.generation:#x} "
                 f"(= {_gen(gen)} & 0x{MMIO_SPTE_GEN_MASK:x}; bit 63 is not stored)")
 
@@ -485,6 +487,7 @@ class Vcpu(Journaled):
         >>> v = VM().add_vcpu(); v.srcu_read_lock(); _ = v.access(0x10); v.match_mmio_gfn(0x10)
         True
         """
+        gfn = check_number(gfn, "gfn", GFN_LIMIT)
         self._start()
         current = self.current_generation(0)
         if self.mmio_gfn != gfn:
@@ -499,11 +502,16 @@ class Vcpu(Journaled):
 
     # -- gfn_to_hva_cache --------------------------------------------------------------------
     def gfn_to_hva_cache_init(self, gpa, length):
-        """``kvm_gfn_to_hva_cache_init``: a cached gpa -> hva translation; see ``GfnToHvaCache``."""
+        """``kvm_gfn_to_hva_cache_init``: a cached gpa -> hva translation; see ``GfnToHvaCache``.
+
+        ``gpa`` and ``length`` are checked first (64-bit unsigned, as in the
+        kernel), so a bad one changes nothing.
+        """
+        gpa, length = check_number(gpa, "gpa", 1 << 64), check_number(length, "len", 1 << 64)
         self._start()
         ghc = GfnToHvaCache(self, gpa, length)
-        self.hva_caches = self.hva_caches + (ghc,)
         r, notes = ghc.init()
+        self.hva_caches = self.hva_caches + (ghc,)
         self.record("kvm_gfn_to_hva_cache_init", f"gpa {gpa:#x} len {length:#x}: "
                                                  f"{'ok' if not r else _errname(r)}; {'; '.join(notes)}.", result=r)
         return ghc
@@ -568,6 +576,10 @@ class GfnToHvaCache(Journaled):
 
     def _use(self, offset, length, write):
         vcpu = self.vcpu
+        if isinstance(offset, bool) or not isinstance(offset, int):
+            raise TypeError(f"offset must be an int, not {offset!r}")
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int)):
+            raise TypeError(f"length must be an int or None, not {length!r}")
         vcpu._start()
         length = self.len - offset if length is None else length
         gen = vcpu.current_generation(0)

@@ -24,15 +24,20 @@ from typing import NamedTuple
 from .arch import X86Arch
 from .constants import PAGE_SHIFT, PAGE_SIZE, U64_MAX
 from .dirty_log import get_dirty_log
-from .history import History, Journaled
+from .history import History, Journaled, StateError, append_item, set_item, MISSING
 from .errors import KvmError
 from .guest_memfd import create_guest_memfd
 from .kernels import KERNELS, has, kernel_for
 from .memslot import Allocation, Memslot
-from .memslots import MemslotSet
+from .memslots import MemslotSet, ModelBug
+from .numbers import check_number
 from .srcu import Srcu
 from .step import Update
-from .set_memory_region import make_region
+from .set_memory_region import NONE, check_ioctl, check_memory_region, make_region
+
+#: gfns are 64-bit guest physical addresses shifted by PAGE_SHIFT
+GFN_LIMIT = 1 << (64 - PAGE_SHIFT)
+
 
 class VM(Journaled):
     """A VM's memslot state (x86: two address spaces, 32764 user slots).
@@ -64,9 +69,9 @@ class VM(Journaled):
     """
 
     __slots__ = ("history", "cost", "sets", "active_idx", "nr_memslot_pages", "locks",
-                 "mn_active_invalidate_count", "mn_ranges", "swaps", "uid", "alloc_seq",
+                 "mn_active_invalidate_count", "_mn", "swaps", "uid", "alloc_seq",
                  "in_place_writes", "arch", "srcu", "vcpus", "protocol", "update",
-                 "implementation", "variant", "calls", "ulong_max", "changing", "mmio_sptes",
+                 "implementation", "variant", "calls", "ulong_max", "changing", "_mmio",
                  "kernel", "address_spaces", "max_gfn", "private_mem", "slot_zap_all", "gmem_files",
                  "nr_memslots_dirty_logging")
 
@@ -79,8 +84,8 @@ class VM(Journaled):
         cost = Counter()
         super().__init__(h, history=h, cost=cost, active_idx=(0,) * n,
                          nr_memslot_pages=0, locks=frozenset(), mn_active_invalidate_count=0,
-                         mn_ranges=(), swaps=(0,) * n, uid=0, alloc_seq=0,
-                         in_place_writes=(), vcpus=(), update=None, calls=0, changing=None, mmio_sptes=(),
+                         _mn={}, swaps=(0,) * n, uid=0, alloc_seq=0,
+                         in_place_writes=(), vcpus=[], update=None, calls=0, changing=None, _mmio={},
                          implementation=k.implementation, variant=variant, ulong_max=U64_MAX,
                          kernel=k.name, address_spaces=n, max_gfn=_max_gfn(k, max_gfn),
                          private_mem=private_mem, slot_zap_all=slot_zap_all, gmem_files={},
@@ -102,7 +107,18 @@ class VM(Journaled):
 
     def generation(self, as_id=0):
         """The active set's generation (bit 63 set while a swap is in progress)."""
-        return self.active_set(as_id).generation
+        return self.active_set(self.check_as_id(as_id)).generation
+
+    def check_as_id(self, as_id):
+        """``as_id`` if this VM has that address space, else ``ValueError``/``TypeError``.
+
+        >>> VM().check_as_id(-1)
+        Traceback (most recent call last):
+        ...
+        ValueError: as_id: -1 is negative
+        """
+        return check_number(as_id, "as_id", self.address_spaces,
+                            f" (this VM has {self.address_spaces} address space{'s' * (self.address_spaces > 1)})")
 
     def generations(self):
         """Per address space ``(set0.generation, set1.generation, active node_idx)``."""
@@ -112,15 +128,15 @@ class VM(Journaled):
         """Slots of the active or inactive set of ``as_id``, sorted by base_gfn."""
         if which not in ("active", "inactive"):
             raise ValueError(f"which must be 'active' or 'inactive', not {which!r}")
-        return (self.active_set if which == "active" else self.inactive_set)(as_id).slots()
+        return (self.active_set if which == "active" else self.inactive_set)(self.check_as_id(as_id)).slots()
 
     def gfn_to_memslot(self, gfn, as_id=0):
         """``__gfn_to_memslot`` on the active set: the slot holding ``gfn`` or None."""
-        return self.active_set(as_id).gfn_to_memslot(gfn)
+        return self.active_set(self.check_as_id(as_id)).gfn_to_memslot(check_number(gfn, "gfn", GFN_LIMIT))
 
     def id_to_memslot(self, id, as_id=0):
         """``id_to_memslot`` on the active set."""
-        return self.active_set(as_id).id_to_memslot(id)
+        return self.active_set(self.check_as_id(as_id)).id_to_memslot(check_number(id, "slot id", 1 << 32))
 
     def hva_to_memslots(self, hva_start, hva_end, as_id=0):
         """Slots of the active set whose hva range meets ``[hva_start, hva_end)``."""
@@ -144,15 +160,21 @@ class VM(Journaled):
                              guest_memfd_offset, guest_memfd, v2=True)
         return self._begin(region, fail_prepare)
 
-    def _begin(self, region, fail_prepare):
+    def _begin(self, region, fail_prepare, whole=False):
+        """Checks that change nothing, then the ``Update``; ``whole``: the call runs to its end.
+
+        A call run to its end is refused before anything changes (history
+        included) when validation fails (``KvmError``) or when a reader would
+        block its swap (``StateError``): the one-call API cannot wait.
+        """
         fail = _fail_errno(fail_prepare)
-        if "slots_lock" in self.locks and not self.history.at_frontier:
-            raise RuntimeError("the VM was stepped back into the middle of an update; step forward to "
-                               "its end (or back before it) to start a new one")
+        self.guard("a new KVM_SET_USER_MEMORY_REGION")
+        if self.update is not None and self.history.at_frontier:
+            raise StateError(f"update {self.update.call} is still running (slots_lock is held); "
+                             "finish it first")
+        if whole:
+            self._refuse_early(region, fail)
         self.history.truncate()
-        if self.update is not None:
-            raise RuntimeError(f"update {self.update.call} is still running (slots_lock is held); "
-                               "finish it first")
         upd = Update(self, region, lambda u: self.protocol.run(u, region, fail))
         object.__setattr__(self, "update", upd)
         return upd
@@ -165,9 +187,8 @@ class VM(Journaled):
         call fails; the VM is then as the kernel leaves it (unchanged, except
         that a DELETE/MOVE whose prepare failed swapped twice).
         """
-        upd = self.begin_set_user_memory_region(slot, flags, guest_phys_addr, memory_size,
-                                                userspace_addr, fail_prepare)
-        return self._finish(upd)
+        region = make_region(slot, flags, guest_phys_addr, memory_size, userspace_addr)
+        return self._finish(self._begin(region, fail_prepare, whole=True))
 
     def set_user_memory_region2(self, slot, flags, guest_phys_addr, memory_size, userspace_addr,
                                 guest_memfd=0, guest_memfd_offset=0, fail_prepare=False):
@@ -178,9 +199,9 @@ class VM(Journaled):
         >>> vm.gmem_files[fd].bindings, vm.memslots()[0].gmem
         (((0, 2, '#1'),), (3, 0))
         """
-        upd = self.begin_set_user_memory_region2(slot, flags, guest_phys_addr, memory_size, userspace_addr,
-                                                 guest_memfd, guest_memfd_offset, fail_prepare)
-        return self._finish(upd)
+        region = make_region(slot, flags, guest_phys_addr, memory_size, userspace_addr,
+                             guest_memfd_offset, guest_memfd, v2=True)
+        return self._finish(self._begin(region, fail_prepare, whole=True))
 
     def create_guest_memfd(self, size, flags=0):
         """``KVM_CREATE_GUEST_MEMFD`` (6.8+): the new file's fd (``kvmviz.guest_memfd``)."""
@@ -188,11 +209,29 @@ class VM(Journaled):
             raise KvmError(errno.ENOTTY, f"KVM_CREATE_GUEST_MEMFD does not exist in {self.kernel} (added in 6.8)")
         return create_guest_memfd(self, size, flags)
 
+    def _refuse_early(self, region, fail):
+        """Raise what the call would fail with before changing anything, if anything.
+
+        Runs the checks of ``__kvm_set_memory_region`` on the state as it is
+        (they only read it; their lookup cost is not counted twice), then asks
+        the protocol who would block a swap. A call that would fail its
+        prepare before the first swap is refused too while a reader blocks.
+        """
+        cost = dict(self.cost)
+        try:
+            check_ioctl(region, self.kernel)
+            plan = check_memory_region(self, region)
+        finally:
+            self.cost.clear()
+            self.cost.update(cost)
+        blockers = self.protocol.swap_blockers() if plan.change != NONE else ()
+        if blockers:
+            raise StateError(f"this {plan.change} would be blocked at its swap ({'; '.join(blockers)}); nothing "
+                             "was changed. Let the readers go on first, or step the call with "
+                             "begin_set_user_memory_region while they act")
+
     def _finish(self, upd):
-        for step in upd:
-            if step.waiting:
-                raise RuntimeError(f"the update is blocked ({upd.blocked}); run it with "
-                                   "begin_set_user_memory_region and let the readers go on (vm.update)")
+        upd.run()
         if upd.error is not None:
             raise upd.error
         return upd.steps
@@ -219,17 +258,40 @@ class VM(Journaled):
             self.update.abandoned = True
             object.__setattr__(self, "update", None)
 
+    def guard(self, what):
+        """Refuse ``what`` (``StateError``) if it would cut the history inside an update.
+
+        After ``history.back()`` into the middle of an update, its locks are
+        held and its remaining steps exist only ahead in the history; a new
+        action there would discard them and leave the update half done. Going
+        forward to its end, or back before it, is always possible.
+
+        >>> vm = VM(); upd = vm.begin_set_user_memory_region(1, 0, 0, 0x1000, 0x100000)
+        >>> _ = [next(upd) for _ in range(3)]; _ = vm.history.back()
+        >>> vm.add_vcpu()
+        Traceback (most recent call last):
+        ...
+        kvmviz.history.StateError: add_vcpu: the VM was stepped back into the middle of an update (update 1, slots_lock held); step forward to its end (history.goto(len(history))) or back before it first
+        """
+        h = self.history
+        if h.at_frontier or not (self.locks or self.changing is not None):
+            return
+        call = next((e.call for e in reversed(h.events[:h.cursor]) if getattr(e, "call", 0)), "?")
+        held = ", ".join(sorted(self.locks)) or "no lock"
+        raise StateError(f"{what}: the VM was stepped back into the middle of an update (update {call}, {held} held); step "
+                         "forward to its end (history.goto(len(history))) or back before it first")
+
     # -- state primitives used by the protocol -------------------------------------
     def lock(self, name):
         """Take a mutex (recorded in each step's ``locks``)."""
         if name in self.locks:
-            raise RuntimeError(f"{name} is already held: self-deadlock")
+            raise ModelBug(f"BUG: {name} is already held: self-deadlock")
         self.locks = self.locks | {name}
 
     def unlock(self, name):
         """Release a mutex."""
         if name not in self.locks:
-            raise RuntimeError(f"{name} released while not held")
+            raise ModelBug(f"BUG: {name} released while not held")
         self.locks = self.locks - {name}
 
     def publish(self, as_id, node_idx):
@@ -256,7 +318,7 @@ class VM(Journaled):
     def free(self, obj):
         """``kfree``: mark ``obj`` freed; the checker reports it if still reachable."""
         if obj.freed:
-            raise RuntimeError(f"double free of {obj.label}")
+            raise ModelBug(f"BUG: double free of {obj.label}")
         obj.freed = True
 
     # -- what readers can see, for the in-place-write check ------------------------
@@ -280,8 +342,9 @@ class VM(Journaled):
         (vcpu0, 1, 2)
         """
         from .vcpu import Vcpu
+        self.guard("add_vcpu")
         vcpu = Vcpu(self, len(self.vcpus))
-        self.vcpus = self.vcpus + (vcpu,)
+        append_item(self.history, self.vcpus, vcpu)
         vcpu.record("kvm_vm_ioctl_create_vcpu", f"create {vcpu.name}: outside any SRCU read-side "
                                                 "section, empty slot cache, not in SMM.")
         return vcpu
@@ -294,10 +357,13 @@ class VM(Journaled):
     def mmu_notifier_invalidate_range_start(self, hva_start, hva_end):
         """Begin an invalidation of ``[hva_start, hva_end)``: a swap now waits.
 
-        Returns the ``(as_id, slot, gfn_start, gfn_end)`` ranges hit.
+        Returns the ``(as_id, slot, gfn_start, gfn_end)`` ranges hit. The
+        range must be ``0 <= hva_start < hva_end <= 2**64``.
         """
+        key = self._hva_range(hva_start, hva_end)
+        self.guard("mmu_notifier_invalidate_range_start")
         self.mn_active_invalidate_count += 1
-        self.mn_ranges = self.mn_ranges + ((hva_start, hva_end),)
+        set_item(self.history, self._mn, key, self._mn.get(key, 0) + 1)
         hits = self.hva_range_hits(hva_start, hva_end)
         self._record_notifier("kvm_mmu_notifier_invalidate_range_start", hva_start, hva_end, hits,
                               "mn_active_invalidate_count++: a memslot swap now waits before publishing")
@@ -305,11 +371,12 @@ class VM(Journaled):
 
     def mmu_notifier_invalidate_range_end(self, hva_start, hva_end):
         """End an invalidation; a waiting swap may go on when none is left."""
-        if (hva_start, hva_end) not in self.mn_ranges:
-            raise RuntimeError(f"no invalidation of {hva_start:#x}..{hva_end:#x} is in progress")
-        ranges = list(self.mn_ranges)
-        ranges.remove((hva_start, hva_end))
-        self.mn_ranges = tuple(ranges)
+        key = self._hva_range(hva_start, hva_end)
+        if key not in self._mn:
+            raise StateError(f"no invalidation of {hva_start:#x}..{hva_end:#x} is in progress")
+        self.guard("mmu_notifier_invalidate_range_end")
+        count = self._mn[key]
+        set_item(self.history, self._mn, key, count - 1 if count > 1 else MISSING)
         self.mn_active_invalidate_count -= 1
         hits = self.hva_range_hits(hva_start, hva_end)
         self._record_notifier("kvm_mmu_notifier_invalidate_range_end", hva_start, hva_end, hits,
@@ -317,6 +384,35 @@ class VM(Journaled):
                               + ("" if self.mn_active_invalidate_count else
                                  ": a waiting memslot swap may publish"))
         return hits
+
+    @property
+    def mn_ranges(self):
+        """The invalidations in progress, ``(hva_start, hva_end)`` each, oldest range first."""
+        return tuple(key for key, count in self._mn.items() for _ in range(count))
+
+    @staticmethod
+    def _hva_range(hva_start, hva_end):
+        start = check_number(hva_start, "hva_start", 1 << 64)
+        end = check_number(hva_end, "hva_end", (1 << 64) + 1)
+        if end <= start:
+            raise ValueError(f"hva_end {end:#x} must be above hva_start {start:#x}")
+        return start, end
+
+    # -- x86 MMIO SPTEs (reference §3.2, §3.5), one per (as_id, gfn) ----------------------
+    @property
+    def mmio_sptes(self):
+        """The MMIO SPTEs that are not obsolete (made under the current ``mmu_valid_gen``)."""
+        valid = self.arch.mmu_valid_gen
+        return tuple(s for s in self._mmio.values() if s.mmu_valid_gen == valid)
+
+    def mmio_spte(self, as_id, gfn):
+        """The usable MMIO SPTE of ``gfn`` in ``as_id``, or None (O(1))."""
+        spte = self._mmio.get((as_id, gfn))
+        return spte if spte is not None and spte.mmu_valid_gen == self.arch.mmu_valid_gen else None
+
+    def set_mmio_spte(self, spte):
+        """Install ``spte`` for its gfn, replacing the previous one (O(1))."""
+        set_item(self.history, self._mmio, (spte.as_id, spte.gfn), spte)
 
     def _record_notifier(self, function, hva_start, hva_end, hits, what):
         from .srcu import ReaderAction

@@ -7,6 +7,7 @@ import pytest
 
 import kvmviz
 from kvmviz.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
+from kvmviz.history import StateError
 
 HVA = 0x7f0000000000
 CREATE = (1, 0, 0x100000, 0x10000, HVA)
@@ -186,25 +187,27 @@ def test_mmu_notifier_holds_off_the_swap():
     hits = vm.mmu_notifier_invalidate_range_start(HVA + 0x1000, HVA + 0x3000)
     assert [(a, s.id, g0, g1) for a, s, g0, g1 in hits] == [(0, 1, 0x101, 0x103)]
     upd = vm.begin_set_user_memory_region(*FLAGS)
-    waiting = []
-    for step in upd:
-        if step.waiting:
-            waiting.append(step)
-            assert "1 MMU-notifier invalidation" in upd.blocked
-            assert vm.generation(0) == 2 and vm.inactive_set(0).generation == 2 | IP
-            if len(waiting) == 3:
-                vm.mmu_notifier_invalidate_range_end(HVA + 0x1000, HVA + 0x3000)
-    assert len(waiting) == 3 and upd.result == 0 and upd.blocked is None
-    assert {s.function for s in waiting} == {"rcuwait_wait_event"}
+    steps = list(upd)                       # iteration stops at the wait
+    assert steps[-1].waiting and steps[-1].function == "rcuwait_wait_event" and upd.result is None
+    assert "1 MMU-notifier invalidation" in upd.blocked
+    assert vm.generation(0) == 2 and vm.inactive_set(0).generation == 2 | IP
+    recorded = len(vm.history)
+    assert all(next(upd) is steps[-1] for _ in range(3)) and len(vm.history) == recorded   # waiting records nothing
+    vm.mmu_notifier_invalidate_range_end(HVA + 0x1000, HVA + 0x3000)
+    assert upd.run()[-1].result == 0 and upd.blocked is None
+    assert [s.function for s in upd.steps if s.waiting] == ["rcuwait_wait_event"]
 
 
 def test_set_user_memory_region_refuses_to_block_forever():
+    """Finding 6 of issue 14: a one-shot call a reader would block is refused before it starts."""
     vm = kvmviz.VM()
     vm.mmu_notifier_invalidate_range_start(0, 0x1000)
-    with pytest.raises(RuntimeError, match="blocked"):
+    before, recorded = vm.generations(), len(vm.history)
+    with pytest.raises(StateError, match="would be blocked"):
         vm.set_user_memory_region(*CREATE)
+    assert (vm.update, vm.locks, vm.generations(), len(vm.history)) == (None, frozenset(), before, recorded)
     vm.mmu_notifier_invalidate_range_end(0, 0x1000)
-    assert vm.update.run()[-1].result == 0
+    assert vm.set_user_memory_region(*CREATE)[-1].result == 0
 
 
 def test_mmio_generation_wrap_zaps_everything():

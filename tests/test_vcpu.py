@@ -54,10 +54,10 @@ def _fresh_access(vm, v, gfn, write=False):
 def test_add_vcpu_and_vcpus_tuple():
     vm = kvmviz.VM()
     a, b = vm.add_vcpu(), vm.add_vcpu()
-    assert vm.vcpus == (a, b) and (a.name, b.vcpu_id) == ("vcpu0", 1)
+    assert vm.vcpus == [a, b] and (a.name, b.vcpu_id) == ("vcpu0", 1)
     assert vm.history.events[-1].function == "kvm_vm_ioctl_create_vcpu"
     vm.history.back()
-    assert vm.vcpus == (a,)
+    assert vm.vcpus == [a]
 
 
 def test_lock_pins_the_set_active_now_and_its_generation():

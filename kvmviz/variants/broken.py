@@ -60,6 +60,10 @@ class NoSrcuWaitProtocol(MergedProtocol):
 
     name = "no-srcu-wait"
 
+    def reader_blockers(self):
+        """Readers never hold this swap up."""
+        return []
+
     def synchronize_srcu_expedited(self, gp, old_active):
         """Broken: claims the grace period is over without waiting."""
         yield self.step("synchronize_srcu_expedited",
