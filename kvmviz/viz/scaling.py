@@ -27,8 +27,8 @@ COSTS_JSON = Path(__file__).with_name("scaling_costs.json")
 PANELS = (("setup", "slot setup (create N slots)"), ("move inactive", "move: MOVE the last slot and back"),
           ("unmap", "unmap: 4 KiB notifier calls"), ("unmap 2M", "unmap 2M: 2 MiB notifier calls"),
           ("map", "map: guest faults + host unmap"))
-STYLE = {"array": dict(color=OKABE_ITO["vermillion"], marker="s", label="array (Linux 5.15)"),
-         "tree": dict(color=OKABE_ITO["blue"], marker="o", label="tree (Linux 5.17, 6.12)")}
+STYLE = {"array": dict(color=OKABE_ITO["vermillion"], marker="s", label="array (5.10-5.15)"),
+         "tree": dict(color=OKABE_ITO["blue"], marker="o", label="tree (5.17+)")}
 METRICS = {"work": "elementary operations per iteration", "bytes_copied": "bytes copied per iteration"}
 
 
