@@ -21,7 +21,7 @@ from .constants import PAGE_SHIFT, PAGE_SIZE, U64_MAX
 from .errors import KvmError
 from .history import Journaled
 
-FIRST_FD = 3            # 0-2 are stdin, stdout, stderr
+FIRST_FD = 3            # 0-2 are stdin, stdout, stderr: open, but no guest_memfd
 
 
 class GuestMemfd(Journaled):
@@ -62,7 +62,14 @@ class GuestMemfd(Journaled):
 def create_guest_memfd(vm, size, flags=0):
     """``KVM_CREATE_GUEST_MEMFD`` (``kvm_gmem_create``): a new file's fd, or ``KvmError``.
 
-    6.12 accepts no flags; the size must be positive and page-aligned.
+    6.12 accepts no flags; the size, a signed ``loff_t`` there, must be
+    positive and page-aligned.
+
+    >>> from kvmviz import VM
+    >>> create_guest_memfd(VM(), 1 << 63)
+    Traceback (most recent call last):
+    ...
+    kvmviz.errors.KvmError: [Errno 22] EINVAL: KVM_CREATE_GUEST_MEMFD: size 0x8000000000000000 is not a positive multiple of the page size (as a signed loff_t) (kvm_gmem_create)
     """
     for name, value in (("size", size), ("flags", flags)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U64_MAX:
@@ -70,9 +77,9 @@ def create_guest_memfd(vm, size, flags=0):
     if flags:
         raise KvmError(errno.EINVAL, f"KVM_CREATE_GUEST_MEMFD: flags {flags:#x}: 6.12 defines none "
                                      "(kvm_gmem_create)")
-    if size == 0 or size & (PAGE_SIZE - 1):
+    if not 0 < size < 1 << 63 or size & (PAGE_SIZE - 1):
         raise KvmError(errno.EINVAL, f"KVM_CREATE_GUEST_MEMFD: size {size:#x} is not a positive multiple "
-                                     "of the page size (kvm_gmem_create)")
+                                     "of the page size (as a signed loff_t) (kvm_gmem_create)")
     fd = FIRST_FD + len(vm.gmem_files)
     vm.gmem_files = {**vm.gmem_files, fd: GuestMemfd(vm.history, fd=fd, size=size)}
     return fd

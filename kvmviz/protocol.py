@@ -18,6 +18,7 @@ import errno
 from .constants import (KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS,
                         KVM_MEMSLOT_INVALID, PAGE_SHIFT, SIZEOF_KVM_MEMORY_SLOT)
 from .errors import KvmError
+from .guest_memfd import FIRST_FD
 from .kernels import FEATURES, has
 from .memslot import kvm_copy_memslot
 from .set_memory_region import CREATE, DELETE, FLAGS_ONLY, MOVE, NONE, check_ioctl, check_memory_region
@@ -125,8 +126,8 @@ class MergedProtocol:
         yield self.step("kvm_set_memory_region",
                         f"{freed}release slots_lock; the ioctl returns {_ret(r)}.", result=r,
                         error=KvmError(-r, f"kvm_prepare_memory_region failed for {region.where()} "
-                                           f"({upd.change}; {_revert_note(upd.change, vm.address_spaces)})", rule="4.4",
-                                       slot=region.id) if r else None)
+                                           f"({upd.change}; {_revert_note(upd.change, vm.address_spaces)})"
+                                           f"{_prepare_reason(upd.steps)}", rule="4.4", slot=region.id) if r else None)
 
     def new_memslot(self, plan):
         """The ``new`` slot of ``__kvm_set_memory_region``: on the heap since [P30].
@@ -141,13 +142,18 @@ class MergedProtocol:
 
         -EBADF for an fd that is not open, -EINVAL for one that is no
         guest_memfd of this VM, a range beyond the file or pages bound to
-        another slot (docs/kernel-6.12.md §2.4).
+        another slot (docs/kernel-6.12.md §2.4). The model knows no files but
+        its guest_memfds and the three standard streams every process has
+        open: fds 0-2 are open files that are no guest_memfd, others not open.
         """
         fd, offset = region.guest_memfd, region.guest_memfd_offset
         gmem = self.vm.gmem_files.get(fd)
+        if gmem is None and fd < FIRST_FD:
+            return KvmError(errno.EINVAL, f"kvm_gmem_bind: fd {fd} is open but not a guest_memfd "
+                                          f"({region.where()})", rule="4.5", slot=region.id)
         if gmem is None:
-            return KvmError(errno.EBADF, f"kvm_gmem_bind: guest_memfd {fd} is not a guest_memfd of this VM "
-                                         f"({region.where()})", rule="4.5", slot=region.id)
+            return KvmError(errno.EBADF, f"kvm_gmem_bind: fd {fd} is not open (no guest_memfd of this VM has "
+                                         f"it) ({region.where()})", rule="4.5", slot=region.id)
         why = gmem.bind(offset, new.npages, new.label)
         if why:
             return KvmError(errno.EINVAL, f"kvm_gmem_bind: {why} ({region.where()})", rule="4.5", slot=region.id)
@@ -426,6 +432,12 @@ def _list(objs):
 
 def _ret(r):
     return "0" if not r else f"-{errno.errorcode.get(-r, -r)}"
+
+
+def _prepare_reason(steps):
+    """The arch prepare step's own words when it refused (not for an injected failure)."""
+    text = next((s.text for s in reversed(steps) if s.function == "kvm_arch_prepare_memory_region"), "")
+    return f": {text}" if "refuses" in text else ""
 
 
 def _revert_note(change, address_spaces):

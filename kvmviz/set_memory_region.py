@@ -156,12 +156,12 @@ def _check_flags(vm, r):
     if not bad:
         return
     if bad & KVM_MEM_GUEST_MEMFD and has(vm.kernel, "guest_memfd"):
-        why = "GUEST_MEMFD needs a VM with private memory (6.12: a KVM_X86_SW_PROTECTED_VM or SNP VM)"
+        why = "need a VM with private memory for GUEST_MEMFD (6.12: a KVM_X86_SW_PROTECTED_VM or SNP VM)"
     elif r.flags & KVM_MEM_GUEST_MEMFD and has(vm.kernel, "guest_memfd"):
-        why = "a GUEST_MEMFD slot can have neither LOG_DIRTY_PAGES nor READONLY"
+        why = "combine GUEST_MEMFD with neither LOG_DIRTY_PAGES nor READONLY"
     else:
         why = f"has bits other than {flag_names(valid)}"
-    _fail(1, f"flags {r.flags:#x} ({flag_names(r.flags)}) {why} (check_memory_region_flags)", r)
+    _fail(1, f"flags {r.flags:#x} ({flag_names(r.flags)}): {why} (check_memory_region_flags)", r)
 
 
 def check_arguments(region, vm):

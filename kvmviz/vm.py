@@ -499,8 +499,11 @@ def _check_612_knobs(kernel, private_mem, slot_zap_all):
 def _address_spaces(kernel, n, private_mem):
     if n is None:
         return 1 if private_mem else kernel.address_spaces
-    if isinstance(n, bool) or n not in (1, 2):
+    if type(n) is not int or n not in (1, 2):
         raise ValueError(f"address_spaces must be 1 (no SMM) or 2 (x86 with SMM), not {n!r}")
+    if n != kernel.address_spaces and not has(kernel.name, "as_ids_per_vm"):
+        raise ValueError(f"x86 {kernel.name} always has {kernel.address_spaces} memslot address spaces "
+                         "(KVM_ADDRESS_SPACE_NUM; a kernel without SMM, CONFIG_KVM_SMM, exists from 6.2)")
     if private_mem and n != 1:
         raise ValueError("a VM with private memory has one memslot address space (kvm_arch_nr_memslot_as_ids)")
     return n

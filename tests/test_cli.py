@@ -247,8 +247,8 @@ def test_recipe_run_on_another_kernel(tmp_path, capsys):
     code, out, _ = run(["recipe", "run", str(path)], capsys)
     assert code == 0 and out.splitlines()[0] == f"kvmviz 0.1.0, Linux 6.12 model, variant merged: recipe {path}"
     assert "results: 0, -EINVAL" in out
-    code, out, _ = run(["recipe", "run", str(path), "--kernel", "5.17", "--address-spaces", "1"], capsys)
-    assert code == 0 and "Linux 5.17 model, variant merged, 1 address space(s)" in out.splitlines()[0]
+    code, out, _ = run(["recipe", "run", str(path), "--kernel", "5.17"], capsys)
+    assert code == 0 and "Linux 5.17 model, variant merged" in out.splitlines()[0]
     assert "results: 0, 0" in out
     code, _, err = run(["recipe", "run", str(path), "--kernel", "5.15"], capsys)
     assert code == 0 and err == ""

@@ -153,7 +153,7 @@ def test_guest_memfd_follows_the_vm_caps(caps):
     default_vm = lambda: model_for_host(caps, private_mem=False, history=False)
     diffs = check.run(cases=case, make_vm=default_vm).differences
     assert caps.guest_memfd == 1 and (diffs[0].model, diffs[0].host) == ("-EINVAL", "0")
-    assert "GUEST_MEMFD needs a VM with private memory" in diffs[0].rule
+    assert "need a VM with private memory for GUEST_MEMFD" in diffs[0].rule
 
 
 _CALLS = st.lists(st.tuples(*(st.integers(0, len(p) - 1) for p in check.pools(None))), min_size=25, max_size=35)

@@ -27,7 +27,8 @@ def test_kernels_are_listed_and_named():
 @pytest.mark.parametrize("kw", [dict(kernel="5.17", max_gfn=0xFFFF), dict(kernel="5.17", private_mem=True),
                                 dict(kernel="5.15", slot_zap_all=False), dict(kernel="6.12", private_mem=True,
                                                                               address_spaces=2),
-                                dict(kernel="6.12", address_spaces=3), dict(kernel="4.19")])
+                                dict(kernel="6.12", address_spaces=3), dict(kernel="4.19"),
+                                dict(kernel="5.17", address_spaces=1), dict(kernel="6.12", address_spaces=2.0)])
 def test_knobs_a_version_lacks_are_refused(kw):
     with pytest.raises(ValueError):
         VM(**kw)

@@ -28,8 +28,8 @@ def add_parser(subparsers):
     p = subparsers.add_parser("host-check", help="check the model against this machine's /dev/kvm, call by call",
                               description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help="one JSON object instead of the table")
-    p.add_argument("--random", type=int, default=100, metavar="N",
-                   help="random call sequences of 30 calls each (default 100; 0 for none)")
+    p.add_argument("--random", type=int, metavar="N",
+                   help="random call sequences of 30 calls each (default 100, or 0 with --case)")
     p.add_argument("--seed", type=int, default=0, help="first seed of the random sequences")
     p.add_argument("--case", action="append", choices=[c.name for c in CASES], metavar="NAME",
                    help="run only this case (repeatable): " + ", ".join(c.name for c in CASES))
@@ -44,11 +44,12 @@ def run(args, out):
         print(json.dumps({"error": why}) if args.json else f"kvmviz host-check: cannot use the real kernel: {why}",
               file=out)
         return 2
-    if not 0 <= args.random <= 100_000:
-        print(f"kvmviz host-check: --random {args.random} is not in 0..100000", file=sys.stderr)
+    sequences = (0 if args.case else 100) if args.random is None else args.random
+    if not 0 <= sequences <= 100_000:
+        print(f"kvmviz host-check: --random {sequences} is not in 0..100000", file=sys.stderr)
         return 2
     cases = [c for c in CASES if not args.case or c.name in args.case]
-    cases += [random_case(args.seed + k) for k in range(args.random)]
+    cases += [random_case(args.seed + k) for k in range(sequences)]
     report = run_suite(cases=cases, path=args.device)
     print(to_json(report) if args.json else table(report), file=out)
     return 1 if report.differences else 0
@@ -73,7 +74,9 @@ def table(report):
         lines.append(f"{len(diffs)} difference(s):")
         lines += [f"  {d}" for d in diffs]
     else:
-        lines.append(f"all {total} comparisons match ({len(report.results)} cases, {report.seconds:.1f} s)")
+        named = sum(not r.name.startswith("random-") for r in report.results)
+        lines.append(f"all {total} comparisons match ({named} cases and {len(report.results) - named} random "
+                     f"sequences, {report.seconds:.1f} s)")
     return "\n".join(lines)
 
 

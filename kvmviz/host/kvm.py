@@ -41,7 +41,8 @@ def available(path="/dev/kvm"):
     try:
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except OSError as e:
-        return False, f"cannot open {path}: {e.strerror} (are you in the kvm group?)"
+        hint = " (are you in the kvm group?)" if e.errno in (errno.EACCES, errno.EPERM) else ""
+        return False, f"cannot open {path}: {e.strerror}{hint}"
     try:
         vm = ioctl(fd, KVM_CREATE_VM, 0)
         if vm < 0:

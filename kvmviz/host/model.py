@@ -24,7 +24,9 @@ What it reads, and why:
 '5.15'
 """
 
+import os
 import re
+import struct
 
 from ..constants import PAGE_SHIFT
 from ..kernels import KERNELS, has
@@ -61,8 +63,22 @@ def tdp_enabled(params=TDP_PARAMS):
     return False           # no EPT/NPT module (e.g. a paravirtual KVM): shadow paging
 
 
-def host_phys_bits(cpuinfo="/proc/cpuinfo"):
-    """The host's MAXPHYADDR (``address sizes: N bits physical``), 52 if unknown."""
+def host_phys_bits(cpuinfo="/proc/cpuinfo", cpuid="/dev/cpu/0/cpuid"):
+    """The host's MAXPHYADDR as KVM reads it: raw CPUID 0x80000008 EAX[7:0].
+
+    ``kvm_get_host_maxphyaddr`` (``arch/x86/kvm/mmu/spte.c``) reads the raw
+    leaf, which SME/MKTME do not reduce; ``/proc/cpuinfo``'s ``address
+    sizes`` (``x86_phys_bits``) may be reduced, so it is only the fallback
+    when the cpuid driver is not there. 52 if neither says.
+    """
+    try:
+        fd = os.open(cpuid, os.O_RDONLY)
+        try:
+            return struct.unpack("<I", os.pread(fd, 16, 0x80000008)[:4])[0] & 0xFF
+        finally:
+            os.close(fd)
+    except (OSError, struct.error):
+        pass
     try:
         with open(cpuinfo) as f:
             m = re.search(r"address sizes\s*:\s*(\d+) bits physical", f.read())

@@ -14,6 +14,7 @@ the calls goes to standard error. A capture that fails (QEMU missing,
 ('hotplug', 'hotplug.log', 60.0, True)
 """
 
+import os
 import sys
 import time
 
@@ -47,6 +48,10 @@ def run(args, out=None):
     """Run the subcommand for parsed ``args``; returns the exit status."""
     out = out or sys.stdout
     start = time.monotonic()
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if args.output != "-" and not os.access(folder, os.W_OK):
+        print(f"kvmviz capture: cannot write {args.output}: {folder} is not a writable folder", file=sys.stderr)
+        return 2
     try:
         text = capture(args.scenario, timeout=args.timeout)
     except CaptureError as e:

@@ -9,7 +9,9 @@ address spaces; a log that binds guest_memfd gets a VM with private memory);
 runs every call on a fresh real ``HostVM`` (``threeway``): one line per call
 with the logged, model and host return codes, and a summary of agreements
 and explained differences. Bad input, or ``--host`` without a usable
-``/dev/kvm``, gives a one-line message and exit status 2, never a traceback.
+``/dev/kvm``, or a file with no trace record, gives a one-line message and exit
+status 2, never a traceback; ``--host`` exits 1 when the model and the real
+kernel differ on a call the log does not explain.
 
 >>> import argparse
 >>> parser = argparse.ArgumentParser(prog="kvmviz")
@@ -82,6 +84,7 @@ def _three_way(report, model, out):
         result = on_host(report, host, str(model), f"Linux {os.uname().release} (/dev/kvm, a fresh VM)")
     print(result.table(), file=out)
     print(result.summary(), file=out)
+    return result
 
 
 def _read(name):
@@ -101,6 +104,9 @@ def run(args, out=None):
         if args.host:
             _need_kvm()
         calls = parse_qemu(text)
+        if not calls.calls:
+            raise ValueError(f"{args.file} holds no kvm_set_user_memory records "
+                             f"({len(calls.unparsed)} line(s) not understood)")
         model = _model(args, any(c.uses_guest_memfd for c in calls.calls))
         report = replay(calls, model.vm, keep_steps=False)
         if args.step is not None:
@@ -108,8 +114,8 @@ def run(args, out=None):
             return 0
         print(f"model: {model}", file=out)
         print(report.summary(), file=out)
-        if args.host:
-            _three_way(report, model, out)
+        if args.host and _three_way(report, model, out).unexplained:
+            return 1
     except (OSError, IndexError, ValueError) as e:
         print(f"kvmviz replay: {e}", file=sys.stderr)
         return 2

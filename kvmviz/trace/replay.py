@@ -170,7 +170,7 @@ def _uncounted(vm):
 
 
 def like(vm, history=False):
-    """A fresh VM configured as ``vm``: kernel, address spaces, max gfn, variant.
+    """A fresh VM configured as ``vm``: kernel, address spaces, max gfn, private memory, zap quirk, variant.
 
     >>> v = like(VM(kernel="6.12", address_spaces=1, max_gfn=0xfffff))
     >>> v.kernel, v.address_spaces, hex(v.max_gfn), v.history.enabled
@@ -178,7 +178,7 @@ def like(vm, history=False):
     """
     max_gfn = vm.max_gfn if KERNELS[vm.kernel].max_gfn_check else None
     return VM(kernel=vm.kernel, variant=vm.variant, address_spaces=vm.address_spaces, max_gfn=max_gfn,
-              history=history)
+              private_mem=vm.private_mem, slot_zap_all=vm.slot_zap_all, history=history)
 
 
 def _span(vm, as_id, id):

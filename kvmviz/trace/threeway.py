@@ -33,6 +33,7 @@ import errno
 from typing import NamedTuple
 
 from ..set_memory_region import DELETE
+from .replay import GMEM_FILE_SIZE
 
 VERDICTS = ("agree", "explained", "not run", "UNEXPLAINED")
 
@@ -105,7 +106,7 @@ def on_host(report, host, model_name="", host_name=""):
     Models ``KVM_SET_USER_MEMORY_REGION`` as QEMU issued it, on the model and
     on the kernel side by side (see the module doc).
     """
-    calls = []
+    calls, files = [], {}
     for rc in report.calls:
         c = rc.call
         if rc.outside:
@@ -113,6 +114,21 @@ def on_host(report, host, model_name="", host_name=""):
             continue
         if rc.implied == DELETE:
             host.set_user_memory_region(c.slot, c.flags, c.guest_phys_addr, 0, c.userspace_addr)
-        got = host.set_user_memory_region(*c.args)
+        got = _issue(host, c, files)
         calls.append(HostCall(rc.number, c.line, c.ret, rc.modelled, got, *_verdict(rc, got)))
     return ThreeWay(calls, model_name, host_name)
+
+
+def _issue(host, call, files):
+    """The call as QEMU made it: ``KVM_SET_USER_MEMORY_REGION2`` with a real guest_memfd in its era.
+
+    The log does not show ``KVM_CREATE_GUEST_MEMFD``, so each guest_memfd fd it
+    names gets a host file of ``GMEM_FILE_SIZE`` bytes when first seen (as the
+    model's replay does).
+    """
+    if not call.uses_guest_memfd:
+        return host.set_user_memory_region(*call.args)
+    if call.guest_memfd not in files:
+        files[call.guest_memfd] = host.create_guest_memfd(GMEM_FILE_SIZE)
+    fd = max(files[call.guest_memfd], 0)
+    return host.set_user_memory_region2(*call.args, guest_memfd=fd, guest_memfd_offset=call.guest_memfd_offset or 0)
