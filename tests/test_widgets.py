@@ -327,6 +327,7 @@ def test_one_address_space_vm_keeps_its_form_and_generation_line():
     st = Stepper(kvmviz.VM(kernel="6.12", address_spaces=1))
     assert [v for _, v in st.as_field.options] == [0]
     assert st.gen.value.count("generation") == 1 and "as1" not in st.gen.value
-    st.kernel.value = "5.17"
-    assert st.vm.address_spaces == 1 and [v for _, v in st.as_field.options] == [0]
-    assert st.header.value.startswith("<b>Linux 5.17 model (1 address space)</b>")
+    st.kernel.value = "5.15"                                      # 5.x x86 always has SMM: two, and why
+    assert st.vm.address_spaces == 2 and [v for _, v in st.as_field.options] == [0, 1]
+    assert "(2 address spaces: x86 5.15 always has 2 memslot address spaces" in st.status.value
+    assert st.header.value.startswith("<b>Linux 5.15 model</b>") and st.gen.value.count("generation <b>") == 2

@@ -295,9 +295,10 @@ class Stepper:
     def choose_kernel(self, name):
         """Model Linux ``name`` from now on: a new, empty VM of that version; True if it changed.
 
-        The new VM keeps the variant and the number of address spaces; the
-        old VM (and its history) stays as it was, and the status line says
-        so. A variant that does not apply to ``name`` (variants change the
+        The new VM keeps the variant and the number of address spaces (or,
+        when the version cannot have that many, takes its own and says why);
+        the old VM (and its history) stays as it was, and the status line
+        says so. A variant that does not apply to ``name`` (variants change the
         5.17+ tree protocol) is refused with the reason, and the choice goes
         back to the VM's version.
 
@@ -316,7 +317,11 @@ class Stepper:
             self._show_error(f"<b>kernel {html.escape(name)} not chosen</b>: {html.escape(str(e))}. "
                              f"The VM still models Linux {old.kernel}.")
             return False
-        self.vm = VM(kernel=name, variant=old.variant, address_spaces=old.address_spaces)
+        try:
+            self.vm, note = VM(kernel=name, variant=old.variant, address_spaces=old.address_spaces), ""
+        except ValueError as e:           # e.g. 5.17 has no kernel without SMM
+            self.vm = VM(kernel=name, variant=old.variant)
+            note = f" ({self.vm.address_spaces} address spaces: {e})"
         self.upd, self.base, self.as_id = None, 0, min(self.as_id, self.vm.address_spaces - 1)
         self._cache.clear()
         self._figs.clear()
@@ -329,8 +334,8 @@ class Stepper:
             self._syncing = False
         self.error.value = ""
         running = " (with the call it was running)" if old.update is not None else ""
-        self.status.value = (f"new VM: {model_label(self.vm)}, empty; the Linux {old.kernel} VM{running} and "
-                             "its history are left as they were")
+        self.status.value = (f"new VM: {model_label(self.vm)}, empty{note}; the Linux {old.kernel} VM{running} "
+                             "and its history are left as they were")
         self._render()
         return True
 
