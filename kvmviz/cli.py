@@ -106,7 +106,7 @@ def _add_model_options(p, twice=False):
                    help="modelled Linux version (default: the setup recipe's, else "
                         f"{kernels.DEFAULT_KERNEL})" + ("; give it twice to compare versions" if twice else ""))
     p.add_argument("--address-spaces", type=int, choices=(1, 2), metavar="N",
-                   help="memslot address spaces: 2 (x86 with SMM, the default) or 1 (no SMM)")
+                   help="memslot address spaces: 2 (x86 with SMM, the default) or 1 (no SMM: 6.x only)")
 
 
 def _scenario(args, variant, kernel):
@@ -294,7 +294,7 @@ def add_recipe(subparsers):
     r.add_argument("--kernel", choices=list(KERNELS), help="run on this Linux version's model instead of "
                                                           "the recipe's 'kernel' line")
     r.add_argument("--address-spaces", type=int, choices=(1, 2), metavar="N",
-                   help="override the recipe's 'address-spaces' line (1 or 2)")
+                   help="override the recipe's 'address-spaces' line (1 or 2; 1 on 6.x only)")
     r.set_defaults(func=run_recipe)
 
 
