@@ -1,14 +1,18 @@
 """Engine scale: create 32764 slots one by one, then 1000 MOVEs at that size.
 
 Prints wall times and, as the figure to compare across machines, ratios
-against a baseline run in the same process (the same work at 10 slots).
+against a baseline run in the same process (the same work at 10 slots);
+then the memory the setup keeps (``tracemalloc``, a second run) with history
+on and off, per recorded event; then the time of N and 2N distinct unmapped
+gfn accesses, vCPUs and open notifier ranges (a ratio near 2 is linear).
 
-    .venv/bin/python benchmarks/engine_scale.py [--slots N] [--moves M]
+    .venv/bin/python benchmarks/engine_scale.py [--slots N] [--moves M] [--n N]
 """
 
 import argparse
 import statistics
 import time
+import tracemalloc
 
 import kvmviz
 
@@ -34,10 +38,61 @@ def moves(vm, n, count):
     return sum(times), statistics.median(times)
 
 
+def kept_memory(n, history):
+    """Bytes the VM holds after creating ``n`` slots (tracemalloc), and its event count."""
+    tracemalloc.start()
+    vm, _ = create(n, history)
+    size = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return size, len(vm.history)
+
+
+def accesses(n):
+    vcpu = kvmviz.VM().add_vcpu()
+    vcpu.srcu_read_lock()
+    for gfn in range(n):
+        vcpu.access(0x100000 + gfn)
+
+
+def vcpus(n):
+    vm = kvmviz.VM()
+    for _ in range(n):
+        vm.add_vcpu().srcu_read_lock()
+
+
+def notifier_ranges(n):
+    vm = kvmviz.VM()
+    for i in range(n):
+        vm.mmu_notifier_invalidate_range_start(HVA + (i << 12), HVA + (i << 12) + 0x1000)
+
+
+def doubling(work, n):
+    """Seconds for ``work(n)`` and ``work(2n)``."""
+    out = []
+    for size in (n, 2 * n):
+        start = time.perf_counter()
+        work(size)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def memory_and_linearity(slots, n):
+    print(f"\n{'memory kept by the setup (tracemalloc)':44} {'history on':>12} {'history off':>12}")
+    (on, events), (off, _) = kept_memory(slots, True), kept_memory(slots, False)
+    print(f"{f'{slots} slots':44} {on / 2**20:>10.1f} M {off / 2**20:>10.1f} M")
+    print(f"{'history bytes per recorded event':44} {(on - off) / events:>12.0f}")
+    print(f"\n{'work':44} {f'N={n}':>12} {f'N={2 * n}':>12} {'ratio':>6}")
+    for name, work in (("access to N distinct unmapped gfns", accesses), ("N vCPUs, each in SRCU", vcpus),
+                       ("N open MMU-notifier ranges", notifier_ranges)):
+        t1, t2 = doubling(work, n)
+        print(f"{name:44} {t1:>10.2f} s {t2:>10.2f} s {t2 / t1:>6.2f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slots", type=int, default=kvmviz.KVM_USER_MEM_SLOTS)
     ap.add_argument("--moves", type=int, default=1000)
+    ap.add_argument("--n", type=int, default=10_000, help="N for the linearity rows")
     args = ap.parse_args()
     print(f"{'work':44} {'history on':>12} {'history off':>12}")
     rows = {}
@@ -60,6 +115,8 @@ def main():
     per_slot = lambda h: (rows[h][0] / args.slots) / (rows[h][4] / 10)
     print(f"{'ratio per-CREATE cost, big run / 10-slot run':44} {per_slot(True):>12.2f} {per_slot(False):>12.2f}")
     print(f"{'history events recorded':44} {rows[True][5]:>12} {rows[False][5]:>12}")
+    print(f"{'ratio create time, history on / off':44} {rows[True][0] / rows[False][0]:>12.2f}")
+    memory_and_linearity(args.slots, args.n)
 
 
 if __name__ == "__main__":

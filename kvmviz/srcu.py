@@ -18,7 +18,7 @@ False
 
 from dataclasses import dataclass
 
-from .history import MISSING, Journaled, StateError, set_item
+from .history import Journaled, StateError, set_item
 
 
 @dataclass(eq=False)
@@ -51,28 +51,35 @@ class ReaderAction:
 class Srcu(Journaled):
     """``kvm->srcu``: who is inside a read-side section, and since when."""
 
-    __slots__ = ("seq", "completed", "_inside")
+    __slots__ = ("seq", "completed", "entries", "_inside")
 
     def __init__(self, history=None):
-        super().__init__(history, seq=0, completed=0, _inside={})
+        super().__init__(history, seq=0, completed=0, entries=0, _inside={})
 
     @property
     def readers(self):
         """``(reader, sequence entered under)`` of each reader inside, in the order they entered."""
-        return tuple(self._inside.items())
+        inside = sorted((order, i, reader, seq) for i, (reader, (order, seq)) in enumerate(self._inside.items())
+                        if order is not None)
+        return tuple((reader, seq) for _, _, reader, seq in inside)
 
     def read_lock(self, reader):
         """``srcu_read_lock``: returns the sequence the reader entered under (O(1))."""
         if self.inside(reader):
             raise StateError(f"{reader} is already inside an SRCU read-side section")
-        set_item(self._history, self._inside, reader, self.seq)
+        self.entries += 1
+        set_item(self._history, self._inside, reader, (self.entries, self.seq))
         return self.seq
 
     def read_unlock(self, reader):
-        """``srcu_read_unlock`` (O(1))."""
+        """``srcu_read_unlock`` (O(1)).
+
+        A reader that left keeps its key (marked outside): deleting it and
+        undoing that would reorder the dict, and history must be exact.
+        """
         if not self.inside(reader):
             raise StateError(f"{reader} is not inside an SRCU read-side section")
-        set_item(self._history, self._inside, reader, MISSING)
+        set_item(self._history, self._inside, reader, (None, None))
 
     def start_grace_period(self):
         """Begin a grace period; returns its sequence number."""
@@ -81,11 +88,11 @@ class Srcu(Journaled):
 
     def inside(self, reader):
         """True while ``reader`` is inside a read-side section."""
-        return reader in self._inside
+        return self._inside.get(reader, (None,))[0] is not None
 
     def holders(self, gp):
-        """Readers that entered before grace period ``gp`` and are still inside."""
-        return tuple(r for r, entered in self._inside.items() if entered < gp)
+        """Readers that entered before grace period ``gp`` and are still inside, in the order they entered."""
+        return tuple(r for r, entered in self.readers if entered < gp)
 
     def synchronized(self, gp):
         """The writer waited for grace period ``gp`` (``synchronize_srcu`` returned).

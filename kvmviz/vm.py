@@ -24,7 +24,7 @@ from typing import NamedTuple
 from .arch import X86Arch
 from .constants import PAGE_SHIFT, PAGE_SIZE, U64_MAX
 from .dirty_log import get_dirty_log
-from .history import History, Journaled, StateError, append_item, set_item, MISSING
+from .history import History, Journaled, StateError, append_item, set_item
 from .errors import KvmError
 from .guest_memfd import create_guest_memfd
 from .kernels import KERNELS, has, kernel_for
@@ -121,8 +121,12 @@ class VM(Journaled):
                             f" (this VM has {self.address_spaces} address space{'s' * (self.address_spaces > 1)})")
 
     def generations(self):
-        """Per address space ``(set0.generation, set1.generation, active node_idx)``."""
-        return tuple(map(_set_generations, self.sets, self.active_idx))
+        """Per address space ``(set0.generation, set1.generation, active node_idx)``.
+
+        Equal results are the same tuple: every recorded step keeps one, and
+        the generations change only at swaps.
+        """
+        return _intern(tuple(map(_set_generations, self.sets, self.active_idx)))
 
     def memslots(self, as_id=0, which="active"):
         """Slots of the active or inactive set of ``as_id``, sorted by base_gfn."""
@@ -286,13 +290,13 @@ class VM(Journaled):
         """Take a mutex (recorded in each step's ``locks``)."""
         if name in self.locks:
             raise ModelBug(f"BUG: {name} is already held: self-deadlock")
-        self.locks = self.locks | {name}
+        self.locks = _intern(self.locks | {name})
 
     def unlock(self, name):
         """Release a mutex."""
         if name not in self.locks:
             raise ModelBug(f"BUG: {name} released while not held")
-        self.locks = self.locks - {name}
+        self.locks = _intern(self.locks - {name})
 
     def publish(self, as_id, node_idx):
         """``rcu_assign_pointer(kvm->memslots[as_id], ...)``; counts swaps."""
@@ -372,11 +376,10 @@ class VM(Journaled):
     def mmu_notifier_invalidate_range_end(self, hva_start, hva_end):
         """End an invalidation; a waiting swap may go on when none is left."""
         key = self._hva_range(hva_start, hva_end)
-        if key not in self._mn:
+        if not self._mn.get(key):
             raise StateError(f"no invalidation of {hva_start:#x}..{hva_end:#x} is in progress")
         self.guard("mmu_notifier_invalidate_range_end")
-        count = self._mn[key]
-        set_item(self.history, self._mn, key, count - 1 if count > 1 else MISSING)
+        set_item(self.history, self._mn, key, self._mn[key] - 1)
         self.mn_active_invalidate_count -= 1
         hits = self.hva_range_hits(hva_start, hva_end)
         self._record_notifier("kvm_mmu_notifier_invalidate_range_end", hva_start, hva_end, hits,
@@ -387,7 +390,11 @@ class VM(Journaled):
 
     @property
     def mn_ranges(self):
-        """The invalidations in progress, ``(hva_start, hva_end)`` each, oldest range first."""
+        """The invalidations in progress, ``(hva_start, hva_end)`` each, in the order the ranges first ran.
+
+        Ranges that ended keep their key at count 0: deleting a key and
+        undoing that would move it to the end, and history must be exact.
+        """
         return tuple(key for key, count in self._mn.items() for _ in range(count))
 
     @staticmethod
@@ -468,6 +475,16 @@ class HvaHit(NamedTuple):
         tag = " INVALID" if self.invalid else ""
         return (f"as{self.as_id} {self.slot.label} (id {self.slot.id}{tag}) "
                 f"gfn {self.gfn_start:#x}..{self.gfn_end - 1:#x}")
+
+
+_INTERNED = {}
+
+
+def _intern(value):
+    """One shared object per distinct value (lock sets, generation tuples), so history keeps few."""
+    if len(_INTERNED) > 4096:
+        _INTERNED.clear()
+    return _INTERNED.setdefault(value, value)
 
 
 def _set_generations(pair, active):
