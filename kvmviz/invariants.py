@@ -32,7 +32,7 @@ def check_invariants(vm):
     """All violated invariants of ``vm``, as sentences (empty list: all hold)."""
     if vm.implementation == "array":
         from .memslots_array import check_array_invariants
-        return check_array_invariants(vm)
+        return check_array_invariants(vm) + check_shared(vm)
     out = [f"as{w[0]}: {w[1]}.{w[2]} changed in place ({_fmt(w[3])} -> {_fmt(w[4])}) "
            f"while readers could reach it (after event {w[5]})" for w in unsanctioned_writes(vm)]
     for as_id in range(len(vm.sets)):
@@ -40,11 +40,41 @@ def check_invariants(vm):
             out += check_set(s, as_id)
         out += check_agreement(vm, as_id)
         out += check_generation(vm, as_id)
-    out += check_readers(vm)
     if vm.changing is None and vm.locks:
         out.append(f"no update is running but {', '.join(sorted(vm.locks))} is still held")
-    out += check_grace_period(vm)
-    out += check_page_count(vm)
+    return out + check_shared(vm) + check_page_count(vm)
+
+
+def check_shared(vm):
+    """The rules both designs share: SRCU readers and the grace period.
+
+    (The page count is not shared: 5.15 keeps no ``nr_memslot_pages``.)
+    """
+    return check_readers(vm) + check_grace_period(vm) + check_unpublished(vm)
+
+
+def check_unpublished(vm):
+    """A set unpublished at grace period ``gp`` is not written or freed before the writer waited for ``gp``.
+
+    Holds whether or not a reader is inside now: a reader the model does not
+    show could be (reference §1.5, §3.4 step 5).
+
+    >>> from kvmviz import VM
+    >>> vm = VM(variant="no-srcu-wait"); _ = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x100000)
+    >>> check_unpublished(vm)[0][:95]
+    'as0/set0 was written 1 time(s) after it was unpublished (grace period 1) before the writer wait'
+    """
+    out = []
+    for entry in vm.unpublished:
+        if entry is None or vm.srcu.completed >= entry[1]:
+            continue
+        s, gp, edits = entry
+        if getattr(s, "edits", 0) != edits:
+            out.append(f"{s.name} was written {s.edits - edits} time(s) after it was unpublished (grace period "
+                       f"{gp}) before the writer waited for that grace period: synchronize_srcu_expedited was skipped")
+        if getattr(s, "freed", False):
+            out.append(f"{s.name} was freed after it was unpublished (grace period {gp}) before the writer waited "
+                       "for that grace period: synchronize_srcu_expedited was skipped")
     return out
 
 

@@ -316,8 +316,11 @@ class MergedProtocol:
 
     def publish(self, as_id, new_active):
         """``rcu_assign_pointer``: make ``new_active`` active; start the grace period."""
+        old_active = self.vm.active_set(as_id)
         self.vm.publish(as_id, new_active.node_idx)
-        return self.vm.srcu.start_grace_period()
+        gp = self.vm.srcu.start_grace_period()
+        self.vm.note_unpublished(as_id, old_active, gp)
+        return gp
 
     def swap_blockers(self):
         """Why a swap started now would wait (for a call that must not block): a list of reasons."""

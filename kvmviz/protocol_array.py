@@ -186,7 +186,9 @@ class ArrayProtocol(MergedProtocol):
         vm.sets = _with(vm.sets, as_id, (new_active, replaced))
         new_active.node_idx, replaced.node_idx = 0, 1
         vm.swaps = _with(vm.swaps, as_id, vm.swaps[as_id] + 1)
-        return vm.srcu.start_grace_period()
+        gp = vm.srcu.start_grace_period()
+        vm.note_unpublished(as_id, replaced, gp)
+        return gp
 
     def kvfree(self, as_id, why):
         """``kvfree`` of the structure ``install_new_memslots`` returned (or the unused copy)."""

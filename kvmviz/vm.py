@@ -72,7 +72,7 @@ class VM(Journaled):
                  "mn_active_invalidate_count", "_mn", "swaps", "uid", "alloc_seq",
                  "in_place_writes", "arch", "srcu", "vcpus", "protocol", "update",
                  "implementation", "variant", "calls", "ulong_max", "changing", "_mmio",
-                 "kernel", "address_spaces", "max_gfn", "private_mem", "slot_zap_all", "gmem_files",
+                 "kernel", "address_spaces", "max_gfn", "unpublished", "private_mem", "slot_zap_all", "gmem_files",
                  "nr_memslots_dirty_logging")
 
     def __init__(self, implementation=None, variant="merged", *, kernel=None, address_spaces=None,
@@ -91,6 +91,7 @@ class VM(Journaled):
                          private_mem=private_mem, slot_zap_all=slot_zap_all, gmem_files={},
                          nr_memslots_dirty_logging=0)
         object.__setattr__(self, "sets", _make_sets(h, k.implementation, cost, n))
+        object.__setattr__(self, "unpublished", (None,) * n)
         object.__setattr__(self, "arch", X86Arch(h, self))
         object.__setattr__(self, "srcu", Srcu(h))
         object.__setattr__(self, "protocol", _make_protocol(self, k.implementation, variant))
@@ -302,6 +303,14 @@ class VM(Journaled):
         """``rcu_assign_pointer(kvm->memslots[as_id], ...)``; counts swaps."""
         self.active_idx = _with(self.active_idx, as_id, node_idx)
         self.swaps = _with(self.swaps, as_id, self.swaps[as_id] + 1)
+
+    def note_unpublished(self, as_id, old_active, gp):
+        """``old_active`` stopped being the active set of ``as_id`` at grace period ``gp``.
+
+        Kept with the set's edit count, for the grace-period invariant: until
+        the writer has waited for ``gp``, the set must not be written or freed.
+        """
+        self.unpublished = _with(self.unpublished, as_id, (old_active, gp, getattr(old_active, "edits", 0)))
 
     def alloc_memslot(self, plan=None):
         """``kzalloc`` a slot struct, filled from ``plan`` if given."""

@@ -9,7 +9,6 @@ import kvmviz
 from kvmviz import KvmError, check_invariants
 from kvmviz.history import StateError
 from kvmviz.memslots import ModelBug
-from kvmviz.numbers import parse_number
 
 H = 0x7f0000000000
 
@@ -160,11 +159,13 @@ def test_9_smm_needs_a_second_address_space():
 
 @pytest.mark.parametrize("text", ["٣", "３", "1_000", "-1", "+1", "1e6", "1.5", "010", "0x", "\u00a01", "", "0x1g"])
 def test_9_the_number_parser_refuses_what_int_would_take(text):
+    from kvmviz.numbers import parse_number
     with pytest.raises(ValueError, match="slot"):
         parse_number(text, "slot")
 
 
 def test_9_the_number_parser_reads_decimal_and_hex_and_checks_the_range():
+    from kvmviz.numbers import parse_number
     assert [parse_number(t) for t in ("0", "42", "0x2A", "0X2a", " 7\t")] == [0, 42, 42, 42, 7]
     with pytest.raises(TypeError):
         parse_number(True)
@@ -211,3 +212,17 @@ def test_11_history_keeps_under_1_kib_per_event():
         return size, len(vm.history)
     (on, events), (off, _) = kept(True), kept(False)
     assert (on - off) / events < 1024
+
+
+def test_10_the_array_model_gets_the_shared_reader_and_grace_period_checks():
+    vm = kvmviz.VM(kernel="5.15")
+    vm.srcu.read_lock("vcpu0")
+    vm.srcu.start_grace_period()            # a swap "finished" while vcpu0 was inside
+    assert any("synchronize_srcu_expedited was skipped" in v for v in check_invariants(vm))
+
+
+def test_10_skipping_the_grace_period_is_caught_without_any_reader():
+    vm = kvmviz.VM(variant="no-srcu-wait")
+    vm.set_user_memory_region(1, 0, 0, 0x1000, H)
+    assert vm.vcpus == [] and any("after it was unpublished" in v for v in check_invariants(vm))
+    assert check_invariants(_vm_with_slot()) == []

@@ -185,6 +185,8 @@ def test_invalid_in_place_seen_by_a_reader():
 def test_no_srcu_wait_caught_with_a_reader_inside():
     vm = VM(variant="no-srcu-wait")
     vm.set_user_memory_region(*CREATE)
+    # caught with no reader at all (issue 14 finding 10): the catch-up wrote the set it had just unpublished
+    assert [v.split(" was")[0] for v in check_invariants(vm)] == ["as0/set0"]
     vcpu = vm.add_vcpu()
     vcpu.srcu_read_lock()
     assert vcpu.gfn_to_memslot(0x100) is not None
@@ -192,7 +194,7 @@ def test_no_srcu_wait_caught_with_a_reader_inside():
     first = None
     for step in upd:
         assert not step.waiting                      # the writer never waits for vcpu0
-        found = check_invariants(vm)
+        found = [v for v in check_invariants(vm) if "vcpu0" in v]
         if found and first is None:
             first = (step.function, found)
     assert first[0] == "kvm_swap_active_memslots"
