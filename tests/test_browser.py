@@ -96,58 +96,122 @@ def lab(tmp_path_factory):
         log.close()
 
 
+MIN_TEXT_PX = """() => {
+    let low = 1e9;
+    for (const t of document.querySelectorAll('.t-figure svg text, .t-timeline svg text, #kv-figure svg text, #kv-timeline svg text')) {
+        const m = t.getScreenCTM();
+        const px = parseFloat(getComputedStyle(t).fontSize) * Math.hypot(m.a, m.b);
+        if (t.textContent.trim() && t.getBoundingClientRect().width > 0) low = Math.min(low, px);
+    }
+    return low; }"""
+
+
+def _start_here_stepper():
+    """The notebook's first Stepper, built in this process by running its code cells up to it."""
+    import nbformat
+    nb = nbformat.read(NOTEBOOKS / "00-start-here.ipynb", as_version=4)
+    ns = {}
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            exec(cell.source, ns)
+            if "st = viz.Stepper" in cell.source:
+                return ns["st"]
+    raise AssertionError("00-start-here has no Stepper cell")
+
+
 def test_stepper_in_jupyterlab(browser_exe, lab, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
+    shots = Path(os.environ.get("KVMVIZ_SHOTS", tmp_path))
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_exe, headless=True, args=ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1700})
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(60_000)
             page.goto(f"{lab}/lab/tree/00-start-here.ipynb?token={TOKEN}&reset")
             page.wait_for_selector(".jp-NotebookPanel .jp-Cell")
             page.wait_for_function("""() => {
                 const s = document.querySelector('#jp-main-statusbar');
                 return s && /\\| Idle/.test(s.textContent) && !s.textContent.includes('No Kernel'); }""")
+            if not page.locator(".jp-FileBrowser").is_visible():
+                page.click("li[data-id='filebrowser']")
+            expect(page.locator(".jp-FileBrowser")).to_be_visible()
             page.click(".lm-MenuBar-itemLabel:text-is('Run')")
             page.click("li.lm-Menu-item[data-command='runmenu:run-all']")
             page.wait_for_selector(".jp-OutputArea-output:has-text('all invariants hold: True')")
 
-            stage, pos, gen = page.locator(".t-stage .kv-current"), page.locator(".t-pos"), page.locator(".t-gen")
-            timeline = page.locator("img.t-timeline")
-            expect(pos).to_have_text(re.compile(r"^step 2 of 2\+"))
-            expect(stage).to_have_text("validate")
-            expect(gen).to_contain_text("as0: generation 0xa")
-            page.locator(".t-stepper").scroll_into_view_if_needed()
-            page.screenshot(path=tmp_path / "1-after-run-all.png")
+            stepper = page.locator(".t-stepper")
+            stage, pos = page.locator(".t-stage"), page.locator(".t-pos")
+            figure, timeline = page.locator(".t-figure"), page.locator(".t-timeline .kv-cursor rect")
+            # first contact: a MOVE ready at step 0, with the hint
+            expect(pos).to_have_text("step 0 of 28")
+            expect(page.locator(".t-hint")).to_contain_text("press next ▶ or →")
+            page.evaluate("""() => { const el = document.querySelector('.t-stepper');
+                el.scrollIntoView({block: 'start'}); }""")
+            page.wait_for_timeout(300)
+            page.screenshot(path=shots / "1-first-view-1400x900.png")
+            box = stepper.bounding_box()
+            panel = page.locator(".jp-NotebookPanel .jp-WindowedPanel-outer, .jp-NotebookPanel .jp-Notebook").first.bounding_box()
+            sidebar = page.locator(".jp-FileBrowser").bounding_box()
+            print(f"Stepper at 1400x900 with the file browser open: {box['width']:.0f} x {box['height']:.0f} px")
+            assert box["x"] >= sidebar["x"] + sidebar["width"] - 1
+            assert box["x"] + box["width"] <= panel["x"] + panel["width"] + 1, (box, panel)
+            assert box["y"] >= panel["y"] - 1 and box["y"] + box["height"] <= panel["y"] + panel["height"] + 1, (box, panel)
+            assert page.evaluate(MIN_TEXT_PX) >= 9.99
 
-            before = timeline.get_attribute("src")
+            # next / back / keys change the stage, the counter, the picture and the cursor
+            fig0, x0 = figure.inner_html(), timeline.get_attribute("x")
             page.click(".t-next")
-            expect(stage).to_have_text("prepare")
-            expect(pos).to_have_text(re.compile(r"^step 3 of 3\+"))
-            expect(page.locator(".t-text")).to_contain_text("kvm_set_memslot")
-            _wait_changed(timeline, before)
-            page.locator(".t-stepper").screenshot(path=tmp_path / "2-after-next.png")
+            expect(pos).to_have_text("step 1 of 28")
+            expect(stage.locator(".kv-current")).to_have_text("validate")
+            expect(timeline).not_to_have_attribute("x", x0)
+            page.click(".t-pos")
+            for key, want in (("ArrowRight", "step 2 of 28"), ("ArrowRight", "step 3 of 28"),
+                              ("ArrowLeft", "step 2 of 28"), ("End", "step 28 of 28: the ioctl returned 0"),
+                              ("Home", "step 0 of 28")):
+                page.keyboard.press(key)
+                expect(pos).to_have_text(want)
+                if key == "End":                                  # slot 2 moved: a new object
+                    page.wait_for_function("(old) => document.querySelector('.t-figure').innerHTML !== old",
+                                           arg=fig0)
+            texts = []
+            for k in range(4):
+                texts.append(page.locator(".t-text").inner_text())
+                page.keyboard.press("ArrowRight")
+                expect(pos).to_have_text(f"step {k + 1} of 28")
+                page.wait_for_function("(old) => document.querySelector('.t-text').innerText !== old",
+                                       arg=texts[-1])
+            expect(pos).to_have_text("step 4 of 28")
+            expect(stage.locator(".kv-current")).to_have_text("invalidate")
+            stepper.screenshot(path=shots / "2-step-4.png")
 
-            page.click(".t-back")
-            expect(stage).to_have_text("validate")
-            expect(pos).to_have_text(re.compile(r"^step 2 of 3\+"))
+            # a preset during the call finishes it; begin then starts the preset's call
+            page.locator(".t-preset select").select_option(label="DELETE a slot")
+            expect(pos).to_have_text("step 28 of 28: the ioctl returned 0")
+            expect(page.locator(".t-hint")).to_contain_text("finished first")
+            page.click(".t-begin")
+            expect(pos).to_have_text("step 0 of 26")
+            expect(page.locator(".t-error")).to_have_text("")
+            assert stage.locator(".kv-skipped").count() == 0          # a DELETE runs every stage
+            assert page.evaluate(MIN_TEXT_PX) >= 9.99
 
-            page.locator(".t-speed select").select_option(label="fast (0.2 s)")
-            figure_before = page.locator("img.t-figure").get_attribute("src")
-            page.locator(".t-play button").first.click()
-            expect(pos).to_have_text(re.compile("the ioctl returned 0"), timeout=90_000)
-            expect(stage).to_have_text("commit")
-            expect(gen).to_contain_text("as0: generation 0xc")
-            _wait_changed(page.locator("img.t-figure"), figure_before)
-            expect(page.locator(".jp-OutputArea-output:has-text('static copy')").first).to_contain_text(
-                "the ioctl returned 0")
-            page.locator(".t-stepper").screenshot(path=tmp_path / "3-after-play.png")
+            # the HTML player of the same MOVE, from file://, shows the same step texts
+            path = tmp_path / "move.html"
+            _start_here_stepper().save_html(path)
+            player = browser.new_page(viewport={"width": 1000, "height": 700})
+            player.goto(path.as_uri())
+            seen = []
+            for k in range(4):
+                seen.append(player.locator("#kv-text").inner_text())
+                player.keyboard.press("ArrowRight")
+            expect(player.locator("#kv-pos")).to_have_text("step 4 of 28")
+            assert seen == texts
+            assert player.evaluate(MIN_TEXT_PX) >= 9.99
+            player.screenshot(path=shots / "3-player.png")
         finally:
             browser.close()
-    shots = sorted(p.name for p in tmp_path.glob("*.png"))
-    assert shots == ["1-after-run-all.png", "2-after-next.png", "3-after-play.png"]
-    print(f"screenshots in {tmp_path}")
+    assert sorted(p.name for p in shots.glob("*.png")) >= ["1-first-view-1400x900.png", "2-step-4.png", "3-player.png"]
+    print(f"screenshots in {shots}")
 
 
 def _wait_changed(locator, old, timeout=10):

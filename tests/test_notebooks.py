@@ -71,15 +71,14 @@ def test_notebook_runs_clean(workdir, name):
 
 @pytest.mark.notebook
 def test_start_here_leaves_static_step_output(workdir):
-    """The Stepper's static copy (PNG + text) is in the saved outputs and follows st.step()."""
+    """The Stepper's static copy (inline SVG + text) is in the saved outputs: the MOVE at step 0."""
     nb = run(workdir / "00-start-here.ipynb")
     statics = [o for c in nb.cells for o in c.get("outputs", [])
-               if o.output_type == "display_data" and "image/png" in o.get("data", {})
-               and "static copy" in o["data"].get("text/html", "")]
+               if o.output_type == "display_data" and "static copy" in o.get("data", {}).get("text/html", "")]
     assert len(statics) == 1
     data = statics[0]["data"]
-    assert data["text/plain"].startswith("step 2 of 2+")
-    assert len(data["image/png"]) > 1000
+    assert data["text/plain"].startswith("step 0 of 28")          # a MOVE, ready to step
+    assert data["text/html"].count("<svg") == 2 and len(data["text/html"]) > 10000
     texts = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
     assert "all invariants hold: True" in texts
 

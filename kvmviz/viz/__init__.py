@@ -13,8 +13,11 @@ def __getattr__(name):
     if name == "Stepper":
         from .widgets import Stepper
         return Stepper
+    if name == "player":
+        from .player import player
+        return player
     raise AttributeError(f"module 'kvmviz.viz' has no attribute {name!r}")
 
 
-__all__ = ["plot_memslots", "plot_trees", "plot_generations", "plot_step", "Stepper", "png_bytes",
+__all__ = ["plot_memslots", "plot_trees", "plot_generations", "plot_step", "Stepper", "player", "png_bytes",
            "OKABE_ITO"]

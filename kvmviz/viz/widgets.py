@@ -25,22 +25,24 @@ False
 (True, 15)
 """
 
-import base64
 import errno
 import html
 from collections import Counter
+from types import SimpleNamespace
 
 import ipywidgets as w
 from IPython.display import display
 
+from .. import numbers
 from ..constants import KVM_MEM_LOG_DIRTY_PAGES, U64_MAX, flag_names
 from ..errors import KvmError
 from ..export import check_model, model_label
 from ..kernels import KERNELS
 from ..set_memory_region import check_ioctl, check_memory_region, make_region
-from ..step import STAGES
+from ..step import STAGES, Step
 from ..vm import VM
-from .plots import OKABE_ITO, gen_text, plot_generations, plot_memslots, plot_trees, png_bytes
+from . import picture
+from .plots import OKABE_ITO, gen_text, plot_memslots, plot_trees
 
 FIELDS = ("slot", "flags", "gpa", "size", "hva")
 PRESETS = ("(fill the form from a preset)", "CREATE a new slot", "MOVE a slot", "DELETE a slot",
@@ -48,6 +50,8 @@ PRESETS = ("(fill the form from a preset)", "CREATE a new slot", "MOVE a slot", 
            "bad: overlaps a slot (EEXIST)")
 SPEEDS = (("slow (1 s)", 1000), ("normal (0.5 s)", 500), ("fast (0.2 s)", 200))
 _CACHE_LIMIT = 256
+HINT = "press <b>next ▶</b> or <b>→</b> (after a click on the Stepper) to run the first step"
+LEFT_PX = 380
 
 
 class InputError(ValueError):
@@ -59,27 +63,19 @@ class InputError(ValueError):
 
 
 def parse_number(name, text):
-    """Parse a form field: ``0x`` hex, decimal, or bare hex digits (e.g. ``7f00``).
+    """Parse a form field with the CLI's parser (``kvmviz.numbers``): decimal, or hex with ``0x``.
 
-    >>> parse_number("gpa", "0x10_0000"), parse_number("slot", "12"), parse_number("hva", "7f00")
-    (1048576, 12, 32512)
-    >>> parse_number("gpa", "0xzz")
+    >>> parse_number("gpa", "0x100000"), parse_number("slot", "12")
+    (1048576, 12)
+    >>> parse_number("size", "1e6")
     Traceback (most recent call last):
     ...
-    kvmviz.viz.widgets.InputError: gpa: '0xzz' is not a number; write hex as 0x1000 or decimal as 4096
+    kvmviz.viz.widgets.InputError: size: '1e6' is not a number (decimal, or hex with 0x; ASCII digits, no sign)
     """
-    raw = str(text).strip().replace("_", "")
-    sign = -1 if raw.startswith("-") else 1
-    digits = raw.lstrip("+-")
     try:
-        if digits.lower().startswith("0x") or not digits.isdigit():
-            value = int(digits, 16)
-        else:
-            value = int(digits, 10)
-    except ValueError:
-        raise InputError(f"{name}: {str(text)!r} is not a number; write hex as 0x1000 "
-                         "or decimal as 4096") from None
-    return sign * value
+        return numbers.parse_number(text, name)
+    except (TypeError, ValueError) as e:
+        raise InputError(str(e)) from None
 
 
 def dry_run(vm, slot, flags, gpa, size, hva):
@@ -103,8 +99,8 @@ def dry_run(vm, slot, flags, gpa, size, hva):
         vm.cost.update(saved)
 
 
-def _text(value, cls, width="12em"):
-    t = w.Text(value=value, description=cls.split("-")[-1], layout=w.Layout(width=width))
+def _text(value, cls, tooltip):
+    t = w.Text(value=value, description=cls.split("-")[-1], tooltip=tooltip)
     t.add_class(cls)
     return t
 
@@ -146,9 +142,10 @@ class Stepper:
         self.as_id = as_id
         self.base = self.vm.history.cursor
         self._cache = {}
-        self._figs = {}
         self._static = None
         self._syncing = False
+        self._note = ""
+        self._end = None
         self._build()
         self.fill_preset(PRESETS[1])
         self._render()
@@ -158,33 +155,39 @@ class Stepper:
         self.header = w.HTML()
         self.header.add_class("t-header")
         self.kernel = w.Dropdown(options=[(f"Linux {k.name} ({k.implementation})", k.name) for k in KERNELS.values()],
-                                 value=self.vm.kernel, description="kernel", layout=w.Layout(width="17em"))
+                                 value=self.vm.kernel, description="kernel",
+                                 tooltip="the kernel version to model: a new, empty VM of that version")
         self.kernel.add_class("t-kernel")
         self.status = w.Label()
         self.status.add_class("t-status")
-        self.slot = _text("1", "t-slot", "10em")
-        self.as_field = w.Dropdown(options=_as_options(self.vm), value=self.as_id,
-                                   description="as_id", layout=w.Layout(width="12em"))
+        self.slot = _text("1", "t-slot", "slot id within the address space (decimal, or hex with 0x)")
+        self.as_field = w.Dropdown(options=_as_options(self.vm), value=self.as_id, description="as_id",
+                                   tooltip="address space: the slot argument's bits 16-31")
         self.as_field.add_class("t-as")
-        self.flags = _text("0x0", "t-flags", "12em")
-        self.gpa = _text("0x0", "t-gpa", "16em")
-        self.size = _text("0x100000", "t-size", "16em")
-        self.hva = _text("0x7f0000000000", "t-hva", "20em")
-        self.fail = w.Checkbox(value=False, description="fail prepare (-ENOMEM)", indent=False)
+        self.flags = _text("0x0", "t-flags", "KVM_MEM_LOG_DIRTY_PAGES = 0x1, KVM_MEM_READONLY = 0x2")
+        self.gpa = _text("0x0", "t-gpa", "guest_phys_addr: page aligned")
+        self.size = _text("0x100000", "t-size", "memory_size: page aligned; 0 deletes the slot")
+        self.hva = _text("0x7f0000000000", "t-hva", "userspace_addr: page aligned host address")
+        self.fail = w.Checkbox(value=False, description="fail prepare (-ENOMEM)", indent=False,
+                               tooltip="make the arch prepare step fail, as if kvmalloc ran out of memory")
         self.fail.add_class("t-fail")
-        self.preset = w.Dropdown(options=PRESETS, value=PRESETS[0], layout=w.Layout(width="22em"))
+        self.preset = w.Dropdown(options=PRESETS, value=PRESETS[0],
+                                 tooltip="fill the form with a call of this kind (a call in progress is "
+                                         "finished first, or dropped if it has not started)")
         self.preset.add_class("t-preset")
-        self.begin_button = _button("begin call", "t-begin", "start KVM_SET_USER_MEMORY_REGION", "primary")
-        self.first_button = _button("|◀ first", "t-first", "before the first step of this call")
-        self.back_button = _button("◀ back", "t-back", "undo one step (exact previous state)")
-        self.next_button = _button("next ▶", "t-next", "run or replay one step", "info")
-        self.last_button = _button("last ▶|", "t-last", "run to the end of the call")
-        self.play = w.Play(value=0, min=0, max=10 ** 9, interval=500, show_repeat=False)
+        self.begin_button = _button("begin call", "t-begin", "start the call in the form (a call in progress "
+                                    "is finished first, or dropped if it has not started)", "primary")
+        self.first_button = _button("|◀", "t-first", "first: before the call's first step (Home)")
+        self.back_button = _button("◀ back", "t-back", "back: undo one step, exact previous state (←)")
+        self.next_button = _button("next ▶", "t-next", "next: run or replay one step (→)", "info")
+        self.last_button = _button("▶|", "t-last", "last: to the end of the call (End)")
+        self.play = w.Play(value=0, min=0, max=10 ** 9, interval=500, show_repeat=False,
+                           tooltip="play: one step per tick until the call ends")
         self.play.add_class("t-play")
-        self.speed = w.Dropdown(options=SPEEDS, value=500, description="speed", layout=w.Layout(width="17em"))
+        self.speed = w.Dropdown(options=SPEEDS, value=500, description="speed", tooltip="time between played steps")
         self.speed.add_class("t-speed")
         self.slider = w.IntSlider(value=0, min=0, max=0, description="step", continuous_update=False,
-                                  layout=w.Layout(width="30em"))
+                                  tooltip="go to any step of the call")
         self.slider.add_class("t-slider")
         self.position = w.Label()
         self.position.add_class("t-pos")
@@ -196,33 +199,60 @@ class Stepper:
         self.text.add_class("t-text")
         self.error = w.HTML()
         self.error.add_class("t-error")
-        self.view = w.ToggleButtons(options=_view_options(self.vm), value="sets")
+        self.hint = w.HTML()
+        self.hint.add_class("t-hint")
+        self.view = w.ToggleButtons(options=_view_options(self.vm), value="objects",
+                                    tooltips=_view_tooltips(self.vm), style={"button_width": "auto"})
         self.view.add_class("t-view")
-        self.figure = w.Image(format="png", layout=w.Layout(max_width="100%"))
+        self.figure = w.HTML()
         self.figure.add_class("t-figure")
-        self.timeline = w.Image(format="png", layout=w.Layout(max_width="100%"))
+        self.timeline = w.HTML()
         self.timeline.add_class("t-timeline")
+        self.keys = w.HTML(_KEYS_HTML)
+        self.form_toggle = w.ToggleButton(value=False, description="arguments ▸", tooltip=(
+            "show or hide the ioctl's arguments (slot, flags, gpa, size, hva), the kernel version "
+            "and the prepare failure switch"), layout=w.Layout(width="auto"))
+        self.form_toggle.add_class("t-form-toggle")
 
         for button, action in ((self.begin_button, self._on_begin), (self.first_button, self.first),
                                (self.back_button, self.back), (self.next_button, self.step),
                                (self.last_button, self.last)):
             button.on_click(self._guarded(lambda _b, action=action: action()))
-        self.preset.observe(self._guarded(lambda ch: self.fill_preset(ch["new"])), "value")
+        self.preset.observe(self._guarded(lambda ch: self.choose_preset(ch["new"])), "value")
         self.play.observe(self._guarded(self._on_play), "value")
         self.speed.observe(lambda ch: setattr(self.play, "interval", ch["new"]), "value")
         self.slider.observe(self._guarded(self._on_slider), "value")
         self.view.observe(self._guarded(lambda ch: self._render()), "value")
         self.kernel.observe(self._guarded(lambda ch: self.choose_kernel(ch["new"])), "value")
+        self.form_toggle.observe(lambda ch: self._show_form(ch["new"]), "value")
 
-        form = w.VBox([w.HBox([self.kernel, self.status]),
-                       w.HBox([self.preset, self.slot, self.as_field, self.flags]),
-                       w.HBox([self.gpa, self.size, self.hva]),
-                       w.HBox([self.fail, self.begin_button])])
-        transport = w.HBox([self.first_button, self.back_button, self.next_button, self.last_button,
-                            self.play, self.speed])
-        self.widget = w.VBox([self.header, form, self.error, transport, w.HBox([self.slider, self.position]),
-                              self.stage, self.text, self.gen, self.view, self.figure, self.timeline])
+        px = lambda n: w.Layout(width=f"{n}px")         # noqa: E731 (layout shorthand)
+        for field, width in ((self.slot, 120), (self.as_field, 150), (self.flags, 150), (self.gpa, 185),
+                             (self.size, 185), (self.hva, 370), (self.kernel, 370)):
+            field.layout = px(width)
+            field.style = {"description_width": "42px"}
+        self.preset.layout = px(240)
+        self.slider.layout = px(250)
+        self.slider.style = {"description_width": "32px"}
+        self.speed.layout = px(150)
+        self.speed.style = {"description_width": "42px"}
+        self.form = w.VBox([self.kernel, w.HBox([self.slot, self.as_field]), w.HBox([self.flags, self.fail]),
+                            w.HBox([self.gpa, self.size]), self.hva, self.status],
+                           layout=w.Layout(display="none", border="1px solid #ccc", padding="2px"))
+        self.form.add_class("t-form")
+        transport = w.HBox([self.first_button, self.back_button, self.next_button, self.last_button])
+        left = w.VBox([self.header, w.HBox([self.preset, self.begin_button]), self.form_toggle, self.form,
+                       self.error, transport, w.HBox([self.play, self.speed]),
+                       w.HBox([self.slider, self.position]), self.hint, self.stage, self.text, self.gen, self.keys],
+                      layout=w.Layout(width=f"{LEFT_PX}px", min_width=f"{LEFT_PX}px"))
+        right = w.VBox([self.view, self.figure, self.timeline],
+                       layout=w.Layout(width=f"{picture.WIDTH + 6}px", min_width=f"{picture.WIDTH + 6}px"))
+        self.widget = w.HBox([left, right], layout=w.Layout(width="fit-content", grid_gap="8px"))
         self.widget.add_class("t-stepper")
+
+    def _show_form(self, shown):
+        self.form.layout.display = "flex" if shown else "none"
+        self.form_toggle.description = "arguments ▾" if shown else "arguments ▸"
 
     def _guarded(self, handler):
         """Wrap a widget callback: show any error in the widget instead of a traceback."""
@@ -284,6 +314,19 @@ class Stepper:
                     "FLAGS_ONLY": (old[0], old[1] ^ KVM_MEM_LOG_DIRTY_PAGES) + old[2:]}[name.split()[0].rstrip(":")]
         self._write_form((as_id << 16) | args[0], *args[1:])
 
+    def choose_preset(self, name):
+        """The preset menu: settle a call in progress (``settle``), then ``fill_preset(name)``.
+
+        >>> st = Stepper(); _ = st.begin(1, 0, 0, 0x1000, 0x10000); _ = st.step()
+        >>> st.choose_preset("DELETE a slot"); st.size.value, st.finished
+        ('0x0', True)
+        """
+        if name in PRESETS[1:]:
+            note = self.settle()
+            if note:
+                self.hint.value = note
+        self.fill_preset(name)
+
     def _on_begin(self):
         try:
             args = self.read_form()
@@ -322,18 +365,18 @@ class Stepper:
         except ValueError as e:           # e.g. 5.17 has no kernel without SMM
             self.vm = VM(kernel=name, variant=old.variant)
             note = f" ({self.vm.address_spaces} address spaces: {e})"
+        running = " (with the call it was running)" if self.upd is not None and not self._finished_on(old) else ""
         self.upd, self.base, self.as_id = None, 0, min(self.as_id, self.vm.address_spaces - 1)
         self._cache.clear()
-        self._figs.clear()
         self._set_kernel_field(name)
         self._syncing = True
         try:
             self.as_field.options, self.as_field.value = _as_options(self.vm), self.as_id
-            self.view.options, self.view.value = _view_options(self.vm), "sets"
+            self.view.options, self.view.tooltips = _view_options(self.vm), _view_tooltips(self.vm)
+            self.view.value = self.view.options[0][1]
         finally:
             self._syncing = False
         self.error.value = ""
-        running = " (with the call it was running)" if old.update is not None else ""
         self.status.value = (f"new VM: {model_label(self.vm)}, empty{note}; the Linux {old.kernel} VM{running} "
                              "and its history are left as they were")
         self._render()
@@ -361,23 +404,66 @@ class Stepper:
             return False
         self._write_form(slot, flags, gpa, size, hva)
         self.fail.value = bool(fail_prepare)
+        note = self.settle()
         refusal = self._refusal(slot, flags, gpa, size, hva)
         if refusal:
-            self._show_error(refusal)
+            self._show_error(f"{refusal} ({note})" if note else refusal)
             return False
+        h = self.vm.history
         self.upd = self.vm.begin_set_user_memory_region(slot, flags, gpa, size, hva, fail_prepare)
         self.as_id = self.upd.region.as_id
-        self.base = self.vm.history.cursor
+        self.base = h.cursor
+        self._run_out()
+        h.goto(self.base)
         self.error.value = ""
+        self._note = f"{note} {HINT}" if note else ""
         self._render()
         return True
+
+    def _run_out(self, limit=10_000):
+        """Run the call as far as it goes (its end, or a wait on a reader): the dry run.
+
+        The steps land in ``vm.history``, so rewinding to the call's start
+        gives the whole call's step count and timeline up front, and each
+        ``next`` replays a recorded step. (An engine dry run that returns the
+        steps without recording them would make this a query, not a rewind.)
+        """
+        for _ in range(limit):
+            if self.upd.result is not None or self.upd.blocked:
+                return
+            next(self.upd)
+
+    def settle(self):
+        """Finish the call in progress (its steps are known: nothing is lost), or drop it at step 0.
+
+        Returns a one-line note of what happened ('' if there was no call
+        in progress). A call whose writer waits on a reader cannot be
+        finished; it is left as it is.
+
+        >>> st = Stepper(); _ = st.begin(1, 0, 0, 0x1000, 0x10000)
+        >>> st.settle(), len(st.vm.history)
+        ('the call that had not started was dropped.', 0)
+        """
+        h = self.vm.history
+        if self.upd is None or self.finished:
+            return ""
+        k = h.cursor - self.base
+        if k <= 0:
+            h.goto(self.base)
+            h.truncate()
+            self.upd = None
+            return "the call that had not started was dropped."
+        self.last()
+        if not self.finished:
+            return ""
+        return f"the previous call was finished first ({self.position.value})."
 
     def _refusal(self, slot, flags, gpa, size, hva):
         """Why this call must not start now (a message), or None."""
         vm = self.vm
         if "slots_lock" in vm.locks or (vm.update is not None and vm.history.at_frontier):
-            return ("another call is in the middle of its steps (slots_lock is held): press "
-                    "<i>last</i> to finish it, or go back before it, then begin again.")
+            return ("another call is in the middle of its steps and its writer waits for a reader "
+                    "(slots_lock is held): let the reader leave, or go back before the call, then begin again.")
         values = dict(zip(FIELDS, (slot, flags, gpa, size, hva)))
         negative = [n for n, v in values.items() if isinstance(v, int) and v < 0]
         wrapped = {n: v & U64_MAX if n in negative else v for n, v in values.items()}
@@ -409,7 +495,10 @@ class Stepper:
     @property
     def finished(self):
         """True when the call has run its last step and no step lies ahead."""
-        return self.upd is None or (self.upd.result is not None and self.vm.history.at_frontier)
+        return self._finished_on(self.vm)
+
+    def _finished_on(self, vm):
+        return self.upd is None or (self.upd.result is not None and vm.history.at_frontier)
 
     def step(self):
         """Run (or replay) one step; False when the call has finished."""
@@ -444,10 +533,7 @@ class Stepper:
         if self.upd is None:
             return
         h.goto(len(h))
-        for _ in range(limit):
-            if self.upd.result is not None or self.upd.blocked:
-                break
-            next(self.upd)
+        self._run_out(limit)
         self._render()
 
     def goto(self, n):
@@ -473,7 +559,12 @@ class Stepper:
     def _on_play(self, change):
         if change["new"] != change["old"] + 1:
             return
-        if not self.step() or (self.upd is not None and self.upd.blocked):
+        if not self.step():
+            self.play.playing = False
+            self._note = ("play: the call has finished, nothing is left to run. Press |◀ (Home) to watch "
+                          "it again, or begin another call.")
+            self._render()
+        elif self.upd is not None and self.upd.blocked and self.vm.history.at_frontier:
             self.play.playing = False
 
     def _on_slider(self, change):
@@ -490,7 +581,7 @@ class Stepper:
     def _render(self):
         vm, h = self.vm, self.vm.history
         event = self.current
-        n = len(h) - self.base if self.upd is not None else 0
+        n = self._count()
         k = h.cursor - self.base if self.upd is not None else 0
         self._syncing = True
         try:
@@ -500,34 +591,44 @@ class Stepper:
             self._syncing = False
         self.header.value = _header_html(vm)
         self.position.value = self._position_text(k, n)
-        self.stage.value = _stage_html(getattr(event, "stage", None))
-        self.text.value = self._event_html(event)
-        self.gen.value = " &nbsp;|&nbsp; ".join(
+        self.stage.value = _stage_html(getattr(event, "stage", None), self._skipped(n))
+        self.text.value = f"<div style='line-height:1.35'>{self._event_html(event)}</div>"
+        self.gen.value = "<div style='line-height:1.35'>" + "<br>".join(
             f"as{a}: generation <b>{gen_text(vm.generation(a))}</b> (set{vm.active_idx[a]} active; "
             f"set0 {gen_text(vm.sets[a][0].generation)}, set1 {gen_text(vm.sets[a][1].generation)})"
-            for a in range(vm.address_spaces))
+            for a in range(vm.address_spaces)) + "</div>"
+        note = self._note or (HINT if self.upd is not None and k == 0 else "")
+        self.hint.value = f"<div style='line-height:1.35;color:#444'>{note}</div>" if note else ""
+        self._note = ""
         at_start, done = k <= 0, self.finished
         self.first_button.disabled = self.back_button.disabled = at_start
         self.next_button.disabled = self.last_button.disabled = done
         self.figure.value = self._cached(self._figure_key(), self._draw_figure)
-        self.timeline.value = self._cached(("timeline", self.as_id, self.base, h.cursor, n), self._draw_timeline)
+        self.timeline.value = self._timeline_svg(k, n)
         if self._static is not None:
             self._static.update(self._static_bundle(), raw=True)
 
+    def _skipped(self, n):
+        """Stages the current call never enters (known once its steps are), for the stage bar."""
+        if self.upd is None or self.upd.result is None:
+            return frozenset()
+        seen = {getattr(e, "stage", None) for e in self.vm.history.events[self.base:self.base + n]}
+        return frozenset(STAGES) - seen
+
     def _position_text(self, k, n):
         if self.upd is None:
-            return "no call yet: fill the form and press begin"
+            return "no call yet: choose a preset (or fill the arguments) and press begin"
         if self.upd.result is not None and k == n:
             r = self.upd.result
             ret = "0" if not r else f"-{errno.errorcode.get(-r, -r)}"
             return f"step {k} of {n}: the ioctl returned {ret}"
-        more = "" if self.upd.result is not None else "+"
-        blocked = f" (writer blocked: {self.upd.blocked})" if self.upd.blocked and k == n else ""
-        return f"step {k} of {n}{more}{blocked}"
+        if self.upd.result is not None:
+            return f"step {k} of {n}"
+        return f"step {k} of {n} so far (the writer waits: {self.upd.blocked})"
 
     def _event_html(self, event):
         if event is None:
-            region = self.upd.region if self.upd is not None else None
+            region = getattr(self.upd, "region", None)
             what = (f"slot {region.id} of as{region.as_id}, gpa {region.guest_phys_addr:#x}, size "
                     f"{region.memory_size:#x}, hva {region.userspace_addr:#x}, flags {flag_names(region.flags)}"
                     if region is not None else "nothing yet")
@@ -539,31 +640,74 @@ class Stepper:
     def _figure_key(self):
         event = self.current
         sets = self.vm.sets[self.as_id]
-        content = tuple(tuple((s.uid, s.flags, s.base_gfn) for s in st.slots()) for st in sets)
-        return (self.view.value, self.as_id, tuple(getattr(event, "touched", ())),
-                self.vm.generations()[self.as_id], content)
+        content = tuple(tuple((s.uid, s.flags, s.base_gfn, s.invalid) for s in st.slots()) for st in sets)
+        return (self.view.value, self.as_id, getattr(event, "index", None) if self.view.value == "objects"
+                else tuple(getattr(event, "touched", ())), self.vm.generations()[self.as_id],
+                self.vm.active_idx[self.as_id], content)
 
     def _draw_figure(self):
         if self.view.value == "trees":
             return plot_trees(self.vm, self.as_id, step=self.current)
-        return self._reuse("sets", lambda fig: plot_memslots(self.vm, self.as_id, step=self.current, fig=fig))
+        if self.view.value == "objects" and picture.objects_fit(self.vm, self.as_id):
+            return picture.plot_objects(self.vm, self.as_id, step=self.current)
+        return plot_memslots(self.vm, self.as_id, step=self.current)
 
-    def _draw_timeline(self):
-        return self._reuse("timeline", lambda fig: plot_generations(self.vm, self.as_id, first=self.base, fig=fig))
+    def _count(self):
+        """Steps of the call known so far (all of them unless its writer waits on a reader)."""
+        if self.upd is None:
+            return 0
+        return (self._end if self._end is not None else len(self.vm.history)) - self.base
 
-    def _reuse(self, name, draw):
-        """Redraw into the figure kept for ``name`` (per address space): no axes rebuilt per step."""
-        key = (name, self.as_id)
-        self._figs[key] = draw(self._figs.get(key))
-        return self._figs[key]
+    def _timeline_svg(self, k, n):
+        if self.upd is None:
+            return ""
+        svg, cursor = self._timeline_drawing(n)
+        return _svg_div(picture.with_cursor(svg, cursor, k), "the call's generations and locks, step by step")
+
+    def _timeline_drawing(self, n):
+        """(SVG, cursor geometry) of the call's timeline, drawn once per call and step count."""
+        key = ("timeline", self.as_id, self.base, n, id(self.upd))
+        drawn = self._cache.get(key)
+        if drawn is None:
+            cursor = self.vm.history.cursor
+            fig = picture.plot_call(self.vm, self.as_id, self.base, self.base + n)
+            self.vm.history.goto(cursor)
+            drawn = self._cache[key] = (picture.to_svg(fig), fig.kv_cursor)
+        return drawn
+
+    def timeline_parts(self):
+        """The timeline as the player needs it: (HTML at step 0, cursor geometry)."""
+        svg, cursor = self._timeline_drawing(self._count())
+        return self._timeline_svg(0, self._count()), [float(c) for c in cursor]
+
+    def title(self):
+        """A one-line title of the call: the version and what the first step says."""
+        first = self.vm.history.events[self.base] if self._count() else None
+        return f"{model_label(self.vm)}: KVM_SET_USER_MEMORY_REGION" + (
+            f", {first.text}" if isinstance(first, Step) else "")
+
+    @classmethod
+    def for_call(cls, vm, start, end):
+        """A Stepper over a call that already ran: history events ``[start, end)`` of ``vm``.
+
+        >>> vm = VM(); _ = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x10000)
+        >>> st = Stepper.for_call(vm, 0, 15); st.position.value
+        'step 15 of 15: the ioctl returned 0'
+        """
+        st = cls(vm)
+        last = vm.history.events[end - 1]
+        st.upd = SimpleNamespace(result=last.result, blocked=None, region=None, change=last.change)
+        st.base, st._end = start, end
+        st._render()
+        return st
 
     def _cached(self, key, make):
-        png = self._cache.get(key)
-        if png is None:
+        svg = self._cache.get(key)
+        if svg is None:
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
-            png = self._cache[key] = png_bytes(make())
-        return png
+            svg = self._cache[key] = _svg_div(picture.to_svg(make()), f"memslot sets of as{self.as_id}")
+        return svg
 
     def summary(self):
         """One line on where the call is, for the static output."""
@@ -571,18 +715,41 @@ class Stepper:
         where = self.position.value
         return f"{where} | {event}" if event is not None else where
 
+    def frames(self):
+        """Every step of the call as the Stepper shows it: dicts of position, stage, text, gen, figure, k.
+
+        The VM is put back where it was. For the HTML player.
+
+        >>> st = Stepper(); _ = st.begin(1, 0, 0, 0x1000, 0x10000); fs = st.frames()
+        >>> len(fs), fs[0]["position"], st.vm.history.cursor
+        (16, 'step 0 of 15', 0)
+        """
+        h = self.vm.history
+        cursor, out = h.cursor, []
+        n = self._count()
+        try:
+            for k in range(n + 1):
+                h.goto(self.base + k)
+                self._render()
+                out.append({"k": k, "position": self.position.value, "stage": self.stage.value,
+                            "text": self.text.value, "gen": self.gen.value, "figure": self.figure.value})
+        finally:
+            h.goto(cursor)
+            self._render()
+        return out
+
+    def save_html(self, path):
+        """Write the call as one self-contained HTML player (``kvmviz.viz.player``); returns the path."""
+        from .player import write_player
+        return write_player(self, path)
+
     def _static_bundle(self):
-        figure = base64.b64encode(self.figure.value).decode()
-        timeline = base64.b64encode(self.timeline.value).decode()
         text = self.summary()
         return {
             "text/plain": text,
-            "image/png": figure,
             "text/html": (f"<details><summary>static copy (for readers without a kernel), "
-                          f"{html.escape(model_label(self.vm))}: "
-                          f"{html.escape(text)}</summary><img alt='memslot sets of as{self.as_id}' "
-                          f"src='data:image/png;base64,{figure}'><br><img alt='generations and locks of "
-                          f"this call' src='data:image/png;base64,{timeline}'></details>"),
+                          f"{html.escape(model_label(self.vm))}: {html.escape(text)}</summary>"
+                          f"{self.figure.value}{self.timeline.value}</details>"),
         }
 
 
@@ -592,33 +759,67 @@ def _as_options(vm):
 
 
 def _view_options(vm):
-    """The figure views: the 5.15 array has no trees to show."""
-    return [("memslot sets", "sets")] + ([("trees", "trees")] if vm.implementation == "tree" else [])
+    """The figure views: the 5.15 array has no trees (and one structure, so no object picture)."""
+    tree = vm.implementation == "tree"
+    return ([("objects + pointer", "objects")] if tree else []) + [("gfn ranges", "sets")] + (
+        [("trees", "trees")] if tree else [])
+
+
+def _view_tooltips(vm):
+    tips = {"objects": "each slot object once, an edge to each set holding it; kvm->memslots[as] points "
+                       "to the active set", "sets": "both sets along the guest physical address space",
+            "trees": "the gfn tree, hva interval tree and id hash of each set (wide: scaled down)"}
+    return [tips[value] for _label, value in _view_options(vm)]
 
 
 def _header_html(vm):
-    """The Stepper's header: which kernel version the VM models, and how.
+    """The Stepper's header: which kernel version the VM models (the version's summary as tooltip).
 
-    >>> _header_html(VM(kernel="6.12", address_spaces=1)).split(":")[0]
-    '<b>Linux 6.12 model (1 address space)</b>'
+    >>> _header_html(VM(kernel="6.12", address_spaces=1)).split(">")[1].split("<")[0]
+    'Linux 6.12 model (1 address space)'
     """
     k = KERNELS[vm.kernel]
-    return (f"<b>{html.escape(model_label(vm))}</b>: {html.escape(k.summary)}. Variant "
-            f"<code>{html.escape(vm.variant)}</code>, {vm.address_spaces} address space(s).")
+    return (f"<b title='{html.escape(k.summary, quote=True)}'>{html.escape(model_label(vm))}</b>, variant "
+            f"<code>{html.escape(vm.variant)}</code>, {vm.address_spaces} address space(s)")
 
 
 def _hex(value):
     return f"{value:#x}" if value >= 0 else f"-{-value:#x}"
 
 
-def _stage_html(current):
-    """The stage bar: the current stage highlighted (class ``kv-current``)."""
+def _svg_div(svg, label):
+    """An inline SVG at its own size (scaled down only if wider than its pane), with a label for readers."""
+    svg = svg.replace("<svg ", "<svg style='max-width:100%;height:auto' ", 1)
+    return f"<div class='kv-svg' role='img' aria-label='{html.escape(label, quote=True)}' style='line-height:0'>{svg}</div>"
+
+
+def _stage_html(current, skipped=frozenset()):
+    """The stage bar: the current stage highlighted (``kv-current``), skipped ones dashed (``kv-skipped``).
+
+    >>> "kv-skipped" in _stage_html("validate", {"invalidate"})
+    True
+    """
     parts = []
     for stage in STAGES + (("reader",) if current == "reader" else ()):
         if stage == current:
             parts.append(f"<span class='kv-current' style='background:{OKABE_ITO['yellow']};"
-                         f"border:2px solid black;padding:1px 6px;font-weight:bold'>{stage}</span>")
+                         f"border:2px solid black;padding:1px 5px;font-weight:bold'>{stage}</span>")
+        elif stage in skipped:
+            parts.append(f"<span class='kv-skipped' title='this call skips {stage}' style='border:1px dashed #bbb;"
+                         f"padding:1px 5px;color:#999;text-decoration:line-through'>{stage}</span>")
         else:
-            parts.append(f"<span style='border:1px solid #999;padding:1px 6px;color:#555'>{stage}</span>")
-    label = "" if current else " &nbsp;<i>before the call</i>"
-    return "stage: " + " › ".join(parts) + label
+            parts.append(f"<span style='border:1px solid #999;padding:1px 5px;color:#444'>{stage}</span>")
+    label = "" if current else " <i>before the call</i>"
+    return "<div style='line-height:1.9'>stage: " + " › ".join(parts) + label + "</div>"
+
+
+#: Keyboard for a focused Stepper: stock ipywidgets runs no scripts, but an inline event handler
+#: on an image that fails to load does run; it binds the keys once per Stepper view.
+_KEYS_HTML = (
+    "<img alt='' src='data:image/png;base64,' style='display:none' onerror=\"(function(img){"
+    "var root=img.closest('.t-stepper');if(!root||root.dataset.kvKeys)return;root.dataset.kvKeys='1';"
+    "root.tabIndex=0;root.setAttribute('data-lm-suppress-shortcuts','true');root.style.outline='none';"
+    "root.addEventListener('keydown',function(e){var m={ArrowRight:'.t-next',ArrowLeft:'.t-back',"
+    "Home:'.t-first',End:'.t-last'}[e.key];var t=e.target.tagName;"
+    "if(!m||t==='INPUT'||t==='SELECT'||t==='TEXTAREA')return;var b=root.querySelector('button'+m);"
+    "e.preventDefault();e.stopPropagation();if(b&&!b.disabled)b.click();});})(this)\">")

@@ -1,0 +1,245 @@
+"""The Stepper's pictures, drawn at the size they are shown (SVG, 1 unit = 1 CSS px).
+
+``plot_objects`` draws the pointer swap: ``kvm->memslots[as]`` as an arrow
+to the active set, and every slot object once, with an edge to each set
+that holds it (reference §2.3: a slot the update does not change is shared
+by both sets). ``plot_call`` lays out one call's generations, locks and
+readers for all its steps (x = the call's step number); ``with_cursor``
+marks the current step on that drawing without redrawing it. All text is
+at least ``MIN_FONT`` px.
+
+>>> import kvmviz
+>>> vm = kvmviz.VM(); _ = vm.set_user_memory_region(1, 0, 0x100000, 0x1000, 0x7f0000000000)
+>>> svg = to_svg(plot_objects(vm)); svg.startswith("<svg") and 'width="560px"' in svg
+True
+"""
+
+import io
+import re
+
+import matplotlib
+import numpy as np
+from matplotlib.patches import FancyBboxPatch, Patch
+
+from ..constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP, flag_names
+from ..step import Step
+from .plots import (C, DIFFERS, INVALID, LOCK_COLOURS, SAME, SET_COLOURS, _figure, _reader_spans,
+                    _readers_by_event, current_step, gen_text, timeline)
+
+MIN_FONT = 10
+WIDTH = 560
+#: Rows of slot objects that fit the object picture; more and the Stepper shows the gfn bands.
+MAX_ROWS = 9
+_ROW_PX = 30
+_SVG_RC = {"svg.fonttype": "none", "svg.hashsalt": "kvmviz", "font.size": MIN_FONT}
+
+
+def to_svg(fig):
+    """``fig`` as an inline ``<svg>`` element sized in px (no XML prologue, no date).
+
+    Matplotlib writes SVG at 72 units per inch in ``pt``; here the same
+    numbers become ``px``, so a 10-point font is 10 px on screen.
+
+    >>> to_svg(_figure(1, 0.5))[:40]
+    '<svg xmlns:xlink="http://www.w3.org/1999'
+    """
+    buf = io.StringIO()
+    with matplotlib.rc_context(_SVG_RC):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
+    text = buf.getvalue()
+    text = text[text.index("<svg"):]
+    text = re.sub(r'(width|height)="([\d.]+)pt"', r'\1="\2px"', text, count=2)
+    return re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.S)
+
+
+def objects_fit(vm, as_id=0):
+    """True when ``plot_objects`` can draw every object of ``as_id`` (tree sets, few rows).
+
+    >>> import kvmviz
+    >>> objects_fit(kvmviz.VM()), objects_fit(kvmviz.VM(kernel="5.15"))
+    (True, False)
+    """
+    return vm.implementation == "tree" and len(_object_rows(vm, as_id)) <= MAX_ROWS
+
+
+def _object_rows(vm, as_id):
+    """Rows of ``[(slot, in set0, in set1)]``: one row per slot id, objects once each."""
+    held = {}
+    for node, st in enumerate(vm.sets[as_id]):
+        for slot in st.slots():
+            entry = held.setdefault(slot.uid, [slot, False, False])
+            entry[1 + node] = True
+    rows = {}
+    for slot, in0, in1 in held.values():
+        rows.setdefault(slot.id, []).append((slot, in0, in1))
+    return [sorted(rows[k], key=lambda o: (not o[1], o[0].uid)) for k in sorted(rows)]
+
+
+def _swapped(vm, step, as_id):
+    """True when ``step`` moved ``kvm->memslots[as_id]`` (the ``rcu_assign_pointer``)."""
+    if step is None or not step.gens:
+        return False
+    for event in reversed(vm.history.events[:step.index]):
+        if isinstance(event, Step) and event.gens:
+            return event.gens[as_id][2] != step.gens[as_id][2]
+    return False
+
+
+def plot_objects(vm, as_id=0, step=None):
+    """The two sets of ``as_id`` as columns, the pointer to the active one, each slot object once.
+
+    Models what ``kvm_swap_active_memslots`` publishes (``rcu_assign_pointer``
+    of ``kvm->memslots[as_id]``) and what ``kvm_replace_memslot`` links into
+    the inactive set: an object held by both sets has an edge to each. What
+    ``step`` (default: the current one) touched is drawn thick on yellow.
+
+    >>> import kvmviz
+    >>> vm = kvmviz.VM(); upd = vm.begin_set_user_memory_region(1, 0, 0, 0x1000, 0x10000)
+    >>> _ = [s for s in upd]
+    >>> fig = plot_objects(vm); [t.get_text() for t in fig.axes[0].texts][:3]
+    ['set0 (inactive)\\ngeneration 0x0', 'set1 (ACTIVE)\\ngeneration 0x2', 'kvm->memslots[0]']
+    """
+    step = current_step(vm) if step is None else step
+    rows = _object_rows(vm, as_id)
+    n = max(len(rows), 1)
+    height = 96 + _ROW_PX * n + 34          # header rows, object rows, legend
+    fig = _figure(WIDTH / 72, height / 72)
+    ax = fig.add_axes((0, 24 / height, 1, 1 - 24 / height))
+    ax.set_axis_off()
+    ax.set_xlim(0, 1)
+    top = 96 / _ROW_PX
+    ax.set_ylim(n + top + 0.2, -0.13)
+    touched = {(idx, new) for a, idx, _old, new in step.touched if a == as_id} if step else set()
+    gen_hit = {idx for idx, new in touched if new == "gen"}
+    spines = (0.13, 0.87)
+    active = vm.active_idx[as_id]
+    for node, x in enumerate(spines):
+        st = vm.sets[as_id][node]
+        role = "ACTIVE" if node == active else "inactive"
+        hit = node in gen_hit or any(i == node for i, _ in touched)
+        _box(ax, x, 1.7, 0.22, 0.95, f"{st.name.split('/')[-1]} ({role})\ngeneration {gen_text(st.generation)}",
+             "white", C["green"] if node == active else "0.5", 3 if node == active else 1,
+             bold=hit, face_hit=hit)
+        ax.plot([x, x], [2.2, n + top], color=SET_COLOURS[node], linewidth=2)
+    swapped = _swapped(vm, step, as_id)
+    _box(ax, 0.5, 0.45, 0.3, 0.7, f"kvm->memslots[{as_id}]", C["yellow"] if swapped else "white",
+         "black", 2.5 if swapped else 1, bold=swapped)
+    ax.annotate("", (spines[active] + (0.11 if active == 0 else -0.11), 1.5), (0.5 + (-0.15 if active == 0 else 0.15), 0.45),
+                arrowprops={"arrowstyle": "-|>", "linewidth": 2.5 if swapped else 1.5, "color": "black",
+                            "mutation_scale": 18})
+    if not rows:
+        ax.text(0.5, top + 0.5, "no slots in this address space", ha="center", va="center", color="0.3")
+    for r, objects in enumerate(rows):
+        y = top + r + 0.5
+        for k, (slot, in0, in1) in enumerate(objects):
+            x = 0.5 if (in0 and in1) else (0.37 if in0 else 0.63)
+            if len(objects) == 1 and not (in0 and in1):
+                x = 0.5
+            hit = any(new == slot.label for _i, new in touched)
+            face = INVALID if slot.invalid else (SAME if in0 and in1 else DIFFERS)
+            _box(ax, x, y, 0.23, 0.82, f"slot {slot.id} {slot.label}\n"
+                 f"gfn {slot.base_gfn:#x} +{slot.npages:#x} {flag_names(slot.flags & 0xFFFF) if slot.flags & 0xFFFF else ''}",
+                 face, "black", 3 if hit else 0.8, bold=hit, face_hit=False, small=True)
+            for node, inside in enumerate((in0, in1)):
+                if inside:
+                    edge = x - 0.115 if node == 0 else x + 0.115
+                    ax.plot([spines[node], edge], [y, y], color=SET_COLOURS[node], linewidth=2.5 if hit else 1.2)
+    fig.legend(handles=[Patch(facecolor=SAME, edgecolor="black", label="held by both sets"),
+                        Patch(facecolor=DIFFERS, edgecolor="black", label="in one set only"),
+                        Patch(facecolor=INVALID, edgecolor="black", label="INVALID copy"),
+                        Patch(facecolor=C["yellow"], edgecolor="black", linewidth=2.5, label="touched")],
+               loc="lower center", fontsize=MIN_FONT, frameon=False, ncol=4, handlelength=1.2,
+               borderpad=0.2, columnspacing=1.2)
+    return fig
+
+
+def _box(ax, x, y, width, height, text, face, edge, linewidth, bold=False, face_hit=False, small=False):
+    """A rounded box centred on (x, y) with ``text`` (data units: x in axes fraction, y in rows)."""
+    ax.add_patch(FancyBboxPatch((x - width / 2, y - height / 2), width, height, boxstyle="round,pad=0.005",
+                                facecolor=C["yellow"] if face_hit else face, edgecolor=edge,
+                                linewidth=linewidth))
+    ax.text(x, y, text, ha="center", va="center", fontsize=MIN_FONT, linespacing=1.0 if small else 1.15,
+            fontweight="bold" if bold else "normal")
+
+
+# -- one call, all its steps ---------------------------------------------------------
+def plot_call(vm, as_id, base, end):
+    """Generations (hex), locks and readers for history events ``[base, end)`` of one call.
+
+    The x axis is the call's step number (0 = before the call, ``end - base``
+    = its last step); the figure keeps the pixel extent of the axes in
+    ``fig.kv_cursor`` for ``with_cursor``.
+
+    >>> import kvmviz
+    >>> vm = kvmviz.VM(); _ = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x10000)
+    >>> fig = plot_call(vm, 0, 0, len(vm.history)); [float(x) for x in fig.axes[0].get_xlim()]
+    [-0.5, 15.5]
+    """
+    n = end - base
+    rows = timeline(vm, base, end) if n else []
+    before = timeline(vm, base - 1, base)[0] if base else (None, vm.generations(), frozenset(), None)
+    states = [before[1]] + [r[1] for r in rows]
+    locks = [frozenset()] + [r[2] for r in rows]
+    readers = _readers_by_event(vm, rows) if rows else None
+    spans = _reader_spans([()] + readers, as_id) if readers else {}
+    lane_names = list(LOCK_COLOURS) + [f"reader {name}" for name in sorted(spans)]
+    fig = _figure(WIDTH / 72, (150 + 16 * len(lane_names)) / 72)
+    gen_ax, lane_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={
+        "height_ratios": (90, 16 * len(lane_names)), "left": 0.25, "right": 0.98,
+        "top": 1 - 22 / (150 + 16 * len(lane_names)), "bottom": 38 / (150 + 16 * len(lane_names)),
+        "hspace": 0.1})
+    xs = np.arange(n + 1)
+    for node in (0, 1):
+        ys = [s[as_id][node] & ~IP for s in states]
+        gen_ax.step(xs, ys, where="post", color=SET_COLOURS[node], linewidth=2, label=f"set{node}")
+        for x, s in zip(xs, states):
+            if s[as_id][node] & IP:
+                gen_ax.axvspan(x - 0.5, x + 0.5, color=C["purple"], alpha=0.25, linewidth=0)
+    values = sorted({s[as_id][node] & ~IP for s in states for node in (0, 1)})
+    gen_ax.set_yticks(values, [gen_text(v) for v in values])
+    gen_ax.set_ylim(values[0] - 0.6, values[-1] + 0.6)
+    for x in xs[1:]:
+        prev, cur = states[x - 1][as_id][2], states[x][as_id][2]
+        if prev != cur:
+            gen_ax.axvline(x, color="black", linestyle=":", linewidth=1.5)
+            gen_ax.text(x + 0.15, values[-1] + 0.5, f"swap: set{cur} active", va="top", fontsize=MIN_FONT)
+    handles = [*gen_ax.get_lines()[:2], Patch(color=C["purple"], alpha=0.25, label="update in progress")]
+    fig.legend(handles=handles, loc="upper left", ncol=3, fontsize=MIN_FONT, frameon=False,
+               bbox_to_anchor=(0.25, 1.0), borderpad=0.1, handlelength=1.5)
+    gen_ax.set_ylabel("generation", fontsize=MIN_FONT)
+    for lane, name in enumerate(LOCK_COLOURS):
+        held = [(x - 0.5, 1) for x, ls in zip(xs, locks) if name in ls]
+        lane_ax.broken_barh(held, (lane + 0.15, 0.7), facecolors=LOCK_COLOURS[name])
+    for k, name in enumerate(sorted(spans)):
+        for start, stop, idx in spans[name]:
+            colour = SET_COLOURS[idx] if idx is not None else "0.5"
+            lane_ax.broken_barh([(start - 0.5, stop - start)], (len(LOCK_COLOURS) + k + 0.15, 0.7),
+                                facecolors=colour, edgecolor="black")
+            lane_ax.text(start - 0.4, len(LOCK_COLOURS) + k + 0.5, f"set{idx}" if idx is not None else "in",
+                         va="center", fontsize=MIN_FONT, color="white" if idx is not None else "black")
+    lane_ax.set_yticks([i + 0.5 for i in range(len(lane_names))], lane_names, fontsize=MIN_FONT)
+    lane_ax.set_ylim(len(lane_names), 0)
+    lane_ax.set_xlim(-0.5, n + 0.5)
+    lane_ax.set_xlabel("step of this call (0 = before it)", fontsize=MIN_FONT, labelpad=1)
+    lane_ax.xaxis.get_major_locator().set_params(integer=True)
+    for a in (gen_ax, lane_ax):
+        a.tick_params(labelsize=MIN_FONT)
+    fig.canvas.draw()
+    height = fig.bbox.height
+    x0, x1 = (lane_ax.transData.transform((v, 0))[0] for v in (0, max(n, 1)))
+    fig.kv_cursor = (x0, (x1 - x0) / max(n, 1), height - gen_ax.bbox.y1, height - lane_ax.bbox.y0)
+    return fig
+
+
+def with_cursor(svg, cursor, k):
+    """``svg`` (of ``plot_call``) with a vertical cursor at step ``k``.
+
+    >>> with_cursor('<svg></svg>', (10.0, 5.0, 2.0, 40.0), 3).count('class="kv-cursor"')
+    1
+    """
+    x0, dx, top, bottom = cursor
+    x = x0 + dx * k
+    mark = (f'<g class="kv-cursor"><rect x="{x - dx / 2:.1f}" y="{top:.1f}" width="{dx:.1f}" '
+            f'height="{bottom - top:.1f}" fill="{C["yellow"]}" fill-opacity="0.45" stroke="black" '
+            f'stroke-width="1.5"/></g>')
+    return svg.replace("</svg>", mark + "</svg>")
