@@ -38,7 +38,7 @@ import sys
 from . import __version__, export, kernels, variants
 from .kernels import KERNELS
 from .host.cli import add_parser as add_host_check
-from .invariants import check_invariants
+from .inputs import RECIPE_LIMIT, read_text
 from .memslots import ModelBug
 from .trace.capture_cli import add_parser as add_capture
 from .trace.cli import add_parser as add_replay
@@ -92,8 +92,7 @@ def _slot(args):
 
 def _recipe_text(spec):
     if os.path.exists(spec):
-        with open(spec, encoding="utf-8") as f:
-            return f.read()
+        return read_text(spec, RECIPE_LIMIT, "recipe")
     words = spec.replace(";", " ").split()
     if words and words[0] in export.RECIPE_WORDS:
         return spec
@@ -204,6 +203,8 @@ def add_explain(subparsers):
                                                                "or the setup recipe's); 5.17 and later")
     p.add_argument("--markdown", action="store_true", help="Markdown tables instead of plain text")
     p.add_argument("--recipe", action="store_true", help="also print the recipe that re-runs all of this")
+    p.add_argument("--html", metavar="FILE", help="also write the call as one self-contained HTML player "
+                                                  "(SVG frames, no network; needs matplotlib)")
     p.set_defaults(func=run_explain)
 
 
@@ -223,6 +224,10 @@ def run_explain(args, out):
         if upd.result is not None:
             sc.actions[-1] = ("call", sc.actions[-1][1])
         print(export.recipe(sc) + "\n", file=out)
+    if args.html and upd.steps:
+        from .viz.player import player       # matplotlib only for --html: the engine never imports viz
+        player(upd.steps, args.html, vm=sc.vm)
+        print(f"HTML player of the call's {len(upd.steps)} steps written to {args.html}", file=out)
     return _outcome(sc, upd, out)
 
 
@@ -301,10 +306,11 @@ def add_recipe(subparsers):
 def run_recipe(args, out):
     """``kvmviz recipe run FILE``: returns the exit status."""
     if args.file == "-":
-        text = sys.stdin.read()
+        text = sys.stdin.read(RECIPE_LIMIT + 1)
+        if len(text) > RECIPE_LIMIT:
+            raise UsageError(f"the recipe on standard input is larger than {RECIPE_LIMIT >> 20} MiB")
     elif os.path.exists(args.file):
-        with open(args.file, encoding="utf-8") as f:
-            text = f.read()
+        text = read_text(args.file, RECIPE_LIMIT, "recipe")
     else:
         raise UsageError(f"no such recipe file: {args.file}")
     parsed = export.parse_recipe(text)

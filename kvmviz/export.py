@@ -24,6 +24,7 @@ import textwrap
 from typing import NamedTuple
 
 from .kernels import KERNELS, kernel_for
+from .numbers import parse_number
 from .memslots import ModelBug
 from .constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEMSLOT_INVALID
 from .constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
@@ -456,7 +457,7 @@ class RecipeError(ValueError):
     >>> parse_recipe("call slot=1 size=x")
     Traceback (most recent call last):
     ...
-    kvmviz.export.RecipeError: recipe line 1: 'call slot=1 size=x': invalid literal for int() with base 0: 'x'
+    kvmviz.export.RecipeError: recipe line 1: 'call slot=1 size=x': size: 'x' is not a number (decimal, or hex with 0x; ASCII digits, no sign)
     """
 
 
@@ -698,7 +699,16 @@ def _parse_address_spaces(rest):
     return int(rest[0])
 
 
-_HEADER_WORDS = {"version": ("version", lambda rest: rest[0]), "variant": ("variant", lambda rest: rest[0]),
+def _one(what):
+    """A header word's parser: exactly one value, named ``what`` in the error."""
+    def parse(rest):
+        if len(rest) != 1:
+            raise ValueError(f"takes one {what}, got {len(rest)} word(s)")
+        return rest[0]
+    return parse
+
+
+_HEADER_WORDS = {"version": ("version", _one("version")), "variant": ("variant", _one("variant name")),
                  "kernel": ("kernel", _parse_kernel), "address-spaces": ("address_spaces", _parse_address_spaces)}
 
 
@@ -750,31 +760,79 @@ def recipe_kernel(parsed, kernel=None):
     return LEGACY_KERNEL if parsed.written else None
 
 
-def _int(word):
-    return int(word, 0)
+#: x86 ``KVM_MAX_VCPUS``: a recipe names vCPUs 0..1023.
+MAX_VCPUS = 1024
+#: The largest count a ``step N`` line may ask for.
+MAX_STEPS = 1 << 20
+_CALL_LIMITS = {"slot": 1 << 32, "flags": 1 << 32, "gpa": 1 << 64, "size": 1 << 64, "hva": 1 << 64}
+#: vCPU actions and the words each takes after the action name.
+_VCPU_ARGS = {"lock": (), "unlock": (), "lookup": ("gfn",), "access": ("gfn", "[write]"), "smm": ("on|off",)}
+
+
+def _fail_prepare(word):
+    if word[:1].isalpha():
+        value = getattr(errno, word, None)
+        if not isinstance(value, int) or not word.startswith("E"):
+            raise ValueError(f"fail-prepare={word}: not an errno name (e.g. ENOMEM, EINVAL)")
+        return value
+    value = parse_number(word, "fail-prepare", 1 << 12)
+    if value and value not in errno.errorcode:
+        raise ValueError(f"fail-prepare={word}: {value} is no errno")
+    return value
+
+
+def _call_args(rest):
+    pairs = [w.split("=", 1) for w in rest]
+    bad = [w for w, p in zip(rest, pairs) if len(p) != 2]
+    if bad:
+        raise ValueError(f"{bad[0]!r} is not key=value")
+    kv = dict(pairs)
+    unknown = set(kv) - set(_CALL_KEYS) - {"fail-prepare"}
+    if unknown:
+        raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}; use {', '.join(_CALL_KEYS)}, "
+                         "fail-prepare")
+    missing = [k for k in ("slot", "size") if k not in kv]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    values = tuple(parse_number(kv.get(k, "0"), k, _CALL_LIMITS[k]) for k in _CALL_KEYS)
+    return values + (_fail_prepare(kv.get("fail-prepare", "0")),)
+
+
+def _vcpu_args(rest):
+    if len(rest) < 2:
+        raise ValueError("vcpu takes a vCPU number and an action: " + ", ".join(_VCPU_ARGS))
+    n, action, args = parse_number(rest[0], "vcpu", MAX_VCPUS), rest[1], rest[2:]
+    if action not in _VCPU_ARGS:
+        raise ValueError(f"unknown vcpu action {action!r}; use {', '.join(_VCPU_ARGS)}")
+    shape = _VCPU_ARGS[action]
+    if not len([a for a in shape if not a.startswith("[")]) <= len(args) <= len(shape):
+        raise ValueError(f"vcpu {action} takes {' '.join(shape) or 'nothing more'}, got {' '.join(args)!r}")
+    if action == "smm":
+        if args[0] not in ("on", "off"):
+            raise ValueError(f"vcpu smm takes on or off, not {args[0]!r}")
+        return (n, action, args[0])
+    if action == "access" and len(args) == 2 and args[1] != "write":
+        raise ValueError(f"vcpu access takes a gfn and optionally 'write', not {args[1]!r}")
+    return (n, action) + tuple(parse_number(a, "gfn") if i == 0 else a for i, a in enumerate(args))
 
 
 def _parse_args(kind, rest):
     if kind in ("call", "begin"):
-        kv = dict(w.split("=", 1) for w in rest)
-        unknown = set(kv) - set(_CALL_KEYS) - {"fail-prepare"}
-        if unknown:
-            raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}; use {', '.join(_CALL_KEYS)}, "
-                             "fail-prepare")
-        missing = [k for k in ("slot", "size") if k not in kv]
-        if missing:
-            raise ValueError(f"missing {', '.join(missing)}")
-        fail = kv.get("fail-prepare", "0")
-        fail = getattr(errno, fail) if fail.isalpha() and fail.startswith("E") else _int(fail)
-        return tuple(_int(kv.get(k, "0")) for k in _CALL_KEYS) + (fail,)
+        return _call_args(rest)
     if kind == "step":
-        return (_int(rest[0]) if rest else 1,)
+        if len(rest) > 1:
+            raise ValueError(f"step takes at most one count, got {' '.join(rest)!r}")
+        return (parse_number(rest[0], "step count", MAX_STEPS) if rest else 1,)
     if kind == "finish":
+        if rest:
+            raise ValueError(f"finish takes nothing, got {' '.join(rest)!r}")
         return ()
     if kind == "vcpu":
-        return (_int(rest[0]), rest[1]) + tuple(_int(w) if w[0].isdigit() else w for w in rest[2:])
+        return _vcpu_args(rest)
     if kind == "mn":
-        return (rest[0], _int(rest[1]), _int(rest[2]))
+        if len(rest) != 3 or rest[0] not in ("start", "end"):
+            raise ValueError("mn takes start|end, then the hva range start and end (end exclusive)")
+        return (rest[0], parse_number(rest[1], "hva start", 1 << 64), parse_number(rest[2], "hva end", 1 << 65))
     raise ValueError(f"unknown action {kind!r}; use {', '.join(RECIPE_WORDS[1:])}")
 
 

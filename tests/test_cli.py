@@ -134,7 +134,7 @@ def test_recipe_run(tmp_path, capsys):
     (["diff", "--kernel", "5.15", "--kernel", "6.12", "--variant", "seed", "--slot", "1"],
      "kvmviz diff: variant 'seed' changes the tree protocol"),
     (["recipe", "run", "/no/such/file"], "no such recipe file"),
-    (["explain", "--slot", "1", "--setup", "vcpu 0 access"], "recipe action 1 (vcpu 0x0 access)"),
+    (["explain", "--slot", "1", "--setup", "vcpu 0 access"], "vcpu access takes gfn [write], got ''"),
     (["explain", "--slot", "1", "--setup", "vcpu 0 lock; vcpu 0 lock"], "already inside"),
     (["explain", "--slot", "1", "--setup", "mn end 0 0x1000"], "no invalidation"),
     (["explain", "--slot", "1", "--setup", "begin slot=1 size=0x1000 hva=0x10000"], "leaves a call running"),

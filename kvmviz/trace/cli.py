@@ -27,6 +27,7 @@ import argparse
 import os
 import sys
 
+from ..inputs import TRACE_LIMIT, read_text
 from ..kernels import DEFAULT_KERNEL, KERNELS, has
 from ..vm import VM
 from .qemu import parse_qemu
@@ -89,8 +90,7 @@ def _three_way(report, model, out):
 
 def _read(name):
     if os.path.exists(name):
-        with open(name, encoding="utf-8", errors="replace") as f:
-            return f.read()
+        return read_text(name, TRACE_LIMIT, "trace")
     if name in shipped():
         return load(name)
     raise FileNotFoundError(f"no such file: {name} (shipped traces: {', '.join(shipped())})")

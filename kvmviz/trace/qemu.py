@@ -62,10 +62,10 @@ _RECORD = re.compile(
     EVENT + r"\s+(?:AddrSpace#(?P<as>\d+)\s+)?Slot#(?P<slot>-?\d+)"
     + rf"\s+flags={_hex('flags')}\s+gpa={_hex('gpa')}\s+size={_hex('size')}\s+ua={_hex('ua')}"
     + rf"(?:\s+guest_memfd=(?P<fd>-?\d+)\s+guest_memfd_offset={_hex('off')})?"
-    + r"\s+ret=(?P<ret>-?\d+)\s*$")
-_QUOTE = re.compile(r"^\s*(?:>\s?)*")
-_PREFIX = re.compile(r"^(?:(?P<pid>\d+)@(?P<time>\d+\.\d+):)?\s*")
-_EVENT_NAME = re.compile(r"(?P<name>[a-z][a-z0-9]*_[a-z0-9_]*)(?:\s|$)")
+    + r"\s+ret=(?P<ret>-?\d+)\s*$", re.ASCII)     # ASCII: no other scripts' digits or spaces
+_QUOTE = re.compile(r"^\s*(?:>\s?)*", re.ASCII)
+_PREFIX = re.compile(r"^(?:(?P<pid>\d+)@(?P<time>\d+\.\d+):)?\s*", re.ASCII)
+_EVENT_NAME = re.compile(r"(?P<name>[a-z][a-z0-9]*_[a-z0-9_]*)(?:\s|$)", re.ASCII)
 _FIELD = re.compile(r"^(?:flags|gpa|size|ua|guest_memfd|guest_memfd_offset|ret)=")
 _MAX_CONTINUATION = 3
 

@@ -150,7 +150,10 @@ class ReplayReport:
         lines.append(f"mismatches: {len(self.mismatches)}")
         lines += [f"  line {m.line} (call {m.number}): logged {_ret(m.logged)}, model {_ret(m.modelled)}: "
                   f"{m.why}" for m in self.mismatches]
-        lines += [f"  line {u.line} unparsed ({u.reason}): {u.text.strip()}" for u in self.unparsed]
+        lines += [f"  line {u.line} unparsed ({u.reason}): {_cut(u.text.strip())}"
+                  for u in self.unparsed[:UNPARSED_SHOWN]]
+        if len(self.unparsed) > UNPARSED_SHOWN:
+            lines.append(f"  ... and {len(self.unparsed) - UNPARSED_SHOWN} more unparsed lines")
         return "\n".join(lines)
 
     def __repr__(self):
@@ -167,6 +170,14 @@ def _uncounted(vm):
     finally:
         vm.cost.clear()
         vm.cost.update(saved)
+
+
+#: How many unparsed lines ``summary`` lists (each cut to ``LINE_SHOWN`` characters).
+UNPARSED_SHOWN, LINE_SHOWN = 20, 160
+
+
+def _cut(text):
+    return text if len(text) <= LINE_SHOWN else text[:LINE_SHOWN - 3] + "..."
 
 
 def like(vm, history=False):
