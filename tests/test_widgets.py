@@ -442,3 +442,17 @@ def test_one_address_space_vm_keeps_its_form_and_generation_line():
     assert st.vm.address_spaces == 2 and [v for _, v in st.as_field.options] == [0, 1]
     assert "(2 address spaces: x86 5.15 always has 2 memslot address spaces" in st.status.value
     assert ">Linux 5.15 model</b>" in st.header.value and st.gen.value.count("generation <b>") == 2
+
+
+def test_cli_explain_html_writes_the_player(tmp_path):
+    import io
+    from kvmviz.cli import main
+    out, path = io.StringIO(), tmp_path / "delete.html"
+    status = main(["explain", "--kernel", "5.17", "--setup", "call slot=1 gpa=0x100000 size=0x100000 "
+                   "hva=0x7f0000000000", "--slot", "1", "--gpa", "0x100000", "--size", "0", "--hva",
+                   "0x7f0000000000", "--html", str(path)], out)
+    steps = int(out.getvalue().split("HTML player of the call's ")[1].split()[0])
+    page = path.read_text()
+    assert status == 0 and f"step {steps} of {steps}: the ioctl returned 0" in page
+    assert "Linux 5.17 model" in page and "DELETE slot 1" in page
+    print(f"player of a {steps}-step DELETE on 5.17: {len(page.encode())} bytes")

@@ -142,6 +142,7 @@ class Stepper:
         self.as_id = as_id
         self.base = self.vm.history.cursor
         self._cache = {}
+        self._figs = {}
         self._static = None
         self._syncing = False
         self._note = ""
@@ -234,7 +235,7 @@ class Stepper:
         self.preset.layout = px(240)
         self.slider.layout = px(250)
         self.slider.style = {"description_width": "32px"}
-        self.speed.layout = px(150)
+        self.speed.layout = px(175)
         self.speed.style = {"description_width": "42px"}
         self.form = w.VBox([self.kernel, w.HBox([self.slot, self.as_field]), w.HBox([self.flags, self.fail]),
                             w.HBox([self.gpa, self.size]), self.hva, self.status],
@@ -650,7 +651,9 @@ class Stepper:
             return plot_trees(self.vm, self.as_id, step=self.current)
         if self.view.value == "objects" and picture.objects_fit(self.vm, self.as_id):
             return picture.plot_objects(self.vm, self.as_id, step=self.current)
-        return plot_memslots(self.vm, self.as_id, step=self.current)
+        key = ("sets", self.as_id, self.vm.kernel)        # redrawn in place: no axes rebuilt per step
+        self._figs[key] = plot_memslots(self.vm, self.as_id, step=self.current, fig=self._figs.get(key))
+        return self._figs[key]
 
     def _count(self):
         """Steps of the call known so far (all of them unless its writer waits on a reader)."""
