@@ -456,3 +456,18 @@ def test_cli_explain_html_writes_the_player(tmp_path):
     assert status == 0 and f"step {steps} of {steps}: the ioctl returned 0" in page
     assert "Linux 5.17 model" in page and "DELETE slot 1" in page
     print(f"player of a {steps}-step DELETE on 5.17: {len(page.encode())} bytes")
+
+
+def test_readers_are_lanes_of_the_timeline_and_the_dry_run_stops_at_their_wait():
+    vm = vm_with(1)
+    v = vm.add_vcpu()
+    v.srcu_read_lock()                                            # pins the active set
+    st = Stepper(vm)
+    st.begin(0, 0, 0, 0, 0x7f0000000000)                          # DELETE: waits for the grace period
+    assert st.position.value == "step 0 of 8 so far (the writer waits: SRCU readers still inside: vcpu0)"
+    assert "reader vcpu0" in st.timeline.value
+    st.last()
+    v.srcu_read_unlock()
+    st.last()
+    assert st.upd.result == 0 and st.position.value.startswith("step 28 of 28")
+    assert "reader vcpu0" in st.timeline.value and st.timeline.value.count('class="kv-cursor"') == 1
