@@ -1,8 +1,9 @@
 """Stepper latency: one ``step()`` (engine replay + widget update + SVG redraw), click to picture.
 
 Target: median <= 150 ms. Prints the median and 90th percentile per step of a
-MOVE and a DELETE with 3 slots (the object picture, as in 00-start-here) and
-with 32 slots (too many rows for it: the gfn-range view), and the ratio to a
+MOVE and a DELETE with 3 slots and 32 slots in the object picture (the
+default view; 00-start-here has 1 slot) and 32 slots in the gfn-range view
+("sets", matplotlib lays out every tick and slot label), and the ratio to a
 bare engine step measured in the same process. The time from a click to the
 new picture in the browser adds the widget message and the SVG parse (a few
 ms). Run: ``.venv/bin/python benchmarks/stepper_latency.py``.
@@ -28,8 +29,9 @@ CALLS = ((1, 0, 0x40000000, 0x100000, 0x7f0010000000),      # MOVE slot 1
          (2, 0, 2 * 0x200000, 0, 0x7f0020000000))            # DELETE slot 2
 
 
-def stepper_times(slots=SLOTS):
+def stepper_times(slots=SLOTS, view="objects"):
     st = Stepper(make_vm(slots))
+    st.view.value = view
     times = []
     for call in CALLS:
         st.begin(*call)
@@ -58,8 +60,8 @@ def engine_times():
 def main():
     stepper_times(3)                    # warm up fonts and caches of matplotlib
     eng = engine_times()
-    for slots, view in ((3, "object picture"), (SLOTS, "gfn-range view")):
-        st = stepper_times(slots)
+    for slots, view in ((3, "objects"), (SLOTS, "objects"), (SLOTS, "sets")):
+        st = stepper_times(slots, view)
         med, p90 = statistics.median(st), statistics.quantiles(st, n=10)[-1]
         print(f"Stepper step + redraw, {slots} slots ({view}), {len(st)} steps (MOVE + DELETE):")
         print(f"  median {med * 1000:.1f} ms, p90 {p90 * 1000:.1f} ms, max {max(st) * 1000:.1f} ms "

@@ -471,3 +471,17 @@ def test_readers_are_lanes_of_the_timeline_and_the_dry_run_stops_at_their_wait()
     st.last()
     assert st.upd.result == 0 and st.position.value.startswith("step 28 of 28")
     assert "reader vcpu0" in st.timeline.value and st.timeline.value.count('class="kv-cursor"') == 1
+
+
+def test_many_slots_keep_the_object_picture_with_the_changing_rows_and_a_fold():
+    st = Stepper(vm_with(32))
+    st.begin(5, 0, 0x40000000, 0x100000, 0x7f0050000000)           # MOVE slot 5
+    heights = set()
+    for k in (0, 8, 17, 28):
+        st.goto(k)
+        svg = st.figure.value
+        heights.add(svg.split('height="')[1].split('"')[0])
+        assert "more slots, each object held by both sets" in svg
+    st.goto(8)
+    assert "slot 5 #6" in st.figure.value and "slot 5 #34" in st.figure.value    # old object, INVALID copy
+    assert len(heights) == 1                                       # the picture keeps its size

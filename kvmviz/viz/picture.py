@@ -53,17 +53,22 @@ def to_svg(fig):
 
 
 def objects_fit(vm, as_id=0):
-    """True when ``plot_objects`` can draw every object of ``as_id`` (tree sets, few rows).
+    """True when ``plot_objects`` can draw ``as_id``: the tree kernels' two sets (5.15 has one array).
 
     >>> import kvmviz
     >>> objects_fit(kvmviz.VM()), objects_fit(kvmviz.VM(kernel="5.15"))
     (True, False)
     """
-    return vm.implementation == "tree" and len(_object_rows(vm, as_id)) <= MAX_ROWS
+    return vm.implementation == "tree"
 
 
-def _object_rows(vm, as_id):
-    """Rows of ``[(slot, in set0, in set1)]``: one row per slot id, objects once each."""
+def _object_rows(vm, as_id, step=None):
+    """Rows of ``[(slot, in set0, in set1)]``, one per slot id, each object once; and how many were folded.
+
+    Above ``MAX_ROWS`` rows, rows where the sets agree and the step touched
+    nothing are folded into one summary row (their count returned), as
+    many as it takes to keep ``MAX_ROWS``.
+    """
     held = {}
     for node, st in enumerate(vm.sets[as_id]):
         for slot in st.slots():
@@ -72,7 +77,14 @@ def _object_rows(vm, as_id):
     rows = {}
     for slot, in0, in1 in held.values():
         rows.setdefault(slot.id, []).append((slot, in0, in1))
-    return [sorted(rows[k], key=lambda o: (not o[1], o[0].uid)) for k in sorted(rows)]
+    ordered = [sorted(rows[k], key=lambda o: (not o[1], o[0].uid)) for k in sorted(rows)]
+    if len(ordered) <= MAX_ROWS:
+        return ordered, 0
+    labels = {new for *_x, new in step.touched} if step is not None else set()
+    keep = [r for r in ordered if len(r) > 1 or not (r[0][1] and r[0][2]) or r[0][0].label in labels]
+    # fill up with agreeing rows, so the picture keeps its height from step to step
+    shown = (keep + [r for r in ordered if r not in keep])[:MAX_ROWS - 1]
+    return sorted(shown, key=lambda r: r[0][0].id), len(ordered) - len(shown)
 
 
 def _swapped(vm, step, as_id):
@@ -100,8 +112,8 @@ def plot_objects(vm, as_id=0, step=None):
     ['set0 (inactive)\\ngeneration 0x0', 'set1 (ACTIVE)\\ngeneration 0x2', 'kvm->memslots[0]']
     """
     step = current_step(vm) if step is None else step
-    rows = _object_rows(vm, as_id)
-    n = max(len(rows), 1)
+    rows, folded = _object_rows(vm, as_id, step)
+    n = max(len(rows) + (1 if folded else 0), 1)
     height = 96 + _ROW_PX * n + 34          # header rows, object rows, legend
     fig = _figure(WIDTH / 72, height / 72)
     ax = fig.add_axes((0, 24 / height, 1, 1 - 24 / height))
@@ -144,6 +156,11 @@ def plot_objects(vm, as_id=0, step=None):
                 if inside:
                     edge = x - 0.115 if node == 0 else x + 0.115
                     ax.plot([spines[node], edge], [y, y], color=SET_COLOURS[node], linewidth=2.5 if hit else 1.2)
+    if folded:
+        y = top + len(rows) + 0.5
+        _box(ax, 0.5, y, 0.46, 0.82, f"... {folded} more slots, each object held by both sets", SAME, "black", 0.8)
+        for node, edge in enumerate((0.27, 0.73)):
+            ax.plot([spines[node], edge], [y, y], color=SET_COLOURS[node], linewidth=1.2)
     fig.legend(handles=[Patch(facecolor=SAME, edgecolor="black", label="held by both sets"),
                         Patch(facecolor=DIFFERS, edgecolor="black", label="in one set only"),
                         Patch(facecolor=INVALID, edgecolor="black", label="INVALID copy"),
