@@ -250,7 +250,7 @@ def _draw_set_bands(ax, vm, st, other_uids, bands, touched):
         colours.append(colour)
         widths.append(3 if hit else 0.8)
         ax.text(0.5, (y0 + y1) / 2, _slot_text(slot, short) + ("  (touched)" if hit and not short else ""),
-                ha="center", va="center", fontsize=7 if short else 8,
+                ha="center", va="center", fontsize=7 if short else 10,
                 fontweight="bold" if hit else "normal", bbox=_LABEL_BOX if slot.invalid else None)
         covered.append((y0, y1))
     edges = [0.0] + [y for pair in covered for y in pair] + [bands.pos[-1]]
@@ -258,7 +258,8 @@ def _draw_set_bands(ax, vm, st, other_uids, bands, touched):
     _boxes(ax, gaps, EMPTY, 0.5, "0.6", "..")
     if not short:
         for _, y0, _, h in gaps:
-            ax.text(0.5, y0 + h / 2, "empty", ha="center", va="center", fontsize=7, color="0.35")
+            ax.text(0.5, y0 + h / 2, "empty", ha="center", va="center", fontsize=10, color="0.3",
+                    bbox=_LABEL_BOX)
     for hatch, (rects, colours, widths) in groups.items():
         _boxes(ax, rects, colours, widths, hatch=hatch)
     ax.set_xlim(0, 1)
@@ -310,7 +311,7 @@ def _draw_set_binned(ax, vm, st, other_uids, top, touched):
 
 def _hex_ticks(ax, bands, limit=24):
     step = max(1, -(-len(bands.edges) // limit))
-    ax.set_yticks(bands.pos[::step], [f"{e:#x}" for e in bands.edges[::step]], fontsize=7)
+    ax.set_yticks(bands.pos[::step], [f"{e:#x}" for e in bands.edges[::step]], fontsize=10 if limit <= 24 and len(bands.edges) <= 16 else 7)
 
 
 def draw_sets(axes, vm, as_id=0, step=None):
@@ -336,7 +337,7 @@ def draw_sets(axes, vm, as_id=0, step=None):
             _draw_set_binned(ax, vm, st, other, top, new)
         else:
             _draw_set_bands(ax, vm, st, other, bands, new)
-        ax.set_title(_set_title(vm, st, alias=j == 1 and sets[1] is sets[0]), fontsize=9,
+        ax.set_title(_set_title(vm, st, alias=j == 1 and sets[1] is sets[0]), fontsize=10,
                      color=C["green"] if vm.active_idx[as_id] == st.node_idx else "black")
         _frame(ax, vm.active_idx[as_id] == st.node_idx)
     if binned:
@@ -347,7 +348,7 @@ def draw_sets(axes, vm, as_id=0, step=None):
     else:
         axes[0].set_ylim(bands.pos[-1], 0)
         _hex_ticks(axes[0], bands)
-        axes[0].set_ylabel("gfn (one band per slot or gap; not to scale)", fontsize=8)
+        axes[0].set_ylabel("gfn (one band per slot or gap; not to scale)", fontsize=10)
     return binned
 
 
@@ -390,7 +391,7 @@ def plot_memslots(vm, as_id=0, step=None, fig=None):
         axes = fig.axes
     binned = draw_sets(axes, vm, as_id, step)
     fig.suptitle(titled(vm, state_summary(vm, as_id), _width_px(fig)), fontsize=10)
-    fig.legend(handles=_legend_handles(binned), loc="lower center", ncol=3, fontsize=8)
+    fig.legend(handles=_legend_handles(binned), loc="lower center", ncol=3, fontsize=10, frameon=False)
     return fig
 
 
