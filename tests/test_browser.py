@@ -174,6 +174,10 @@ def test_stepper_in_jupyterlab(browser_exe, lab, tmp_path):
                 if key == "End":                                  # slot 2 moved: a new object
                     page.wait_for_function("(old) => document.querySelector('.t-figure').innerHTML !== old",
                                            arg=fig0)
+            print(f"click-to-picture in the browser, {_latency(page)}")
+            expect(pos).to_have_text("step 10 of 28")
+            page.keyboard.press("Home")
+            expect(pos).to_have_text("step 0 of 28")
             texts = []
             for k in range(4):
                 texts.append(page.locator(".t-text").inner_text())
@@ -217,6 +221,20 @@ def test_stepper_in_jupyterlab(browser_exe, lab, tmp_path):
             browser.close()
     assert {"1-first-view-1400x900.png", "2-step-7.png", "3-player.png"} <= {p.name for p in shots.glob("*.png")}
     print(f"screenshots in {shots}")
+
+
+def _latency(page, presses=10):
+    """Median and p90 ms from a → key press to the timeline cursor having moved, over ``presses`` steps."""
+    times = []
+    for _ in range(presses):
+        old = page.locator(".t-timeline .kv-cursor rect").get_attribute("x")
+        t = time.perf_counter()
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function("(old) => { const r = document.querySelector('.t-timeline .kv-cursor rect');"
+                               " return r && r.getAttribute('x') !== old; }", arg=old, polling="raf")
+        times.append((time.perf_counter() - t) * 1000)
+    times.sort()
+    return f"median {times[len(times) // 2]:.0f} ms, p90 {times[int(len(times) * 0.9) - 1]:.0f} ms"
 
 
 def _wait_changed(locator, old, timeout=10):
