@@ -325,7 +325,7 @@ def run_recipe(args, out):
     print(file=out)
     print(render(sc.vm), file=out)
     print(file=out)
-    print(f"results: {', '.join(export._result(r) or '0' if r is not None else 'running' for r in sc.results)}",
+    print(f"results: {', '.join(export.result_text(r) or '0' if r is not None else 'running' for r in sc.results)}",
           file=out)
     print(f"invariants: {sum(map(len, sc.notes.values()))} violation(s)", file=out)
     return 0

@@ -112,7 +112,12 @@ def check_model(kernel=None, variant="merged"):
     return k.name
 
 
-def _result(r):
+def result_text(r):
+    """An update's result as text: ``0``, ``-EINVAL`` style, ``BUG``/``WARN``, or "" while running.
+
+    >>> result_text(0), result_text(-22), result_text("BUG"), result_text(None)
+    ('0', '-EINVAL', 'BUG', '')
+    """
     if r is None:
         return ""
     if isinstance(r, int) and r < 0:
@@ -151,7 +156,7 @@ def _step_body(step):
     if getattr(step, "waiting", False):
         parts.append("(waiting)")
     parts.append(step.text)
-    result = _result(getattr(step, "result", None))
+    result = result_text(getattr(step, "result", None))
     if result and not actor and result not in step.text:
         parts.append(f"=> result {result}")
     return " ".join(parts)
@@ -329,7 +334,7 @@ def _differences(a, b, texts=False):
     if frozenset(getattr(a, "locks", ())) != frozenset(getattr(b, "locks", ())):
         out.append(("locks", _locks(a.locks), _locks(b.locks)))
     if getattr(a, "result", None) != getattr(b, "result", None):
-        out.append(("result", _result(a.result) or "-", _result(b.result) or "-"))
+        out.append(("result", result_text(a.result) or "-", result_text(b.result) or "-"))
     return out
 
 
@@ -421,7 +426,7 @@ def diff(steps_a, steps_b, labels=None, texts=None):
         for kind, va, vb in found:
             kinds[kind] = kinds.get(kind, 0) + 1
             lines += _wrap_pair(kind, va, vb)
-    ra, rb = (_result(s[-1].result) or "none" if s else "-" for s in (a, b))
+    ra, rb = (result_text(s[-1].result) or "none" if s else "-" for s in (a, b))
     same = "equal" if a and b and a[-1].gens == b[-1].gens else "different"
     what = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
     lines += [""] + _wrap(f"summary: {counts['equal'] + counts['differ']} aligned ({counts['equal']} equal, "

@@ -485,3 +485,15 @@ def test_many_slots_keep_the_object_picture_with_the_changing_rows_and_a_fold():
     st.goto(8)
     assert "slot 5 #6" in st.figure.value and "slot 5 #34" in st.figure.value    # old object, INVALID copy
     assert len(heights) == 1                                       # the picture keeps its size
+
+
+def test_a_broken_variant_ends_the_call_with_bug_not_a_crash():
+    """The update's result is "BUG" (a string): the position line says so (was a TypeError)."""
+    vm = kvmviz.VM(variant="no-catch-up")
+    vm.set_user_memory_region(1, 0, 0x100000, 0x1000, 0x7f0000000000)
+    st = Stepper(vm)
+    st.begin(1, 0, 0x100000, 0, 0x7f0000000000)
+    for _ in range(len(st.upd.steps)):
+        st.step()
+    n = len(st.upd.steps)
+    assert st.upd.result == "BUG" and st._position_text(n, n) == f"step {n} of {n}: the model hit BUG"

@@ -25,7 +25,6 @@ False
 (True, 15)
 """
 
-import errno
 import html
 from collections import Counter
 from types import SimpleNamespace
@@ -36,7 +35,7 @@ from IPython.display import display
 from .. import numbers
 from ..constants import KVM_MEM_LOG_DIRTY_PAGES, U64_MAX, flag_names
 from ..errors import KvmError
-from ..export import check_model, model_label
+from ..export import check_model, model_label, result_text
 from ..kernels import KERNELS
 from ..set_memory_region import check_ioctl, check_memory_region, make_region
 from ..step import STAGES, Step
@@ -620,9 +619,9 @@ class Stepper:
         if self.upd is None:
             return "no call yet: choose a preset (or fill the arguments) and press begin"
         if self.upd.result is not None and k == n:
-            r = self.upd.result
-            ret = "0" if not r else f"-{errno.errorcode.get(-r, -r)}"
-            return f"step {k} of {n}: the ioctl returned {ret}"
+            ret = result_text(self.upd.result)
+            what = "the model hit" if ret in ("BUG", "WARN") else "the ioctl returned"
+            return f"step {k} of {n}: {what} {ret}"
         if self.upd.result is not None:
             return f"step {k} of {n}"
         return f"step {k} of {n} so far (the writer waits: {self.upd.blocked})"
