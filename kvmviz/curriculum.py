@@ -241,7 +241,8 @@ L07 = (
                 call=SLOT1),
     ChooseErrno("07.7", "Slot 1 exists with 16 pages. Call again with 32 pages, same gpa and hva.",
                 situation([SLOT1]), call=(1, 0, 0x100000, 0x20000, HVA)),
-    ChooseErrno("07.8", "Fresh VM: slot 1 whose userspace_addr is 0x800000000000 (the kernel half).",
+    ChooseErrno("07.8", "Fresh VM: slot 1 whose userspace_addr is 0x800000000000 (the first non-canonical address with "
+                "4-level paging; the kernel half starts at 0xffff800000000000).",
                 situation(), call=(1, 0, 0, 0x1000, 0x800000000000)),
     PredictState("07.9", "Fresh 5.17 VM: flags = 0x4 AND guest_phys_addr = 0x1001. Which numbered check of "
                  "reference §4.2 refuses the call?", situation(kernel="5.17"),
