@@ -16,6 +16,7 @@ match, 1 on a difference, 2 when the KVM device is unusable (with why).
 (2, 'kvmviz host-check')
 """
 
+import itertools
 import json
 import sys
 
@@ -50,9 +51,21 @@ def run(args, out):
         return 2
     cases = [c for c in CASES if not args.case or c.name in args.case]
     cases += [random_case(args.seed + k) for k in range(sequences)]
-    report = run_suite(cases=cases, path=args.device)
+    report = run_suite(cases=cases, path=args.device, progress=None if args.json else _progress(len(cases)))
     print(to_json(report) if args.json else table(report), file=out)
     return 1 if report.differences else 0
+
+
+def _progress(total):
+    """A stderr line per named case, so a long run (about a minute: 32764-slots is most of it) shows life."""
+    counter = itertools.count(1)
+
+    def show(result):
+        n = next(counter)
+        if not result.name.startswith("random-") or n == total:
+            print(f"  [{n}/{total}] {result.name}: {len(result.differences)} difference(s)",
+                  file=sys.stderr, flush=True)
+    return show
 
 
 def table(report):
