@@ -23,7 +23,6 @@ collisions are frequent. ``run`` returns a ``Report``.
 True True
 """
 
-import errno
 import random
 import time
 from typing import NamedTuple
@@ -31,6 +30,7 @@ from typing import NamedTuple
 from ..constants import (KVM_MEM_LOG_DIRTY_PAGES as LOG, KVM_MEM_MAX_NR_PAGES, KVM_MEM_READONLY as RO,
                          KVM_USER_MEM_SLOTS, PAGE_SHIFT, PAGE_SIZE as P, TASK_SIZE_MAX, U64_MAX)
 from ..errors import KvmError
+from ..export import result_text
 from .guest import PROBE_LIMIT
 from .kvm import HostVM
 from .model import describe, host_capabilities, model_for_host
@@ -114,15 +114,6 @@ class CaseResult(NamedTuple):
     differences: tuple
 
 
-def rc_text(rc):
-    """``0`` or ``-EINVAL`` style text of a return code.
-
-    >>> rc_text(0), rc_text(-22)
-    ('0', '-EINVAL')
-    """
-    return "0" if rc == 0 else f"-{errno.errorcode.get(-rc, -rc)}"
-
-
 # -- running one case -------------------------------------------------------------------
 def model_call(vm, call, base, fds=()):
     """The model's return code and the rule it applied (``-errno`` or 0); ``fds``: the model's gmem fds."""
@@ -176,7 +167,7 @@ class _Runner:
             got = host.set_user_memory_region2(*args, guest_memfd=fd, guest_memfd_offset=call.gmem[1])
         else:
             got = host.set_user_memory_region(*args)
-        self.compare(i, str(call), rc_text(rc), rc_text(got), rule)
+        self.compare(i, str(call), result_text(rc), result_text(got), rule)
 
     def gmem_file(self, i, item, vm, host):
         self.calls += 1
@@ -189,7 +180,7 @@ class _Runner:
         got = host.create_guest_memfd(item.size)
         if got >= 0:
             self.fds[1].append(got)
-        self.compare(i, str(item), rc_text(rc), rc_text(min(got, 0)), rule)
+        self.compare(i, str(item), result_text(rc), result_text(min(got, 0)), rule)
 
     def probe(self, i, vm, host):
         vcpu = vm.add_vcpu()
@@ -214,10 +205,10 @@ class _Runner:
             try:
                 pages, rule = sorted(vm.get_dirty_log(slot.id)), "dirty bitmap"
             except KvmError as e:
-                pages, rule = rc_text(-e.errno), e.message
+                pages, rule = result_text(-e.errno), e.message
             rc, got = host.get_dirty_log(slot.id, slot.npages)
             self.compare(i, f"KVM_GET_DIRTY_LOG slot {slot.id}", pages,
-                         sorted(got) if rc == 0 else rc_text(rc), rule)
+                         sorted(got) if rc == 0 else result_text(rc), rule)
 
 
 def _fill(memory):
