@@ -42,8 +42,8 @@ import time
 from pathlib import Path
 
 import kvmviz
-from kvmviz.constants import KVM_ADDRESS_SPACE_NUM
-from kvmviz.memslots_array import ARCH, BASE, ID, new_entry
+from kvmviz.engine.constants import KVM_ADDRESS_SPACE_NUM
+from kvmviz.engine.array.memslots import ARCH, BASE, ID, new_entry
 
 PAGE = 4096
 MEM_GPA = 0x10000000

@@ -7,24 +7,25 @@
 (2, [])
 """
 
-from .constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEMSLOT_INVALID, KVM_USER_MEM_SLOTS
-from .errors import KvmError
-from .invariants import check_invariants
-from .kernels import KERNELS
-from .memslot import Memslot
-from .schedule import Schedule, Tick, Timeline
-from .srcu import ReaderAction
-from .vcpu import Access, GfnToHvaCache, Vcpu
-from .set_memory_region import CHANGES, CREATE, DELETE, FLAGS_ONLY, MOVE, NONE
-from .step import STAGES, Step, Update
-from .vm import VM
+from .engine.constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEMSLOT_INVALID, KVM_USER_MEM_SLOTS
+from .engine.errors import KvmError
+from .engine.invariants import check_invariants
+from .engine.kernels import KERNELS
+from .engine.memslot import Memslot
+from .engine.schedule import Schedule, Tick, Timeline
+from .engine.srcu import ReaderAction
+from .engine.vcpu import Access, GfnToHvaCache, Vcpu
+from .engine.validate import CHANGES, CREATE, DELETE, FLAGS_ONLY, MOVE, NONE
+from .engine.step import STAGES, Step, Update
+from .engine.vm import VM
 
 __version__ = "0.1.0"
 
 from . import export, variants  # noqa: E402  (they read __version__)
+from .teach import exercises  # noqa: E402
 
 __all__ = ["VM", "KERNELS", "KvmError", "Memslot", "Step", "Update", "check_invariants", "Schedule", "Tick", "Timeline",
            "ReaderAction", "Vcpu", "Access", "GfnToHvaCache", "STAGES", "CHANGES",
            "CREATE", "DELETE", "MOVE", "FLAGS_ONLY", "NONE", "KVM_MEM_LOG_DIRTY_PAGES",
            "KVM_MEM_READONLY", "KVM_MEMSLOT_INVALID", "KVM_USER_MEM_SLOTS", "__version__",
-           "export", "variants"]
+           "export", "variants", "exercises"]

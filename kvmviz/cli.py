@@ -35,11 +35,12 @@ import errno
 import os
 import sys
 
-from . import __version__, export, kernels, variants
-from .kernels import KERNELS
+from . import __version__, export, variants
+from .engine import kernels
+from .engine.kernels import KERNELS
 from .host.cli import add_parser as add_host_check
 from .inputs import RECIPE_LIMIT, read_text
-from .memslots import ModelBug
+from .engine.tree.memslots import ModelBug
 from .trace.capture_cli import add_parser as add_capture
 from .trace.cli import add_parser as add_replay
 
@@ -225,7 +226,7 @@ def run_explain(args, out):
             sc.actions[-1] = ("call", sc.actions[-1][1])
         print(export.recipe(sc) + "\n", file=out)
     if args.html and upd.steps:
-        from .viz.player import player       # matplotlib only for --html: the engine never imports viz
+        from .viz.widgets import player       # matplotlib only for --html: the engine never imports viz
         player(upd.steps, args.html, vm=sc.vm)
         print(f"HTML player of the call's {len(upd.steps)} steps written to {args.html}", file=out)
     return _outcome(sc, upd, out)

@@ -23,11 +23,11 @@ import shlex
 import textwrap
 from typing import NamedTuple
 
-from .kernels import KERNELS, kernel_for
-from .numbers import parse_number
-from .memslots import ModelBug
-from .constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEMSLOT_INVALID
-from .constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
+from .engine.kernels import KERNELS, kernel_for
+from .engine.numbers import parse_number
+from .engine.tree.memslots import ModelBug
+from .engine.constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEMSLOT_INVALID
+from .engine.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
 
 WIDTH = 78
 _LOCKS = (("slots_lock", "S"), ("slots_arch_lock", "A"), ("mn_invalidate_lock", "M"))
@@ -508,7 +508,7 @@ class Scenario:
         """With ``check=True``: note the invariant violations new since the last event."""
         if not self.check:
             return
-        from .invariants import check_invariants
+        from .engine.invariants import check_invariants
         now = check_invariants(self.vm)
         new = [v for v in now if v not in self._seen]
         self._seen = now

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import kvmviz
-from kvmviz.memslots_array import SIZEOF_MEMSLOTS_HEADER, ArrayMemslots, kvm_memslots_size, new_entry
+from kvmviz.engine.array.memslots import SIZEOF_MEMSLOTS_HEADER, ArrayMemslots, kvm_memslots_size, new_entry
 
 HVA = 0x7f0000000000
 ROOT = Path(__file__).resolve().parent.parent

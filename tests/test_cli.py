@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from kvmviz import cli, export
-from kvmviz.kernels import DEFAULT_KERNEL
+from kvmviz.engine.kernels import DEFAULT_KERNEL
 
 CALL = ["--slot", "1", "--gpa", "0x100000", "--size", "0x10000", "--hva", "0x7f0000000000"]
 SETUP = "call slot=1 gpa=0x100000 size=0x10000 hva=0x7f0000000000"

@@ -8,7 +8,9 @@ exercise (which asks the engine) and this table disagree and the test fails.
 import pytest
 
 from kvmviz import exercises as ex
-from kvmviz.exercises import IP, Feedback, Progress
+from kvmviz.teach import answers
+from kvmviz.teach.answers import IP, Feedback
+from kvmviz.teach.exercises import Progress
 
 # key: (right answer, a wrong answer, reference)
 EXPECTED = {
@@ -127,10 +129,10 @@ def test_answers_come_from_the_engine_not_a_key():
     e = ex.get("04.3")
     original = e.setup
     try:
-        e.setup = ex.situation([(1, 0, 0x100000, 0x10000, ex.HVA)], begin=(1, 0, 0, 0, 0))  # a DELETE
+        e.setup = answers.situation([(1, 0, 0x100000, 0x10000, answers.HVA)], begin=(1, 0, 0, 0, 0))  # a DELETE
         assert e.answer() == "0x6"
-        e.setup = ex.situation([(1, 0, 0x100000, 0x10000, ex.HVA)],
-                               begin=(1, 1, 0x100000, 0x10000, ex.HVA))              # FLAGS_ONLY
+        e.setup = answers.situation([(1, 0, 0x100000, 0x10000, answers.HVA)],
+                               begin=(1, 1, 0x100000, 0x10000, answers.HVA))              # FLAGS_ONLY
         assert e.answer() == "0x4"
     finally:
         e.setup = original

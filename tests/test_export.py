@@ -3,8 +3,8 @@
 import pytest
 
 from kvmviz import VM, __version__, export
-from kvmviz.constants import KVM_MEM_LOG_DIRTY_PAGES
-from kvmviz.kernels import DEFAULT_KERNEL
+from kvmviz.engine.constants import KVM_MEM_LOG_DIRTY_PAGES
+from kvmviz.engine.kernels import DEFAULT_KERNEL
 
 HVA = 0x7F0000000000
 

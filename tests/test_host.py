@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import kvmviz
 from kvmviz import KvmError
 from kvmviz.cli import main
-from kvmviz.constants import KVM_MEM_LOG_DIRTY_PAGES as LOG, KVM_MEM_READONLY as RO, PAGE_SIZE as P
+from kvmviz.engine.constants import KVM_MEM_LOG_DIRTY_PAGES as LOG, KVM_MEM_READONLY as RO, PAGE_SIZE as P
 from kvmviz.host import HostVM, available
 from kvmviz.host import check
 from kvmviz.host.guest import free_place

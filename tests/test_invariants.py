@@ -1,7 +1,7 @@
 """The invariant checker catches each kind of broken state, and only those."""
 
 import kvmviz
-from kvmviz.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
+from kvmviz.engine.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
 
 HVA = 0x7f0000000000
 

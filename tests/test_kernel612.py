@@ -6,7 +6,7 @@ import pytest
 
 import kvmviz
 from kvmviz import KvmError, VM
-from kvmviz.constants import KVM_MEM_GUEST_MEMFD as GMEM, KVM_MEM_LOG_DIRTY_PAGES as LOG, KVM_MEM_READONLY as RO
+from kvmviz.engine.constants import KVM_MEM_GUEST_MEMFD as GMEM, KVM_MEM_LOG_DIRTY_PAGES as LOG, KVM_MEM_READONLY as RO
 
 HVA, P = 0x7F0000000000, 0x1000
 

@@ -2,8 +2,8 @@
 
 from hypothesis import given, settings, strategies as st
 
-from kvmviz.memslot import Memslot
-from kvmviz.memslots import MemslotSet, hash_32
+from kvmviz.engine.memslot import Memslot
+from kvmviz.engine.tree.memslots import MemslotSet, hash_32
 
 uid = iter(range(1, 10**9))
 

@@ -34,7 +34,7 @@ def test_environment_yml_lists_the_same_dependencies_as_pyproject():
 
 
 def test_engine_imports_nothing_from_jupyter_or_plotting():
-    code = ("import sys, kvmviz, kvmviz.vm, kvmviz.protocol, kvmviz.invariants;"
+    code = ("import sys, kvmviz, kvmviz.engine.vm, kvmviz.engine.tree.protocol, kvmviz.engine.invariants;"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
             "{'matplotlib','ipywidgets','IPython','ipykernel','jupyter_core','numpy'});"
             "print(bad)")
@@ -80,3 +80,68 @@ def test_readme_gives_the_two_commands_and_ci_runs_the_test_one():
     makefile = (ROOT / "Makefile").read_text()
     assert re.search(r"^lab:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
     assert "notebooks/00-start-here.ipynb" in makefile
+
+
+def _module_imports(path):
+    """Absolute kvmviz modules that ``path`` imports, at module level and inside functions."""
+    here = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    package = here if path.name == "__init__.py" else here.rsplit(".", 1)[0]
+    package = package.removesuffix(".__init__")
+    found = {"top": set(), "inner": set()}
+    tree = ast.parse(path.read_text())
+    top = set(map(id, tree.body))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package.split(".")[: len(package.split(".")) - node.level + 1]
+            target = ".".join(base + ([node.module] if node.module else []))
+            names = [target + "." + a.name for a in node.names] if not node.module else [target]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("kvmviz"):
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names if a.name.startswith("kvmviz")]
+        else:
+            continue
+        found["top" if id(node) in top else "inner"].update(names)
+    return here.removesuffix(".__init__"), found
+
+
+def _graph():
+    modules = {}
+    for path in (ROOT / "kvmviz").rglob("*.py"):
+        name, found = _module_imports(path)
+        modules[name] = found
+    known = set(modules)
+
+    def resolve(target):              # "kvmviz.engine.vm.VM" -> "kvmviz.engine.vm"
+        while target and target not in known:
+            target = target.rpartition(".")[0]
+        return target
+    return {m: {k: {resolve(t) for t in v} - {m, ""} for k, v in f.items()} for m, f in modules.items()}
+
+
+def test_the_package_has_no_import_cycle():
+    graph = _graph()
+    edges = {m: {t for t in f["top"] | f["inner"] if not m.startswith(t + ".") and not t.startswith(m + ".")}
+             for m, f in graph.items()}           # a package and its own modules are one thing
+    state, path = {}, []
+
+    def visit(m):
+        state[m] = "open"
+        path.append(m)
+        for t in sorted(edges.get(m, ())):
+            assert state.get(t) != "open", "import cycle: " + " -> ".join(path[path.index(t):] + [t])
+            if t not in state:
+                visit(t)
+        path.pop()
+        state[m] = "done"
+    for m in sorted(edges):
+        if m not in state:
+            visit(m)
+
+
+def test_the_engine_imports_nothing_above_it():
+    for module, found in _graph().items():
+        if module.startswith("kvmviz.engine"):
+            outside = {t for t in found["top"] | found["inner"]
+                       if t.startswith("kvmviz") and not t.startswith("kvmviz.engine") and t != "kvmviz"}
+            assert not outside - {"kvmviz.variants"}, f"{module} imports {outside}"

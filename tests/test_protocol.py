@@ -6,8 +6,8 @@ import itertools
 import pytest
 
 import kvmviz
-from kvmviz.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
-from kvmviz.history import StateError
+from kvmviz.engine.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
+from kvmviz.engine.history import StateError
 
 HVA = 0x7f0000000000
 CREATE = (1, 0, 0x100000, 0x10000, HVA)

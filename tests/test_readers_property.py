@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import kvmviz
 from kvmviz import Schedule
-from kvmviz.constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
+from kvmviz.engine.constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
 
 HVA = 0x7F0000000000
 MAX_EXAMPLES = 300

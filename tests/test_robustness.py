@@ -7,8 +7,8 @@ import pytest
 
 import kvmviz
 from kvmviz import KvmError, check_invariants
-from kvmviz.history import StateError
-from kvmviz.memslots import ModelBug
+from kvmviz.engine.history import StateError
+from kvmviz.engine.tree.memslots import ModelBug
 
 H = 0x7f0000000000
 
@@ -159,13 +159,13 @@ def test_9_smm_needs_a_second_address_space():
 
 @pytest.mark.parametrize("text", ["٣", "３", "1_000", "-1", "+1", "1e6", "1.5", "010", "0x", "\u00a01", "", "0x1g"])
 def test_9_the_number_parser_refuses_what_int_would_take(text):
-    from kvmviz.numbers import parse_number
+    from kvmviz.engine.numbers import parse_number
     with pytest.raises(ValueError, match="slot"):
         parse_number(text, "slot")
 
 
 def test_9_the_number_parser_reads_decimal_and_hex_and_checks_the_range():
-    from kvmviz.numbers import parse_number
+    from kvmviz.engine.numbers import parse_number
     assert [parse_number(t) for t in ("0", "42", "0x2A", "0X2a", " 7\t")] == [0, 42, 42, 42, 7]
     with pytest.raises(TypeError):
         parse_number(True)

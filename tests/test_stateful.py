@@ -20,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 import kvmviz
 from kvmviz import KvmError, check_invariants, variants
-from kvmviz.memslots import ModelBug
+from kvmviz.engine.tree.memslots import ModelBug
 
 H = 0x7f0000000000
 SETUPS = [("5.15", "merged")] + [(k, v) for k in ("5.17", "6.12") for v in variants.names()]

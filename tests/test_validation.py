@@ -8,7 +8,7 @@ import errno
 import pytest
 
 import kvmviz
-from kvmviz.constants import KVM_MEM_MAX_NR_PAGES, TASK_SIZE_MAX
+from kvmviz.engine.constants import KVM_MEM_MAX_NR_PAGES, TASK_SIZE_MAX
 
 HVA = 0x7f0000000000
 

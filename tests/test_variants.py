@@ -4,8 +4,8 @@ import pytest
 
 import kvmviz
 from kvmviz import VM, check_invariants, variants
-from kvmviz.constants import KVM_MEM_LOG_DIRTY_PAGES
-from kvmviz.memslots import ModelBug
+from kvmviz.engine.constants import KVM_MEM_LOG_DIRTY_PAGES
+from kvmviz.engine.tree.memslots import ModelBug
 from kvmviz.variants.seed import SeedAsPostedProtocol
 
 HVA = 0x7F0000000000

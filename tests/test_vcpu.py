@@ -5,8 +5,8 @@ vCPU sees in each window of DELETE and MOVE, and the reader invariants
 import pytest
 
 import kvmviz
-from kvmviz.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
-from kvmviz.vcpu import MmioSpte, check_mmio_spte
+from kvmviz.engine.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
+from kvmviz.engine.vcpu import MmioSpte, check_mmio_spte
 
 HVA = 0x7F0000000000
 GPA = 0x100000
@@ -267,7 +267,7 @@ def test_window_between_the_swaps_fails_hva_users_with_efault():
     fresh = v.gfn_to_hva_cache_init(GPA + 0x1008, 8)
     assert fresh.hva is None and fresh.generation == 4
     slot = v.gfn_to_memslot(0x101)
-    assert slot.invalid and kvmviz.vcpu.gfn_to_hva(slot, 0x101, False) == ("invalid-slot", None)
+    assert slot.invalid and kvmviz.engine.vcpu.gfn_to_hva(slot, 0x101, False) == ("invalid-slot", None)
     assert v.access(0x101).reason == "retry"                    # the fault path retries instead
 
 

@@ -369,7 +369,7 @@ def test_a_failing_handler_shows_a_message_not_a_traceback(monkeypatch):
 
 
 def test_parse_number_is_the_clis():
-    from kvmviz import numbers
+    from kvmviz.engine import numbers
     assert parse_number("x", " 0x1000 ") == 0x1000 == numbers.parse_number("0x1000")
     assert parse_number("x", "4096") == 4096
     for text in ("1e6", "abc", "-0x10", "7f00"):

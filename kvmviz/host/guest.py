@@ -26,7 +26,7 @@ import os
 import struct
 from typing import NamedTuple
 
-from ..constants import KVM_USER_MEM_SLOTS, PAGE_SIZE
+from ..engine.constants import KVM_USER_MEM_SLOTS, PAGE_SIZE
 from .ioctl import (KVM_CREATE_VCPU, KVM_GET_SREGS, KVM_GET_VCPU_MMAP_SIZE, KVM_RUN, KVM_SET_REGS,
                     KVM_SET_SREGS, Memory, ioctl, release)
 

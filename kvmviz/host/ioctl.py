@@ -10,7 +10,7 @@ raising, so a kernel refusal is a value a test can compare.
 
 import ctypes
 
-from ..constants import PAGE_SIZE
+from ..engine.constants import PAGE_SIZE
 
 KVMIO = 0xAE
 

@@ -22,8 +22,8 @@ import os
 import struct
 from typing import NamedTuple
 
-from ..constants import U32_MAX, U64_MAX
-from ..set_memory_region import make_region
+from ..engine.constants import U32_MAX, U64_MAX
+from ..engine.validate import make_region
 from .guest import Guest, free_place
 from .ioctl import (CAPS, KVM_CHECK_EXTENSION, KVM_CREATE_GUEST_MEMFD, KVM_CREATE_VM, KVM_GET_API_VERSION,
                     KVM_GET_DIRTY_LOG, KVM_SET_USER_MEMORY_REGION, KVM_SET_USER_MEMORY_REGION2, Memory,

@@ -28,9 +28,9 @@ import os
 import re
 import struct
 
-from ..constants import PAGE_SHIFT
-from ..kernels import KERNELS, has
-from ..vm import VM
+from ..engine.constants import PAGE_SHIFT
+from ..engine.kernels import KERNELS, has
+from ..engine.vm import VM
 from .kvm import Capabilities, HostVM
 
 #: ``/sys/module/*/parameters`` that say whether KVM uses two-dimensional paging.

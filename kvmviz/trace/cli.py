@@ -28,8 +28,8 @@ import os
 import sys
 
 from ..inputs import TRACE_LIMIT, read_text
-from ..kernels import DEFAULT_KERNEL, KERNELS, has
-from ..vm import VM
+from ..engine.kernels import DEFAULT_KERNEL, KERNELS, has
+from ..engine.vm import VM
 from .qemu import parse_qemu
 from .replay import explain, load, replay, shipped
 from .threeway import on_host

@@ -47,7 +47,7 @@ be a guess, and the lines are reported as unparsed).
 import re
 from typing import NamedTuple
 
-from ..constants import PAGE_SHIFT, U16_MAX, U32_MAX, U64_MAX
+from ..engine.constants import PAGE_SHIFT, U16_MAX, U32_MAX, U64_MAX
 
 EVENT = "kvm_set_user_memory"
 ERAS = ("slot", "addrspace", "guest_memfd")

@@ -44,11 +44,11 @@ from contextlib import contextmanager
 from importlib import resources
 from typing import NamedTuple
 
-from ..constants import KVM_MEM_GUEST_MEMFD, KVM_MEM_READONLY, flag_names
-from ..errors import KvmError
-from ..kernels import KERNELS, has
-from ..set_memory_region import CHANGES, DELETE, check_ioctl, check_memory_region, make_region
-from ..vm import VM
+from ..engine.constants import KVM_MEM_GUEST_MEMFD, KVM_MEM_READONLY, flag_names
+from ..engine.errors import KvmError
+from ..engine.kernels import KERNELS, has
+from ..engine.validate import CHANGES, DELETE, check_ioctl, check_memory_region, make_region
+from ..engine.vm import VM
 from .qemu import MemoryCall, QemuTrace, parse_qemu
 
 FAILED, OUTSIDE = "FAILED", "OUTSIDE"

@@ -32,7 +32,7 @@ kernel behaviour the model lacks).
 import errno
 from typing import NamedTuple
 
-from ..set_memory_region import DELETE
+from ..engine.validate import DELETE
 from .replay import GMEM_FILE_SIZE
 
 VERDICTS = ("agree", "explained", "not run", "UNEXPLAINED")

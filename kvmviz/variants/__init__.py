@@ -15,42 +15,12 @@ Traceback (most recent call last):
 ValueError: unknown variant 'nope'; choose from merged, seed, seed-as-posted, invalid-in-place, no-srcu-wait, gen-before-publish, no-catch-up
 """
 
-from dataclasses import dataclass
-
-from ..protocol import MergedProtocol
+from ..engine.variant import Variant, describe, make_protocol, names, register, resolve, unregister
 from . import broken, seed
 
-_MERGED_SOURCE = ("Linux 5.17 as merged: v7 of Maciej S. Szmigiero's series, "
-                  "cover.1638817637.git.maciej.szmigiero@oracle.com, with commit 244893fa2859 "
-                  "(Sean Christopherson, dynamic `new`); reference §0, §2")
 _BROKEN_SOURCE = "kvmviz: a deliberately broken change, written for review practice; "
 
-
-@dataclass(frozen=True)
-class Variant:
-    """One algorithm variant: its protocol class and what a reviewer should know.
-
-    >>> describe("no-srcu-wait").violates
-    'grace period'
-    """
-
-    name: str
-    protocol: type
-    broken: bool
-    description: str
-    source: str
-    violates: str = ""          # the invariant family the checker reports, for broken variants
-
-    def __str__(self):
-        tag = "BROKEN" if self.broken else "ok"
-        return f"{self.name} [{tag}]: {self.description}\n  source: {self.source}"
-
-
 _VARIANTS = (
-    Variant("merged", MergedProtocol, False,
-            "The update as merged for Linux 5.17: `new` is allocated by __kvm_set_memory_region and "
-            "installed as it is; DELETE and MOVE allocate an INVALID copy of the old slot, publish it, "
-            "then swap again; commit frees what became unreachable.", _MERGED_SOURCE),
     Variant("seed", seed.SeedProtocol, False,
             "Sean Christopherson's 27 Oct 2021 proposal, its dispatch read as intended: one `working` "
             "slot is allocated up front for every change type (before slots_arch_lock) and filled with "
@@ -83,38 +53,9 @@ _VARIANTS = (
             "set and publishes it, and slots vanish or come back from the dead.",
             _BROKEN_SOURCE + "breaks reference §2.1 (kvm_activate_memslot)", "agreement"),
 )
-_BY_NAME = {v.name: v for v in _VARIANTS}
+for _v in _VARIANTS:
+    register(_v.name, _v.protocol, description=_v.description, source=_v.source, broken=_v.broken,
+             violates=_v.violates)
 
 
-def names(broken=None):
-    """Names of all variants (``broken=True``/``False`` to filter).
-
-    >>> names(broken=False)
-    ['merged', 'seed']
-    """
-    return [v.name for v in _VARIANTS if broken is None or v.broken == broken]
-
-
-def describe(name):
-    """The ``Variant`` called ``name``; ``ValueError`` listing the names if unknown.
-
-    >>> print(describe("no-catch-up").description.split(".")[0])
-    kvm_activate_memslot swaps but does not replay the change on the set that just became inactive ('nobody reads it')
-    """
-    try:
-        return _BY_NAME[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(names())}") from None
-
-
-def make_protocol(vm, name):
-    """The protocol object ``VM(variant=name)`` runs its updates with.
-
-    >>> from kvmviz import VM
-    >>> type(make_protocol(VM(), "seed")).__name__
-    'SeedProtocol'
-    """
-    return describe(name).protocol(vm)
-
-
-__all__ = ["Variant", "names", "describe", "make_protocol"]
+__all__ = ["Variant", "names", "describe", "make_protocol", "register", "unregister", "resolve"]

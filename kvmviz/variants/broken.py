@@ -13,8 +13,8 @@ read-side section also sees something it must not.
 'as0: at rest both sets must hold the same slot objects, but '
 """
 
-from ..constants import KVM_MEMSLOT_INVALID
-from ..protocol import MergedProtocol
+from ..engine.constants import KVM_MEMSLOT_INVALID
+from ..engine.tree.protocol import MergedProtocol
 
 
 class InvalidInPlaceProtocol(MergedProtocol):

@@ -32,11 +32,11 @@ its work the second chain ends in ``BUG()``.
 ['#1']
 """
 
-from ..constants import KVM_MEMSLOT_INVALID
-from ..memslot import Memslot, kvm_copy_memslot
-from ..memslots import ModelBug
-from ..protocol import SAL, SL, MergedProtocol
-from ..set_memory_region import CREATE, DELETE, FLAGS_ONLY, MOVE
+from ..engine.constants import KVM_MEMSLOT_INVALID
+from ..engine.memslot import Memslot, kvm_copy_memslot
+from ..engine.tree.memslots import ModelBug
+from ..engine.tree.protocol import SAL, SL, MergedProtocol
+from ..engine.validate import CREATE, DELETE, FLAGS_ONLY, MOVE
 
 SOURCE = ("Sean Christopherson, 27 Oct 2021, reply to \"[PATCH v5 11/13] KVM: Keep memslots in "
           "tree-based structures instead of array-based ones\", Message-ID YXnmrqhvc4mzxZfn@google.com "

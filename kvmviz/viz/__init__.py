@@ -14,7 +14,7 @@ def __getattr__(name):
         from .widgets import Stepper
         return Stepper
     if name == "player":
-        from .player import player
+        from .widgets import player
         return player
     raise AttributeError(f"module 'kvmviz.viz' has no attribute {name!r}")
 

@@ -1,12 +1,12 @@
 """ipywidgets for the lessons' exercises: an answer box, a Check button, feedback, progress.
 
 Thin glue: checking is ``Progress.check`` / ``Exercise.check`` from
-``kvmviz.exercises``; the widgets only collect the answer and show the
+``kvmviz.teach.exercises``; the widgets only collect the answer and show the
 ``Feedback``. Each also offers a ``text/html`` rendering, which pages without
 a widget manager (``make html``) show instead. Stable CSS hooks for browser tests: ``kvmviz-exercise``,
 ``t-answer``, ``t-check``, ``t-feedback``, ``t-progress``, ``t-call``, ``t-result``.
 
->>> from kvmviz.exercises import Progress
+>>> from kvmviz.teach.exercises import Progress
 >>> p = Progress.for_lesson(2)
 >>> box = ExerciseWidget("02.1", p)
 >>> box.answer("set0").correct, box.answer("set1").correct, p.solved_count
@@ -19,8 +19,9 @@ import html
 
 import ipywidgets as w
 
-from kvmviz.exercises import INVARIANTS, AnswerError, Progress, get, parse_int
-from kvmviz.lessons import describe_call
+from kvmviz.teach.answers import INVARIANTS, AnswerError, parse_int
+from kvmviz.teach.exercises import Progress, get
+from kvmviz.teach.lessons import describe_call
 
 
 def _options(exercise):
@@ -119,7 +120,7 @@ def lesson_progress(n):
 class IoctlForm:
     """Five fields and a Call button: try ``KVM_SET_USER_MEMORY_REGION`` on ``vm``.
 
-    Each call's outcome (``kvmviz.lessons.describe_call``) is added to a log.
+    Each call's outcome (``kvmviz.teach.lessons.describe_call``) is added to a log.
 
     >>> import kvmviz
     >>> form = IoctlForm(kvmviz.VM())

@@ -21,8 +21,8 @@ import matplotlib
 import numpy as np
 from matplotlib.patches import FancyBboxPatch, Patch
 
-from ..constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP, flag_names
-from ..step import Step
+from ..engine.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP, flag_names
+from ..engine.step import Step
 from .plots import (C, DIFFERS, INVALID, LOCK_COLOURS, SAME, SET_COLOURS, _figure, _reader_spans,
                     _readers_by_event, current_step, gen_text, timeline)
 

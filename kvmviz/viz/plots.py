@@ -30,9 +30,9 @@ from matplotlib.collections import PatchCollection
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from ..constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP, flag_names
+from ..engine.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP, flag_names
 from ..export import model_label
-from ..step import STAGES, Step
+from ..engine.step import STAGES, Step
 
 #: The Okabe-Ito colour-blind-safe palette.
 OKABE_ITO = {"black": "#000000", "orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73",

@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
-from ..constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
+from ..engine.constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
 from ..export import model_label
 from .plots import OKABE_ITO as C
 
@@ -90,7 +90,7 @@ def plot_replay(report, as_id=0, name="trace", yscale="symlog"):
     >>> fig = plot_replay(trace.replay(trace.load("qemu-boot-smm.log")), as_id=1, name="SMM boot")
     >>> fig.axes[0].get_title().splitlines()[0]
     'SMM boot, address space 1: 54 calls, 32 CREATE, 22 DELETE, 0 FLAGS_ONLY'
-    >>> from kvmviz.kernels import DEFAULT_KERNEL
+    >>> from kvmviz.engine.kernels import DEFAULT_KERNEL
     >>> fig.axes[0].get_title().endswith(f"; replayed on the Linux {DEFAULT_KERNEL} model")
     True
     """

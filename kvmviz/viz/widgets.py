@@ -27,20 +27,22 @@ False
 
 import html
 from collections import Counter
+from pathlib import Path
 from types import SimpleNamespace
 
 import ipywidgets as w
 from IPython.display import display
 
-from .. import numbers
-from ..constants import KVM_MEM_LOG_DIRTY_PAGES, U64_MAX, flag_names
-from ..errors import KvmError
+from ..engine import numbers
+from ..engine.constants import KVM_MEM_LOG_DIRTY_PAGES, U64_MAX, flag_names
+from ..engine.errors import KvmError
 from ..export import check_model, model_label, result_text
-from ..kernels import KERNELS
-from ..set_memory_region import check_ioctl, check_memory_region, make_region
-from ..step import STAGES, Step
-from ..vm import VM
+from ..engine.kernels import KERNELS
+from ..engine.validate import check_ioctl, check_memory_region, make_region
+from ..engine.step import STAGES, Step
+from ..engine.vm import VM
 from . import picture
+from .player_html import page
 from .plots import OKABE_ITO, gen_text, plot_memslots, plot_trees
 
 FIELDS = ("slot", "flags", "gpa", "size", "hva")
@@ -62,7 +64,7 @@ class InputError(ValueError):
 
 
 def parse_number(name, text):
-    """Parse a form field with the CLI's parser (``kvmviz.numbers``): decimal, or hex with ``0x``.
+    """Parse a form field with the CLI's parser (``kvmviz.engine.numbers``): decimal, or hex with ``0x``.
 
     >>> parse_number("gpa", "0x100000"), parse_number("slot", "12")
     (1048576, 12)
@@ -742,8 +744,8 @@ class Stepper:
 
     def save_html(self, path):
         """Write the call as one self-contained HTML player (``kvmviz.viz.player``); returns the path."""
-        from .player import write_player
-        return write_player(self, path)
+        Path(path).write_text(page(self), encoding="utf-8")
+        return path
 
     def _static_bundle(self):
         text = self.summary()
@@ -825,3 +827,33 @@ _KEYS_HTML = (
     "Home:'.t-first',End:'.t-last'}[e.key];var t=e.target.tagName;"
     "if(!m||t==='INPUT'||t==='SELECT'||t==='TEXTAREA')return;var b=root.querySelector('button'+m);"
     "e.preventDefault();e.stopPropagation();if(b&&!b.disabled)b.click();});})(this)\">")
+
+
+def player(source, path=None, vm=None):
+    """The HTML player of a call, as a string; also written to ``path`` if given.
+
+    ``source`` is a ``Stepper`` (its current call), a ``VM`` (its last call),
+    or the list of steps a call returned, with ``vm`` the VM they ran on.
+    """
+    stepper = source if isinstance(source, Stepper) else Stepper.for_call(*_call_of(source, vm))
+    html_page = page(stepper)
+    if path is not None:
+        Path(path).write_text(html_page, encoding="utf-8")
+    return html_page
+
+
+def _call_of(source, vm):
+    """(vm, first history index, end index) of the call ``source`` names."""
+    if isinstance(source, (list, tuple)):
+        if vm is None or not source:
+            raise ValueError("a list of steps needs the VM they ran on: player(steps, vm=vm)")
+        return vm, source[0].index, source[-1].index + 1
+    vm = source
+    events = vm.history.events[:vm.history.cursor]
+    last = next((e for e in reversed(events) if isinstance(e, Step)), None)
+    if last is None:
+        raise ValueError("this VM has run no call yet: nothing to play")
+    start = last.index
+    while start > 0 and getattr(events[start - 1], "call", None) == last.call:
+        start -= 1
+    return vm, start, last.index + 1

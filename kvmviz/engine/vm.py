@@ -14,7 +14,7 @@ active pointer (``memslots[as]``), starting at set 0 with generation ``as``
 >>> vm.set_user_memory_region(2, 0, 0x80000, 0x1000, 0x7f0000000000)
 Traceback (most recent call last):
 ...
-kvmviz.errors.KvmError: [Errno 17] EEXIST: gfns 0x80..0x80 overlap slot 0 (#1, gfns 0x0..0xff) (slot 2, as 0) (reference §4.2#17)
+kvmviz.engine.errors.KvmError: [Errno 17] EEXIST: gfns 0x80..0x80 overlap slot 0 (#1, gfns 0x0..0xff) (slot 2, as 0) (reference §4.2#17)
 """
 
 import errno
@@ -22,21 +22,25 @@ from collections import Counter
 from typing import NamedTuple
 
 from .arch import X86Arch
-from .constants import PAGE_SHIFT, PAGE_SIZE, U64_MAX
+from .constants import GFN_LIMIT, PAGE_SHIFT, PAGE_SIZE, U64_MAX
 from .dirty_log import get_dirty_log
 from .history import History, Journaled, StateError, append_item, set_item
 from .errors import KvmError
 from .guest_memfd import create_guest_memfd
 from .kernels import KERNELS, has, kernel_for
 from .memslot import Allocation, Memslot
-from .memslots import MemslotSet, ModelBug
+from .tree.memslots import MemslotSet, ModelBug
 from .numbers import check_number
-from .srcu import Srcu
+from .srcu import ReaderAction, Srcu
 from .step import Update
-from .set_memory_region import NONE, check_ioctl, check_memory_region, make_region
+from .tree.protocol import MergedProtocol
+from .array.protocol import ArrayProtocol
+from .array.memslots import initial_sets
+from .variant import make_protocol, resolve
+from .vcpu import Vcpu
+from .validate import NONE, check_ioctl, check_memory_region, make_region
 
 #: gfns are 64-bit guest physical addresses shifted by PAGE_SHIFT
-GFN_LIMIT = 1 << (64 - PAGE_SHIFT)
 
 
 class VM(Journaled):
@@ -86,7 +90,7 @@ class VM(Journaled):
                          nr_memslot_pages=0, locks=frozenset(), mn_active_invalidate_count=0,
                          _mn={}, swaps=(0,) * n, uid=0, alloc_seq=0,
                          in_place_writes=(), vcpus=[], update=None, calls=0, changing=None, _mmio={},
-                         implementation=k.implementation, variant=variant, ulong_max=U64_MAX,
+                         implementation=k.implementation, variant=_variant_name(variant), ulong_max=U64_MAX,
                          kernel=k.name, address_spaces=n, max_gfn=_max_gfn(k, max_gfn),
                          private_mem=private_mem, slot_zap_all=slot_zap_all, gmem_files={},
                          nr_memslots_dirty_logging=0)
@@ -209,7 +213,7 @@ class VM(Journaled):
         return self._finish(self._begin(region, fail_prepare, whole=True))
 
     def create_guest_memfd(self, size, flags=0):
-        """``KVM_CREATE_GUEST_MEMFD`` (6.8+): the new file's fd (``kvmviz.guest_memfd``)."""
+        """``KVM_CREATE_GUEST_MEMFD`` (6.8+): the new file's fd (``kvmviz.engine.guest_memfd``)."""
         if not has(self.kernel, "guest_memfd"):
             raise KvmError(errno.ENOTTY, f"KVM_CREATE_GUEST_MEMFD does not exist in {self.kernel} (added in 6.8)")
         return create_guest_memfd(self, size, flags)
@@ -242,7 +246,7 @@ class VM(Journaled):
         return upd.steps
 
     def get_dirty_log(self, slot):
-        """``KVM_GET_DIRTY_LOG``: the dirty page indexes of ``slot``, then cleared (``kvmviz.dirty_log``)."""
+        """``KVM_GET_DIRTY_LOG``: the dirty page indexes of ``slot``, then cleared (``kvmviz.engine.dirty_log``)."""
         return get_dirty_log(self, slot)
 
     def end_update(self, upd):
@@ -276,7 +280,7 @@ class VM(Journaled):
         >>> vm.add_vcpu()
         Traceback (most recent call last):
         ...
-        kvmviz.history.StateError: add_vcpu: the VM was stepped back into the middle of an update (update 1, slots_lock held); step forward to its end (history.goto(len(history))) or back before it first
+        kvmviz.engine.history.StateError: add_vcpu: the VM was stepped back into the middle of an update (update 1, slots_lock held); step forward to its end (history.goto(len(history))) or back before it first
         """
         h = self.history
         if h.at_frontier or not (self.locks or self.changing is not None):
@@ -354,7 +358,6 @@ class VM(Journaled):
         >>> vm = VM(); vm.add_vcpu(), vm.add_vcpu().vcpu_id, len(vm.vcpus)
         (vcpu0, 1, 2)
         """
-        from .vcpu import Vcpu
         self.guard("add_vcpu")
         vcpu = Vcpu(self, len(self.vcpus))
         append_item(self.history, self.vcpus, vcpu)
@@ -431,7 +434,6 @@ class VM(Journaled):
         set_item(self.history, self._mmio, (spte.as_id, spte.gfn), spte)
 
     def _record_notifier(self, function, hva_start, hva_end, hits, what):
-        from .srcu import ReaderAction
         where = "; ".join(map(str, hits)) or "no memslot"
         self.record(ReaderAction("mmu_notifier", function,
                                  f"hva {hva_start:#x}..{hva_end - 1:#x}: {what}. Hits: {where}.",
@@ -464,7 +466,7 @@ class VM(Journaled):
 class HvaHit(NamedTuple):
     """One slot an hva-range walk hits: ``struct kvm_gfn_range`` (reference §5.3).
 
-    >>> from kvmviz.memslot import Memslot
+    >>> from kvmviz.engine.memslot import Memslot
     >>> hit = HvaHit(0, Memslot(uid=3, id=1, base_gfn=0x100, npages=4), 0x101, 0x103)
     >>> str(hit), hit.invalid
     ('as0 #3 (id 1) gfn 0x101..0x102', False)
@@ -548,20 +550,19 @@ def _max_gfn(kernel, max_gfn):
 
 def _make_sets(h, implementation, cost, n):
     if implementation == "array":
-        from .memslots_array import initial_sets
         return initial_sets(h, cost, n)
     return tuple(tuple(MemslotSet(h, as_id=a, node_idx=j, cost=cost) for j in (0, 1))
                  for a in range(n))
 
 
+def _variant_name(variant):
+    return variant if isinstance(variant, str) else resolve(variant).name
+
+
 def _make_protocol(vm, implementation, variant):
-    from .protocol import MergedProtocol
-    from .protocol_array import ArrayProtocol
-    protocols = {"tree": MergedProtocol, "array": ArrayProtocol}
-    if variant != "merged":
-        from . import variants
-        if implementation != "tree":
+    if implementation == "array":
+        if variant not in ("merged", MergedProtocol):
             raise ValueError(f"variant {variant!r} is a change to the tree (5.17) protocol; "
                              "use implementation='tree'")
-        return variants.make_protocol(vm, variant)
-    return protocols[implementation](vm)
+        return ArrayProtocol(vm)
+    return make_protocol(vm, variant)

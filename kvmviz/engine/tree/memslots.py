@@ -5,7 +5,7 @@ interval tree, an id hash of 128 buckets and a fixed ``node_idx``. Every edit
 goes through ``replace`` (``kvm_replace_memslot``), which the protocol only
 ever calls on the inactive set.
 
->>> from kvmviz.memslot import Memslot
+>>> from kvmviz.engine.memslot import Memslot
 >>> s = MemslotSet(as_id=0, node_idx=1)
 >>> a = Memslot(uid=1, id=1, base_gfn=0x100, npages=0x100, userspace_addr=0x10000000)
 >>> s.replace(None, a)
@@ -19,8 +19,8 @@ from collections import Counter
 
 from sortedcontainers import SortedDict
 
-from .constants import GOLDEN_RATIO_32, ID_HASH_BITS
-from .history import MISSING, Journaled, set_item
+from ..constants import GOLDEN_RATIO_32, ID_HASH_BITS
+from ..history import MISSING, Journaled, set_item
 from .interval_tree import IntervalTree
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from .history import StateError
-from .memslots import ModelBug
+from .tree.memslots import ModelBug
 
 STAGES = ("validate", "invalidate", "prepare", "replace", "activate", "commit")
 

@@ -69,7 +69,7 @@ def create_guest_memfd(vm, size, flags=0):
     >>> create_guest_memfd(VM(), 1 << 63)
     Traceback (most recent call last):
     ...
-    kvmviz.errors.KvmError: [Errno 22] EINVAL: KVM_CREATE_GUEST_MEMFD: size 0x8000000000000000 is not a positive multiple of the page size (as a signed loff_t) (kvm_gmem_create)
+    kvmviz.engine.errors.KvmError: [Errno 22] EINVAL: KVM_CREATE_GUEST_MEMFD: size 0x8000000000000000 is not a positive multiple of the page size (as a signed loff_t) (kvm_gmem_create)
     """
     for name, value in (("size", size), ("flags", flags)):
         if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= U64_MAX:

@@ -16,7 +16,7 @@ the bits (reference §2.1: the bitmap is shared, not copied).
 >>> get_dirty_log(vm, 2)
 Traceback (most recent call last):
 ...
-kvmviz.errors.KvmError: [Errno 2] ENOENT: KVM_GET_DIRTY_LOG: slot 2 of as0 does not exist (kvm_get_dirty_log_protect)
+kvmviz.engine.errors.KvmError: [Errno 2] ENOENT: KVM_GET_DIRTY_LOG: slot 2 of as0 does not exist (kvm_get_dirty_log_protect)
 """
 
 import errno

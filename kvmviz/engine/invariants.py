@@ -23,7 +23,7 @@ data in the window. The checker accepts exactly that write (field ``arch``,
 """
 
 from .constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
-from .memslots import hash_32
+from .tree.memslots import hash_32
 
 SAL = "slots_arch_lock"
 
@@ -31,7 +31,7 @@ SAL = "slots_arch_lock"
 def check_invariants(vm):
     """All violated invariants of ``vm``, as sentences (empty list: all hold)."""
     if vm.implementation == "array":
-        from .memslots_array import check_array_invariants
+        from .array.memslots import check_array_invariants
         return check_array_invariants(vm) + check_shared(vm)
     out = [f"as{w[0]}: {w[1]}.{w[2]} changed in place ({_fmt(w[3])} -> {_fmt(w[4])}) "
            f"while readers could reach it (after event {w[5]})" for w in unsanctioned_writes(vm)]

@@ -27,9 +27,9 @@ follow an entry as it is shifted and copied.
 from array import array
 from collections import Counter
 
-from .constants import (KVM_MEM_SLOTS_NUM, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP,
+from ..constants import (KVM_MEM_SLOTS_NUM, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP,
                         KVM_MEMSLOT_INVALID, PAGE_SHIFT, SIZEOF_KVM_MEMORY_SLOT, flag_names)
-from .history import Journaled
+from ..history import Journaled
 
 #: Fields of an entry record, in the order the record stores them.
 BASE, NPAGES, FLAGS, HVA, ID, AS, BITMAP, ARCH, UID = range(9)

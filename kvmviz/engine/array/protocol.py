@@ -29,10 +29,10 @@ by ``kvm_arch_guest_memory_reclaimed``.
 65552
 """
 
-from .constants import KVM_MEMSLOT_INVALID, SIZEOF_KVM_MEMORY_SLOT
-from .memslots_array import FLAGS, UID, ArraySlot, kvm_memslots_size, new_entry
-from .protocol import SAL, MergedProtocol, _gen, _label
-from .set_memory_region import CREATE, DELETE, FLAGS_ONLY, MOVE
+from ..constants import KVM_MEMSLOT_INVALID, SIZEOF_KVM_MEMORY_SLOT
+from .memslots import FLAGS, UID, ArraySlot, kvm_memslots_size, new_entry
+from ..tree.protocol import SAL, MergedProtocol, _gen, _label
+from ..validate import CREATE, DELETE, FLAGS_ONLY, MOVE
 
 
 class ArrayProtocol(MergedProtocol):

@@ -15,14 +15,14 @@ Each method models the kernel function of the same name (reference §2.1-§2.4,
 
 import errno
 
-from .constants import (KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS,
+from ..constants import (KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS,
                         KVM_MEMSLOT_INVALID, PAGE_SHIFT, SIZEOF_KVM_MEMORY_SLOT)
-from .errors import KvmError
-from .guest_memfd import FIRST_FD
-from .kernels import FEATURES, has
-from .memslot import kvm_copy_memslot
-from .set_memory_region import CREATE, DELETE, FLAGS_ONLY, MOVE, NONE, check_ioctl, check_memory_region
-from .step import Step
+from ..errors import KvmError
+from ..guest_memfd import FIRST_FD
+from ..kernels import FEATURES, has
+from ..memslot import kvm_copy_memslot
+from ..validate import CREATE, DELETE, FLAGS_ONLY, MOVE, NONE, check_ioctl, check_memory_region
+from ..step import Step
 
 IP = KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS
 SL, SAL, MNL = "slots_lock", "slots_arch_lock", "mn_invalidate_lock"

@@ -13,7 +13,7 @@ decision table of §4.3. Both raise ``KvmError`` with the kernel's errno.
 >>> check_memory_region(vm, r._replace(guest_phys_addr=0x1001))
 Traceback (most recent call last):
 ...
-kvmviz.errors.KvmError: [Errno 22] EINVAL: guest_phys_addr 0x1001 is not page-aligned (slot 1, as 0) (reference §4.2#4)
+kvmviz.engine.errors.KvmError: [Errno 22] EINVAL: guest_phys_addr 0x1001 is not page-aligned (slot 1, as 0) (reference §4.2#4)
 """
 
 import errno
@@ -109,7 +109,7 @@ def check_ioctl(region, kernel="5.17"):
     >>> check_ioctl(Region(1, KVM_MEM_GUEST_MEMFD, 0, 0x1000, 0), "6.12")
     Traceback (most recent call last):
     ...
-    kvmviz.errors.KvmError: [Errno 22] EINVAL: KVM_SET_USER_MEMORY_REGION (v1) takes only LOG_DIRTY_PAGES|READONLY, not flags 0x4 (GUEST_MEMFD): use KVM_SET_USER_MEMORY_REGION2 (6.12+: virt/kvm/kvm_main.c kvm_vm_ioctl; "KVM: Introduce KVM_SET_USER_MEMORY_REGION2" (6.8)) (reference §4.5)
+    kvmviz.engine.errors.KvmError: [Errno 22] EINVAL: KVM_SET_USER_MEMORY_REGION (v1) takes only LOG_DIRTY_PAGES|READONLY, not flags 0x4 (GUEST_MEMFD): use KVM_SET_USER_MEMORY_REGION2 (6.12+: virt/kvm/kvm_main.c kvm_vm_ioctl; "KVM: Introduce KVM_SET_USER_MEMORY_REGION2" (6.8)) (reference §4.5)
     """
     if region.v2 and not has(kernel, "memory_region2"):
         raise KvmError(errno.ENOTTY, f"KVM_SET_USER_MEMORY_REGION2 does not exist in {kernel} "
@@ -176,7 +176,7 @@ def check_arguments(region, vm):
     >>> check_arguments(Region(1 << 16, 0, 0, 0x1000, 0x1000), VM(address_spaces=1))
     Traceback (most recent call last):
     ...
-    kvmviz.errors.KvmError: [Errno 22] EINVAL: address space 1 >= 1, the VM's number of memslot address spaces (this VM has no SMM address space) (slot 0, as 1) (reference §4.2#6)
+    kvmviz.engine.errors.KvmError: [Errno 22] EINVAL: address space 1 >= 1, the VM's number of memslot address spaces (this VM has no SMM address space) (slot 0, as 1) (reference §4.2#6)
     """
     r, address_spaces = region, vm.address_spaces
     _check_flags(vm, r)

@@ -28,7 +28,7 @@ Script lines (strings or tuples of the same words; numbers in hex or decimal):
 import random
 from typing import NamedTuple
 
-from .set_memory_region import make_region
+from .validate import make_region
 
 _VERBS = {"lock": 0, "unlock": 0, "access": (1, 2), "lookup": 1, "smm": 1}
 

@@ -8,6 +8,7 @@
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
+GFN_LIMIT = 1 << (64 - PAGE_SHIFT)      # a gfn is a u64 page number of a u64 address
 
 KVM_ADDRESS_SPACE_NUM = 2          # x86: address space 1 is SMM
 KVM_MEM_SLOTS_NUM = 32767          # SHRT_MAX

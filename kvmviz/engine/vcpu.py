@@ -32,14 +32,14 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from .arch import MMIO_SPTE_GEN_MASK
+from .array.memslots import ArraySlot
 from .constants import KVM_MEM_READONLY, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
-from .constants import PAGE_SHIFT
+from .constants import GFN_LIMIT, PAGE_SHIFT
 from .dirty_log import mark_page_dirty_in_slot
 from .history import Journaled, StateError
 from .numbers import check_number
 from .memslot import OBSERVED_FIELDS
 from .srcu import ReaderAction
-from .vm import GFN_LIMIT
 
 #: ``Access.reason`` values that the x86 MMU handles like MMIO (an exit to userspace).
 #: A fault on an INVALID slot is not one of them since 5.13: it gives ``"retry"``.
@@ -53,7 +53,7 @@ _SNAPSHOT_FIELDS = tuple(sorted(OBSERVED_FIELDS - {"arch"}))
 def snapshot(slot):
     """The observed fields of ``slot`` but ``arch``, to tell later whether it changed.
 
-    >>> from kvmviz.memslot import Memslot
+    >>> from kvmviz.engine.memslot import Memslot
     >>> snapshot(Memslot(id=1, base_gfn=0x10))[:3]
     (0, 16, None)
     """
@@ -69,7 +69,7 @@ def gfn_to_hva(slot, gfn, write):
     see ``"invalid-slot"`` as -EFAULT; the page-fault path never gets here
     for an INVALID slot, it retries first (``fault_verdict``).
 
-    >>> from kvmviz.memslot import Memslot
+    >>> from kvmviz.engine.memslot import Memslot
     >>> s = Memslot(base_gfn=0x10, npages=2, userspace_addr=0x7000000)
     >>> gfn_to_hva(s, 0x11, False), gfn_to_hva(None, 0x11, False)
     (('ok', 117444608), ('no-slot', None))
@@ -93,7 +93,7 @@ def fault_verdict(slot, gfn, write):
     Retry page faults that hit an invalid memslot"); otherwise the slot is
     filtered as ``__gfn_to_hva_many`` does (reference §2.3).
 
-    >>> from kvmviz.memslot import Memslot
+    >>> from kvmviz.engine.memslot import Memslot
     >>> fault_verdict(Memslot(base_gfn=0x10, npages=2, flags=1 << 16), 0x10, False)
     ('retry', None)
     """
@@ -344,7 +344,6 @@ class Vcpu(Journaled):
         No generation is involved (reference §6.4): the index is simply tried
         on whatever array the vCPU reads, then ``search_memslots`` runs.
         """
-        from .memslots_array import ArraySlot
         i, entries = self.last_used_slot, slots.memslots
         if i < len(entries) and ArraySlot(entries[i]).base_gfn <= gfn < ArraySlot(entries[i]).end_gfn:
             return ArraySlot(entries[i]), [f"hit in the vCPU slot-index cache (index {i})"]

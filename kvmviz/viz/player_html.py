@@ -7,15 +7,12 @@ network, no CDN: the file can be mailed or attached to a bug report.
 
 >>> import kvmviz
 >>> vm = kvmviz.VM(); _ = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x10000)
->>> page = player(vm); page.startswith("<!DOCTYPE html>") and "step 15 of 15" in page and "http" not in page.split("<script>")[1]
+>>> page = kvmviz.viz.player(vm); page.startswith("<!DOCTYPE html>") and "step 15 of 15" in page and "http" not in page.split("<script>")[1]
 True
 """
 
 import html
 import json
-from pathlib import Path
-
-from ..step import Step
 
 _JS = r"""
 var F = JSON.parse(document.getElementById('kv-frames').textContent), k = 0, timer = null;
@@ -61,14 +58,8 @@ _CSS = ("body{font:14px sans-serif;margin:12px;color:#222}#kv-main{display:flex;
         "#kv-text{margin:6px 0}#kv-gen{font-size:13px}")
 
 
-def player(source, path=None, vm=None):
-    """The HTML player of a call, as a string; also written to ``path`` if given.
-
-    ``source`` is a ``Stepper`` (its current call), a ``VM`` (its last call),
-    or the list of steps a call returned, with ``vm`` the VM they ran on.
-    """
-    from .widgets import Stepper
-    stepper = source if isinstance(source, Stepper) else Stepper.for_call(*_call_of(source, vm))
+def page(stepper):
+    """The HTML player of ``stepper``'s current call, as one self-contained page (a string)."""
     frames = stepper.frames()
     figures, index, rows = [], {}, []
     for f in frames:
@@ -79,7 +70,7 @@ def player(source, path=None, vm=None):
     timeline, cursor = stepper.timeline_parts()
     data = json.dumps({"frames": rows, "figures": figures, "cursor": cursor}).replace("</", "<\\/")
     title = html.escape(stepper.title())
-    page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
+    html_page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{_CSS}</style></head><body><h3 style='margin:4px 0'>{title}</h3><div id='kv-main'>"
             "<div id='kv-left'><div><button id='kv-first' title='first (Home)'>|◀</button>"
             "<button id='kv-back' title='back (←)'>◀ back</button><button id='kv-next' title='next (→)'>next ▶"
@@ -90,29 +81,4 @@ def player(source, path=None, vm=None):
             "no network needed.</p></div>"
             f"<div id='kv-right'><div id='kv-figure'></div><div id='kv-timeline'>{timeline}</div></div></div>"
             f"<script type='application/json' id='kv-frames'>{data}</script><script>{_JS}</script></body></html>\n")
-    if path is not None:
-        Path(path).write_text(page, encoding="utf-8")
-    return page
-
-
-def write_player(stepper, path):
-    """``player(stepper, path)``; returns ``path``."""
-    player(stepper, path)
-    return path
-
-
-def _call_of(source, vm):
-    """(vm, first history index, end index) of the call ``source`` names."""
-    if isinstance(source, (list, tuple)):
-        if vm is None or not source:
-            raise ValueError("a list of steps needs the VM they ran on: player(steps, vm=vm)")
-        return vm, source[0].index, source[-1].index + 1
-    vm = source
-    events = vm.history.events[:vm.history.cursor]
-    last = next((e for e in reversed(events) if isinstance(e, Step)), None)
-    if last is None:
-        raise ValueError("this VM has run no call yet: nothing to play")
-    start = last.index
-    while start > 0 and getattr(events[start - 1], "call", None) == last.call:
-        start -= 1
-    return vm, start, last.index + 1
+    return html_page

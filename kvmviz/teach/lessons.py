@@ -14,8 +14,8 @@ learner can read the real code next to the model (kvmviz copies none of it).
 | 1 | validate | [`__kvm_set_memory_region`](https://elixir...) | all checks passed: CREATE ... | 0x0 |
 """
 
-from .errors import KvmError
-from .exercises import fmt_generation
+from ..engine.errors import KvmError
+from .answers import fmt_generation
 
 ELIXIR = "https://elixir.bootlin.com/linux/{version}/A/ident/"
 

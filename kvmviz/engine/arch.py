@@ -43,7 +43,7 @@ class X86Arch(Journaled):
         >>> vm.set_user_memory_region(1, 0, 0xfffff000, 0x2000, 0x100000)
         Traceback (most recent call last):
         ...
-        kvmviz.errors.KvmError: [Errno 22] EINVAL: kvm_prepare_memory_region failed for slot 1, as 0 (CREATE; no swap happened, the generation is unchanged): x86 refuses #1: its last gfn 0x100000 is above kvm_mmu_max_gfn() = 0xfffff, the highest gfn the host's MMU can map, and returns -EINVAL (6.12+: arch/x86/kvm/x86.c kvm_arch_prepare_memory_region; "KVM: x86/mmu: Do not create SPTEs for GFNs that exceed host.MAXPHYADDR" (86931ff7207b)). (reference §4.4)
+        kvmviz.engine.errors.KvmError: [Errno 22] EINVAL: kvm_prepare_memory_region failed for slot 1, as 0 (CREATE; no swap happened, the generation is unchanged): x86 refuses #1: its last gfn 0x100000 is above kvm_mmu_max_gfn() = 0xfffff, the highest gfn the host's MMU can map, and returns -EINVAL (6.12+: arch/x86/kvm/x86.c kvm_arch_prepare_memory_region; "KVM: x86/mmu: Do not create SPTEs for GFNs that exceed host.MAXPHYADDR" (86931ff7207b)). (reference §4.4)
         """
         if fail:
             return -fail, (f"x86 prepare fails with -{errno.errorcode.get(fail, fail)} "
@@ -135,7 +135,7 @@ def slot_apply_flags(old, new, change):
     the slot, logging off zaps collapsible SPTEs. A CREATE has no SPTEs yet,
     and a MOVE/DELETE had its old mappings zapped after swap #1.
 
-    >>> from kvmviz.memslot import Memslot
+    >>> from kvmviz.engine.memslot import Memslot
     >>> a, b = Memslot(flags=0), Memslot(flags=1)
     >>> slot_apply_flags(None, b, "CREATE")[1]
     'nothing to write-protect: a new slot has no SPTEs yet'

@@ -1,19 +1,19 @@
 """The lessons' exercises: questions and situations; the engine supplies the answers.
 
 Keys are ``"LL.n"`` (lesson, number). Every right answer is computed by
-``kvmviz.exercises`` from a fresh run of the engine when it is checked; this
+``kvmviz.teach.exercises`` from a fresh run of the engine when it is checked; this
 module only says which situation to build and what to look at.
 
->>> from kvmviz.exercises import lesson
+>>> from kvmviz.teach.exercises import lesson
 >>> [len(lesson(n)) >= 3 for n in (2, 3, 4, 5, 7)]
 [True, True, True, True, True]
 """
 
 import errno
 
-from .constants import KVM_MEM_LOG_DIRTY_PAGES as LOG, KVM_MEM_READONLY as RO
-from .exercises import (HVA, ChooseErrno, PickStep, PredictState, SpotInvariant, situation, slot_in)
-from .errors import KvmError
+from ..engine.constants import KVM_MEM_LOG_DIRTY_PAGES as LOG, KVM_MEM_READONLY as RO
+from .answers import (HVA, ChooseErrno, PickStep, PredictState, SpotInvariant, situation, slot_in)
+from ..engine.errors import KvmError
 
 GIB = 1 << 30
 
@@ -312,7 +312,7 @@ L09 = (
 def _trace(name, read):
     """A probe that replays the shipped QEMU trace ``name`` and reads the report."""
     def probe(sit):
-        from . import trace
+        from .. import trace
         return read(trace.replay(trace.load(name), keep_steps=False))
     return probe
 

@@ -1,0 +1,102 @@
+"""Exercises with feedback for the lessons in ``notebooks/``.
+
+Each exercise builds its situation with the engine and computes the right
+answer *from the engine* when it checks an answer, so the key can never drift
+from the model. A wrong answer gets a hint computed from the same run (which
+check fired, which set the object sits in, what was true at the step you
+picked). Kinds, as in the lessons:
+
+* ``PredictState``: run the situation one more step (or to the end) and read a
+  value: which set is active, a generation, which object a set holds, a count.
+* ``PickStep``: the step number (1-based, as ``numbered`` prints it) at which
+  something becomes true.
+* ``SpotInvariant``: which invariant (reference §1.7, §3.1) a broken run breaks.
+* ``ChooseErrno``: what ``KVM_SET_USER_MEMORY_REGION`` returns for a call.
+
+The kinds of exercise live in ``kvmviz.teach.answers``, the catalogue in
+``kvmviz.teach.curriculum``. No widget is needed: ``check(key, answer)`` or ``Progress.check`` is a plain
+call; ``kvmviz.viz.exercise_widgets`` wraps the same calls in ipywidgets.
+
+>>> ex = get("02.4")
+>>> ex.check("0x6").correct
+True
+>>> print(ex.check(5).message)            # doctest: +ELLIPSIS
+Not 0x5. Generations of as0 are always 0 mod 2: ...
+>>> p = Progress.for_lesson(2); _ = p.check("02.4", 6); p.solved_count, p.total > 2
+(1, True)
+"""
+
+from .answers import Feedback
+from .curriculum import CATALOGUE
+
+
+# -- progress ----------------------------------------------------------------------
+
+
+class Progress:
+    """Which exercises of a lesson the learner has solved (solved / total).
+
+    ``on_change`` callbacks run after every check (the widgets use them).
+    """
+
+    def __init__(self, exercises):
+        self.exercises = {e.key: e for e in exercises}
+        self.solved = set()
+        self.on_change = []
+
+    @classmethod
+    def for_lesson(cls, n):
+        """A tracker over the exercises of lesson ``n``."""
+        return cls(lesson(n))
+
+    @property
+    def total(self):
+        """Number of exercises tracked."""
+        return len(self.exercises)
+
+    @property
+    def solved_count(self):
+        """Number solved so far."""
+        return len(self.solved)
+
+    def check(self, key, answer):
+        """Check ``answer`` to exercise ``key``; a right one counts as solved."""
+        if key not in self.exercises:
+            return Feedback(False, f"No exercise {key!r} here; this lesson has {', '.join(self.exercises)}.")
+        fb = self.exercises[key].check(answer)
+        if fb.correct:
+            self.solved.add(key)
+        for callback in self.on_change:
+            callback(self)
+        return fb
+
+    def __str__(self):
+        done = ", ".join(sorted(self.solved)) or "none yet"
+        return f"Progress: {self.solved_count} / {self.total} solved ({done})"
+
+
+# -- the catalogue --------------------------------------------------------------------
+
+
+def catalogue():
+    """Every exercise by key, in lesson order."""
+    return {e.key: e for e in CATALOGUE}
+
+
+def get(key):
+    """The exercise with this key, e.g. ``"02.1"``."""
+    exercises = catalogue()
+    if key not in exercises:
+        raise KeyError(f"no exercise {key!r}; keys look like '02.1'")
+    return exercises[key]
+
+
+def lesson(n):
+    """The exercises of lesson ``n``, in order."""
+    return [e for e in catalogue().values() if e.lesson == n]
+
+
+def check(key, answer):
+    """Check an answer without a tracker: ``check("02.1", "set1")``."""
+    return get(key).check(answer)
+
