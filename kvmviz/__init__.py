@@ -22,10 +22,10 @@ from .engine.vm import VM
 __version__ = "0.1.0"
 
 from . import export, variants  # noqa: E402  (they read __version__)
-from .teach import exercises  # noqa: E402
+from .teach import exercises, lessons  # noqa: E402
 
 __all__ = ["VM", "KERNELS", "KvmError", "Memslot", "Step", "Update", "check_invariants", "Schedule", "Tick", "Timeline",
            "ReaderAction", "Vcpu", "Access", "GfnToHvaCache", "STAGES", "CHANGES",
            "CREATE", "DELETE", "MOVE", "FLAGS_ONLY", "NONE", "KVM_MEM_LOG_DIRTY_PAGES",
            "KVM_MEM_READONLY", "KVM_MEMSLOT_INVALID", "KVM_USER_MEM_SLOTS", "__version__",
-           "export", "variants", "exercises"]
+           "export", "variants", "exercises", "lessons"]
