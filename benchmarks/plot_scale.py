@@ -9,7 +9,7 @@ import time
 
 import kvmviz
 from kvmviz import KVM_USER_MEM_SLOTS, viz
-from kvmviz.viz.plots import png_bytes
+from kvmviz.viz.figure import png_bytes
 
 
 def vm_with(n):

@@ -7,8 +7,8 @@ from matplotlib.figure import Figure
 
 import kvmviz
 from kvmviz import viz
-from kvmviz.viz import plots
-from kvmviz.viz.plots import DIFFERS, EMPTY, INVALID, OKABE_ITO, SAME, png_bytes
+from kvmviz.viz import sets
+from kvmviz.viz.figure import DIFFERS, EMPTY, INVALID, OKABE_ITO, SAME, png_bytes
 
 
 def vm_with(n, history=True):
@@ -84,12 +84,12 @@ def test_empty_vm_and_second_address_space():
 
 
 def test_many_slots_are_aggregated_into_bins():
-    vm = vm_with(plots.MAX_DRAWN + 1, history=False)
+    vm = vm_with(sets.MAX_DRAWN + 1, history=False)
     fig = viz.plot_memslots(vm)
     ax = fig.axes[0]
     assert len(ax.images) == 1 and "bins" in ax.get_ylabel()
     coverage = ax.images[0].get_array()
-    assert coverage.shape == (plots.BINS, 1) and 0.4 < coverage.mean() < 0.6   # 1 MiB of every 2 MiB
+    assert coverage.shape == (sets.BINS, 1) and 0.4 < coverage.mean() < 0.6   # 1 MiB of every 2 MiB
     assert not ax.texts                                                       # no slot to mark at rest
 
 
@@ -184,7 +184,7 @@ def test_step_picture_tells_stage_function_and_state():
     vm = vm_with(2)
     run_until(vm, (1, 0, 0x1000000, 0x100000, 0x7f0010000000), lambda s: s.function == "rcu_assign_pointer")
     fig = viz.plot_step(vm)
-    step = plots.current_step(vm)
+    step = sets.current_step(vm)
     assert fig.get_suptitle().startswith(f"Linux {vm.kernel} model, event {step.index + 1} [invalidate] "
                                          "rcu_assign_pointer: as0 mid-update")
     bar = fig.axes[0]

@@ -1,11 +1,22 @@
 """Plots and widgets for kvmviz (matplotlib, ipywidgets); the engine never imports this.
 
+One module per picture: ``figure`` (palette, figure making, PNG/SVG),
+``sets`` (``plot_memslots``), ``trees`` (``plot_trees``), ``generations``
+(``plot_generations`` and the Stepper's call timeline), ``step``
+(``plot_step``), ``objects`` (the Stepper's object picture), ``replay``,
+``scaling``; ``widgets`` (the Stepper), ``player_html`` and
+``exercise_widgets`` need ipywidgets.
+
 >>> from kvmviz import viz
 >>> sorted(n for n in viz.__all__ if n.startswith("plot"))
 ['plot_generations', 'plot_memslots', 'plot_step', 'plot_trees']
 """
 
-from .plots import OKABE_ITO, plot_generations, plot_memslots, plot_step, plot_trees, png_bytes
+from .figure import OKABE_ITO, png_bytes
+from .generations import plot_generations
+from .sets import plot_memslots
+from .step import plot_step
+from .trees import plot_trees
 
 
 def __getattr__(name):

@@ -19,7 +19,7 @@ from matplotlib.ticker import FuncFormatter
 
 from ..engine.constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
 from ..export import model_label
-from .plots import OKABE_ITO as C
+from .figure import OKABE_ITO as C
 
 BAR_COLOURS = {"RAM": C["sky"], "READONLY": C["yellow"], "LOG_DIRTY_PAGES": C["blue"]}
 MARKERS = {  # change type: (marker, colour, legend label)

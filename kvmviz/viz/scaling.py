@@ -20,7 +20,7 @@ from pathlib import Path
 
 from matplotlib.lines import Line2D
 
-from .plots import OKABE_ITO, _figure
+from .figure import OKABE_ITO, new_figure
 
 COSTS_JSON = Path(__file__).with_name("scaling_costs.json")
 #: Workloads in plotting order, with the titles the panels get.
@@ -46,7 +46,7 @@ def plot_scaling(rows=None, metric="work"):
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, not {metric!r}")
     rows = load_costs() if rows is None else rows
-    fig = _figure(13, 3.4)
+    fig = new_figure(13, 3.4)
     axes = fig.subplots(1, len(PANELS))
     for ax, (test, title) in zip(axes, PANELS):
         for design, style in STYLE.items():

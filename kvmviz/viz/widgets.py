@@ -41,9 +41,12 @@ from ..engine.kernels import KERNELS
 from ..engine.validate import check_ioctl, check_memory_region, make_region
 from ..engine.step import STAGES, Step
 from ..engine.vm import VM
-from . import picture
 from .player_html import page
-from .plots import OKABE_ITO, gen_text, plot_memslots, plot_trees
+from .figure import OKABE_ITO, PANE_PX, gen_text, to_svg
+from .generations import plot_call, with_cursor
+from .objects import objects_fit, plot_objects
+from .sets import plot_memslots
+from .trees import plot_trees
 
 FIELDS = ("slot", "flags", "gpa", "size", "hva")
 PRESETS = ("(fill the form from a preset)", "CREATE a new slot", "MOVE a slot", "DELETE a slot",
@@ -248,7 +251,7 @@ class Stepper:
                        w.HBox([self.slider, self.position]), self.hint, self.stage, self.text, self.gen, self.keys],
                       layout=w.Layout(width=f"{LEFT_PX}px", min_width=f"{LEFT_PX}px"))
         right = w.VBox([self.view, self.figure, self.timeline],
-                       layout=w.Layout(width=f"{picture.WIDTH + 6}px", min_width=f"{picture.WIDTH + 6}px"))
+                       layout=w.Layout(width=f"{PANE_PX + 6}px", min_width=f"{PANE_PX + 6}px"))
         self.widget = w.HBox([left, right], layout=w.Layout(width="fit-content", grid_gap="8px"))
         self.widget.add_class("t-stepper")
 
@@ -650,8 +653,8 @@ class Stepper:
     def _draw_figure(self):
         if self.view.value == "trees":
             return plot_trees(self.vm, self.as_id, step=self.current)
-        if self.view.value == "objects" and picture.objects_fit(self.vm, self.as_id):
-            return picture.plot_objects(self.vm, self.as_id, step=self.current)
+        if self.view.value == "objects" and objects_fit(self.vm, self.as_id):
+            return plot_objects(self.vm, self.as_id, step=self.current)
         key = ("sets", self.as_id, self.vm.kernel)        # redrawn in place: no axes rebuilt per step
         self._figs[key] = plot_memslots(self.vm, self.as_id, step=self.current, fig=self._figs.get(key))
         return self._figs[key]
@@ -666,7 +669,7 @@ class Stepper:
         if self.upd is None:
             return ""
         svg, cursor = self._timeline_drawing(n)
-        return _svg_div(picture.with_cursor(svg, cursor, k), "the call's generations and locks, step by step")
+        return _svg_div(with_cursor(svg, cursor, k), "the call's generations and locks, step by step")
 
     def _timeline_drawing(self, n):
         """(SVG, cursor geometry) of the call's timeline, drawn once per call and step count."""
@@ -674,9 +677,9 @@ class Stepper:
         drawn = self._cache.get(key)
         if drawn is None:
             cursor = self.vm.history.cursor
-            fig = picture.plot_call(self.vm, self.as_id, self.base, self.base + n)
+            fig = plot_call(self.vm, self.as_id, self.base, self.base + n)
             self.vm.history.goto(cursor)
-            drawn = self._cache[key] = (picture.to_svg(fig), fig.kv_cursor)
+            drawn = self._cache[key] = (to_svg(fig), fig.kv_cursor)
         return drawn
 
     def timeline_parts(self):
@@ -710,7 +713,7 @@ class Stepper:
         if svg is None:
             if len(self._cache) >= _CACHE_LIMIT:
                 self._cache.clear()
-            svg = self._cache[key] = _svg_div(picture.to_svg(make()), f"memslot sets of as{self.as_id}")
+            svg = self._cache[key] = _svg_div(to_svg(make()), f"memslot sets of as{self.as_id}")
         return svg
 
     def summary(self):

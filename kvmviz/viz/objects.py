@@ -1,55 +1,28 @@
-"""The Stepper's pictures, drawn at the size they are shown (SVG, 1 unit = 1 CSS px).
+"""The pointer swap as objects (``plot_objects``): two sets, ``kvm->memslots[as]``, each slot object once.
 
-``plot_objects`` draws the pointer swap: ``kvm->memslots[as]`` as an arrow
-to the active set, and every slot object once, with an edge to each set
-that holds it (reference §2.3: a slot the update does not change is shared
-by both sets). ``plot_call`` lays out one call's generations, locks and
-readers for all its steps (x = the call's step number); ``with_cursor``
-marks the current step on that drawing without redrawing it. All text is
-at least ``MIN_FONT`` px.
+Drawn at the size it is shown (SVG, 1 unit = 1 CSS px) for the Stepper:
+``kvm->memslots[as]`` is an arrow to the active set, and every slot object
+appears once, with an edge to each set that holds it (reference §2.3: a
+slot the update does not change is shared by both sets). All text is at
+least ``MIN_FONT`` px.
 
 >>> import kvmviz
+>>> from kvmviz.viz.figure import to_svg
 >>> vm = kvmviz.VM(); _ = vm.set_user_memory_region(1, 0, 0x100000, 0x1000, 0x7f0000000000)
 >>> svg = to_svg(plot_objects(vm)); svg.startswith("<svg") and 'width="560px"' in svg
 True
 """
 
-import io
-import re
-
-import matplotlib
-import numpy as np
 from matplotlib.patches import FancyBboxPatch, Patch
 
-from ..engine.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP, flag_names
+from ..engine.constants import flag_names
 from ..engine.step import Step
-from .plots import (C, DIFFERS, INVALID, LOCK_COLOURS, SAME, SET_COLOURS, _figure, _reader_spans,
-                    _readers_by_event, current_step, gen_text, timeline)
+from .figure import C, DIFFERS, INVALID, MIN_FONT, PANE_PX, SAME, SET_COLOURS, gen_text, new_figure
+from .sets import current_step
 
-MIN_FONT = 10
-WIDTH = 560
 #: Rows of slot objects that fit the object picture; more and the Stepper shows the gfn bands.
 MAX_ROWS = 9
 _ROW_PX = 30
-_SVG_RC = {"svg.fonttype": "none", "svg.hashsalt": "kvmviz", "font.size": MIN_FONT}
-
-
-def to_svg(fig):
-    """``fig`` as an inline ``<svg>`` element sized in px (no XML prologue, no date).
-
-    Matplotlib writes SVG at 72 units per inch in ``pt``; here the same
-    numbers become ``px``, so a 10-point font is 10 px on screen.
-
-    >>> to_svg(_figure(1, 0.5))[:40]
-    '<svg xmlns:xlink="http://www.w3.org/1999'
-    """
-    buf = io.StringIO()
-    with matplotlib.rc_context(_SVG_RC):
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    text = buf.getvalue()
-    text = text[text.index("<svg"):]
-    text = re.sub(r'(width|height)="([\d.]+)pt"', r'\1="\2px"', text, count=2)
-    return re.sub(r"\s*<metadata>.*?</metadata>", "", text, count=1, flags=re.S)
 
 
 def objects_fit(vm, as_id=0):
@@ -115,7 +88,7 @@ def plot_objects(vm, as_id=0, step=None):
     rows, folded = _object_rows(vm, as_id, step)
     n = max(len(rows) + (1 if folded else 0), 1)
     height = 96 + _ROW_PX * n + 34          # header rows, object rows, legend
-    fig = _figure(WIDTH / 72, height / 72)
+    fig = new_figure(PANE_PX / 72, height / 72)
     ax = fig.add_axes((0, 24 / height, 1, 1 - 24 / height))
     ax.set_axis_off()
     ax.set_xlim(0, 1)
@@ -179,84 +152,3 @@ def _box(ax, x, y, width, height, text, face, edge, linewidth, bold=False, face_
             fontweight="bold" if bold else "normal")
 
 
-# -- one call, all its steps ---------------------------------------------------------
-def plot_call(vm, as_id, base, end):
-    """Generations (hex), locks and readers for history events ``[base, end)`` of one call.
-
-    The x axis is the call's step number (0 = before the call, ``end - base``
-    = its last step); the figure keeps the pixel extent of the axes in
-    ``fig.kv_cursor`` for ``with_cursor``.
-
-    >>> import kvmviz
-    >>> vm = kvmviz.VM(); _ = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x10000)
-    >>> fig = plot_call(vm, 0, 0, len(vm.history)); [float(x) for x in fig.axes[0].get_xlim()]
-    [-0.5, 15.5]
-    """
-    n = end - base
-    rows = timeline(vm, base, end) if n else []
-    before = timeline(vm, base - 1, base)[0] if base else (None, vm.generations(), frozenset(), None)
-    states = [before[1]] + [r[1] for r in rows]
-    locks = [frozenset()] + [r[2] for r in rows]
-    readers = _readers_by_event(vm, rows) if rows else None
-    spans = _reader_spans([()] + readers, as_id) if readers else {}
-    lane_names = list(LOCK_COLOURS) + [f"reader {name}" for name in sorted(spans)]
-    fig = _figure(WIDTH / 72, (150 + 16 * len(lane_names)) / 72)
-    gen_ax, lane_ax = fig.subplots(2, 1, sharex=True, gridspec_kw={
-        "height_ratios": (90, 16 * len(lane_names)), "left": 0.25, "right": 0.98,
-        "top": 1 - 22 / (150 + 16 * len(lane_names)), "bottom": 38 / (150 + 16 * len(lane_names)),
-        "hspace": 0.1})
-    xs = np.arange(n + 1)
-    for node in (0, 1):
-        ys = [s[as_id][node] & ~IP for s in states]
-        gen_ax.step(xs, ys, where="post", color=SET_COLOURS[node], linewidth=2, label=f"set{node}")
-        for x, s in zip(xs, states):
-            if s[as_id][node] & IP:
-                gen_ax.axvspan(x - 0.5, x + 0.5, color=C["purple"], alpha=0.25, linewidth=0)
-    values = sorted({s[as_id][node] & ~IP for s in states for node in (0, 1)})
-    gen_ax.set_yticks(values, [gen_text(v) for v in values])
-    gen_ax.set_ylim(values[0] - 0.6, values[-1] + 0.6)
-    for x in xs[1:]:
-        prev, cur = states[x - 1][as_id][2], states[x][as_id][2]
-        if prev != cur:
-            gen_ax.axvline(x, color="black", linestyle=":", linewidth=1.5)
-            gen_ax.text(x + 0.15, values[-1] + 0.5, f"swap: set{cur} active", va="top", fontsize=MIN_FONT)
-    handles = [*gen_ax.get_lines()[:2], Patch(color=C["purple"], alpha=0.25, label="update in progress")]
-    fig.legend(handles=handles, loc="upper left", ncol=3, fontsize=MIN_FONT, frameon=False,
-               bbox_to_anchor=(0.25, 1.0), borderpad=0.1, handlelength=1.5)
-    gen_ax.set_ylabel("generation", fontsize=MIN_FONT)
-    for lane, name in enumerate(LOCK_COLOURS):
-        held = [(x - 0.5, 1) for x, ls in zip(xs, locks) if name in ls]
-        lane_ax.broken_barh(held, (lane + 0.15, 0.7), facecolors=LOCK_COLOURS[name])
-    for k, name in enumerate(sorted(spans)):
-        for start, stop, idx in spans[name]:
-            colour = SET_COLOURS[idx] if idx is not None else "0.5"
-            lane_ax.broken_barh([(start - 0.5, stop - start)], (len(LOCK_COLOURS) + k + 0.15, 0.7),
-                                facecolors=colour, edgecolor="black")
-            lane_ax.text(start - 0.4, len(LOCK_COLOURS) + k + 0.5, f"set{idx}" if idx is not None else "in",
-                         va="center", fontsize=MIN_FONT, color="white" if idx is not None else "black")
-    lane_ax.set_yticks([i + 0.5 for i in range(len(lane_names))], lane_names, fontsize=MIN_FONT)
-    lane_ax.set_ylim(len(lane_names), 0)
-    lane_ax.set_xlim(-0.5, n + 0.5)
-    lane_ax.set_xlabel("step of this call (0 = before it)", fontsize=MIN_FONT, labelpad=1)
-    lane_ax.xaxis.get_major_locator().set_params(integer=True)
-    for a in (gen_ax, lane_ax):
-        a.tick_params(labelsize=MIN_FONT)
-    fig.canvas.draw()
-    height = fig.bbox.height
-    x0, x1 = (lane_ax.transData.transform((v, 0))[0] for v in (0, max(n, 1)))
-    fig.kv_cursor = (x0, (x1 - x0) / max(n, 1), height - gen_ax.bbox.y1, height - lane_ax.bbox.y0)
-    return fig
-
-
-def with_cursor(svg, cursor, k):
-    """``svg`` (of ``plot_call``) with a vertical cursor at step ``k``.
-
-    >>> with_cursor('<svg></svg>', (10.0, 5.0, 2.0, 40.0), 3).count('class="kv-cursor"')
-    1
-    """
-    x0, dx, top, bottom = cursor
-    x = x0 + dx * k
-    mark = (f'<g class="kv-cursor"><rect x="{x - dx / 2:.1f}" y="{top:.1f}" width="{dx:.1f}" '
-            f'height="{bottom - top:.1f}" fill="{C["yellow"]}" fill-opacity="0.45" stroke="black" '
-            f'stroke-width="1.5"/></g>')
-    return svg.replace("</svg>", mark + "</svg>")
