@@ -16,6 +16,7 @@ ValueError: unknown variant 'nope'; choose from merged, seed, seed-as-posted, in
 
 from dataclasses import dataclass
 
+from .rules import RULES
 from .tree.protocol import MergedProtocol
 
 
@@ -23,8 +24,8 @@ from .tree.protocol import MergedProtocol
 class Variant:
     """One algorithm variant: its protocol class and what a reviewer should know.
 
-    ``violates`` is the invariant rule (a key of ``kvmviz.engine.invariants.RULES``) the
-    checker reports for a deliberately broken variant.
+    ``violates`` is the invariant rule (a key of ``kvmviz.engine.rules.RULES``) the
+    checker reports first for a deliberately broken variant.
 
     >>> print(str(describe("merged")).split(":")[0])
     merged [ok]
@@ -48,7 +49,8 @@ _REGISTRY = {}
 def register(name, cls, *, description="", source="", broken=False, violates=""):
     """Add variant ``name`` running protocol class ``cls`` (a ``MergedProtocol`` subclass).
 
-    Registering a name again replaces it (a reviewer reloading their file).
+    Registering a name again replaces it (a reviewer reloading their file). ``violates``
+    is empty or a key of ``RULES``.
 
     >>> class Mine(MergedProtocol): pass
     >>> register("mine", Mine, description="no change yet").protocol.__name__
@@ -59,6 +61,8 @@ def register(name, cls, *, description="", source="", broken=False, violates="")
         raise TypeError(f"variant {name!r}: {cls!r} is not a MergedProtocol subclass")
     if not isinstance(name, str) or not name or any(c.isspace() for c in name):
         raise ValueError(f"a variant name is one word, not {name!r}")
+    if violates and violates not in RULES:
+        raise ValueError(f"variant {name!r}: violates={violates!r} is not a key of RULES ({', '.join(RULES)})")
     v = Variant(name, cls, broken, description or (cls.__doc__ or "").strip().split("\n")[0], source, violates)
     _REGISTRY[name] = v
     return v

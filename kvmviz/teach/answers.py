@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from ..engine.constants import KVM_ADDRESS_SPACE_NUM as N
 from ..engine.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
 from ..engine.errors import KvmError
-from ..engine.invariants import check_invariants
+from ..engine.invariants import RULES, check_invariants
 from ..engine.vm import VM
 
 HVA = 0x7F0000000000
@@ -394,77 +394,48 @@ class PickStep(Exercise):
         return f"Too early: after step {given} (`{self._steps[given - 1].function}`) it is not true yet."
 
 
-INVARIANTS = {
-    "in-place": "1. a slot readers can reach is never modified in place (reference §1.7.1)",
-    "same-at-rest": "2. at rest both sets hold the same slot objects (§1.7.2)",
-    "differ-by-one": "3. mid-update the two sets differ by exactly one slot (§1.7.3)",
-    "gfn-order": "4. slots never overlap in gfn; each sits under its own base_gfn (§1.7.4)",
-    "free-after-gp": "5. nothing is freed while a set can still reach it (§1.7.5)",
-    "grace-period": "a swap ends only after the readers that entered before its publish left (§3.4 step 5)",
-    "generation": "the generation rules: +N per swap, IP bit only mid-swap (§3.1)",
-    "indexes-agree": "the gfn tree, hva tree and id hash of a set hold the same slots (§1.3)",
-    "locks": "every lock is released when the ioctl returns (§1.5)",
-    "accounting": "nr_memslot_pages counts the pages of all slots (§1.4)",
-}
-
-_INVARIANT_WORDS = (("changed in place", "in-place"), ("was modified after", "in-place"),
-                    ("a swap finished", "grace-period"), ("the writer edited that set", "grace-period"),
-                    ("at rest both sets", "same-at-rest"), ("mid-update the sets", "differ-by-one"),
-                    ("freed", "free-after-gp"), ("overlaps", "gfn-order"), ("sits under gfn", "gfn-order"),
-                    ("nr_memslot_pages", "accounting"), ("generation", "generation"),
-                    ("in-progress", "generation"), ("still held", "locks"))
-
-
-def invariant_of(violation):
-    """The ``INVARIANTS`` key a ``check_invariants`` message belongs to.
-
-    >>> invariant_of("as0: #1.npages changed in place (0x1 -> 0x2) while readers could reach it")
-    'in-place'
-    """
-    for words, key in _INVARIANT_WORDS:
-        if words in violation:
-            return key
-    return "indexes-agree"
-
-
 class SpotInvariant(Exercise):
-    """Which invariant does a broken run break first? (choose an ``INVARIANTS`` key).
+    """Which invariant does a broken run break first? (choose a key of ``RULES``).
 
     ``setup`` returns a situation whose update is stepped until the checker
-    first complains (or a VM already broken).
+    first complains (or a VM already broken); the answer is the ``rule`` of
+    the first ``Violation``.
+
+    >>> ex = SpotInvariant("x.2", "?", situation(begin=(1, 0, 0, 0x1000, HVA), variant="no-catch-up"))
+    >>> ex.answer()
+    '2. at rest both sets hold the same slot objects; 5.15 keeps no scratch copy (§1.7.2, §6.3)'
     """
 
     kind = "spot the invariant"
-    choices = tuple(INVARIANTS)
+    choices = tuple(RULES)
 
     def parse(self, answer):
-        """Accept a key of ``INVARIANTS`` or the number 1-5 of §1.7."""
+        """Accept a key of ``RULES`` or the number 1-5 of §1.7."""
         text = _text(answer).split(".")[0].strip().lower()
-        keys = list(INVARIANTS)
+        keys = list(RULES)
         if text.isdigit() and 1 <= int(text) <= 5:
             return keys[int(text) - 1]
-        if text not in INVARIANTS:
+        if text not in RULES:
             raise AnswerError(f"{answer!r}: choose one of {', '.join(keys)}.")
         return text
 
     def solve(self, sit):
-        """Step until ``check_invariants`` reports; classify its first message."""
+        """Step until ``check_invariants`` reports; the rule of its first violation."""
         self._violations = check_invariants(sit.vm)
         while not self._violations and sit.upd is not None and sit.upd.result is None:
             sit.steps = sit.steps + (next(sit.upd),)
             self._violations = check_invariants(sit.vm)
         if not self._violations:
             raise RuntimeError(f"exercise {self.key}: no invariant is broken")
-        return invariant_of(self._violations[0])
+        return self._violations[0].rule
 
     def format(self, value):
         """The invariant as a sentence."""
-        return INVARIANTS[value]
+        return RULES[value]
 
     def hint(self, given, right, sit):
         """Say how many complaints there are and that none is about the guess."""
-        about = [invariant_of(v) for v in self._violations]
-        if given in about:
+        if given in {v.rule for v in self._violations}:
             return ("That one is broken too, but later: check_invariants lists it after the first "
                     "complaint. Which rule does the bug break directly?")
         return (f"check_invariants(vm) reports {len(self._violations)} problem(s), none about that rule. "

@@ -31,16 +31,16 @@ _VARIANTS = (
             "The same proposal with its dispatch exactly as posted: an `if` where `else if` was meant "
             "starts a second chain (MOVE? FLAGS_ONLY? else BUG()), so CREATE and DELETE do their work "
             "and then hit BUG(): the ioctl never returns and commit never runs. MOVE and FLAGS_ONLY "
-            "work. The sketch was compile-tested only.", seed.SOURCE, "page count"),
+            "work. The sketch was compile-tested only.", seed.SOURCE, "accounting"),
     Variant("invalid-in-place", broken.InvalidInPlaceProtocol, True,
             "DELETE/MOVE set KVM_MEMSLOT_INVALID on the live slot as well as on its copy, 'so vCPUs stop "
             "at once'. vCPUs inside their SRCU section see the slot change under them with no new "
             "generation, and a reverted DELETE leaves the slot INVALID for good.",
-            _BROKEN_SOURCE + "breaks reference §2.1 (kvm_invalidate_memslot)", "in place"),
+            _BROKEN_SOURCE + "breaks reference §2.1 (kvm_invalidate_memslot)", "in-place"),
     Variant("no-srcu-wait", broken.NoSrcuWaitProtocol, True,
             "The swap skips synchronize_srcu_expedited. The writer stores the final generation, edits "
             "the set it just unpublished and frees slots while vCPUs that entered before the swap are "
-            "still using them.", _BROKEN_SOURCE + "breaks reference §3.4 step 5", "grace period"),
+            "still using them.", _BROKEN_SOURCE + "breaks reference §3.4 step 5", "grace-period"),
     Variant("gen-before-publish", broken.GenBeforePublishProtocol, True,
             "The swap stores the next generation in the new set before publishing it, instead of the "
             "in-progress mark: readers see a final generation while old readers still run, so a cache "
@@ -51,7 +51,7 @@ _VARIANTS = (
             "kvm_activate_memslot swaps but does not replay the change on the set that just became "
             "inactive ('nobody reads it'). The sets disagree at rest, the next update edits the stale "
             "set and publishes it, and slots vanish or come back from the dead.",
-            _BROKEN_SOURCE + "breaks reference §2.1 (kvm_activate_memslot)", "agreement"),
+            _BROKEN_SOURCE + "breaks reference §2.1 (kvm_activate_memslot)", "same-at-rest"),
 )
 for _v in _VARIANTS:
     register(_v.name, _v.protocol, description=_v.description, source=_v.source, broken=_v.broken,

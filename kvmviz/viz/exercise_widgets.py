@@ -19,14 +19,14 @@ import html
 
 import ipywidgets as w
 
-from kvmviz.teach.answers import INVARIANTS, AnswerError, parse_int
+from kvmviz.teach.answers import AnswerError, parse_int
 from kvmviz.teach.exercises import Progress, get
 from kvmviz.teach.lessons import describe_call
 
 
 def _options(exercise):
-    labels = {key: text for key, text in INVARIANTS.items()} if exercise.kind == "spot the invariant" else {}
-    return [("choose...", "")] + [(labels.get(c, c), c) for c in exercise.choices]
+    # each choice shown as the exercise formats it (an invariant key as its sentence)
+    return [("choose...", "")] + [(exercise.format(c), c) for c in exercise.choices]
 
 
 def _html(text):

@@ -27,8 +27,7 @@ follow an entry as it is shifted and copied.
 from array import array
 from collections import Counter
 
-from ..constants import (KVM_MEM_SLOTS_NUM, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP,
-                        KVM_MEMSLOT_INVALID, PAGE_SHIFT, SIZEOF_KVM_MEMORY_SLOT, flag_names)
+from ..constants import KVM_MEM_SLOTS_NUM, KVM_MEMSLOT_INVALID, PAGE_SHIFT, SIZEOF_KVM_MEMORY_SLOT, flag_names
 from ..history import Journaled
 
 #: Fields of an entry record, in the order the record stores them.
@@ -386,101 +385,3 @@ def initial_sets(history, cost, address_spaces=2):
     return tuple((s, s) for s in (ArrayMemslots(history, as_id=a, cost=cost)
                                   for a in range(address_spaces)))
 
-
-# -- invariants of the array model (dispatched from ``invariants.py``) -------------
-def check_array_invariants(vm):
-    """Violated invariants of an array-model VM, as sentences (reference §6).
-
-    Each reachable structure: sorted by ``base_gfn`` strictly descending, no
-    gfn overlap, ``id_to_index`` and ``used_slots`` consistent, no freed
-    structure or allocation reachable; at rest no scratch copy exists and
-    mid-update it differs from the active one only in the changing slot;
-    generation rules as in reference §3.1. No page-count rule: 5.15 has no
-    ``nr_memslot_pages``.
-
-    >>> from kvmviz import VM
-    >>> vm = VM(implementation="array")
-    >>> _ = vm.set_user_memory_region(1, 0, 0x1000, 0x1000, 0x100000)
-    >>> check_array_invariants(vm)
-    []
-    >>> vm.active_set(0).id_to_index[1] = 3
-    >>> check_array_invariants(vm)[0]
-    'as0/memslots@1: #1 (id 1) sits at index 0 but id_to_index says 3'
-    """
-    out = []
-    for as_id, (active, scratch) in enumerate(vm.sets):
-        out += check_struct(active, as_id)
-        if scratch is not active:
-            # A structure with a stale generation was replaced by an install whose
-            # grace period is over: no reader reaches it, so what it points to may
-            # already be freed (it is about to be freed or overwritten itself).
-            replaced = scratch.generation < active.generation & ~IP
-            out += check_struct(scratch, as_id, pointers=not replaced)
-        out += _check_scratch(vm, as_id, active, scratch)
-        out += _check_array_generation(vm, as_id, active, scratch)
-    if vm.changing is None and vm.locks:
-        out.append(f"no update is running but {', '.join(sorted(vm.locks))} is still held")
-    return out
-
-
-def check_struct(s, as_id, pointers=True):
-    """One structure's array, ``id_to_index`` and counters agree.
-
-    With ``pointers``, no entry may point to a freed bitmap or arch allocation.
-    """
-    out, name, slots = [], s.name, s.memslots
-    if s.freed:
-        out.append(f"{name} was freed but is still reachable")
-    if s.as_id != as_id or len(slots) != s.used_slots:
-        out.append(f"{name}: as_id {s.as_id}, used_slots {s.used_slots}, {len(slots)} entries")
-    for i, e in enumerate(slots):
-        label = f"#{e[UID]}"
-        if s.id_to_index[e[ID]] != i:
-            out.append(f"{name}: {label} (id {e[ID]}) sits at index {i} but id_to_index says "
-                       f"{s.id_to_index[e[ID]]}")
-        if e[AS] != as_id:
-            out.append(f"{name}: {label} has as_id {e[AS]}")
-        if i and slots[i - 1][BASE] < e[BASE] + e[NPAGES]:
-            prev = slots[i - 1]
-            out.append(f"{name}: index {i - 1} (#{prev[UID]}, gfn {prev[BASE]:#x}) must lie above "
-                       f"index {i} ({label}, gfn {e[BASE]:#x}..{e[BASE] + e[NPAGES] - 1:#x}): not sorted "
-                       "descending, or overlapping")
-        for a in (e[BITMAP], e[ARCH]) if pointers else ():
-            if a is not None and a.freed:
-                out.append(f"{name}: {label} points to freed {a.kind} {a.label}")
-    listed = sum(1 for x in s.id_to_index if x >= 0)
-    if listed != s.used_slots:
-        out.append(f"{name}: id_to_index lists {listed} slots but used_slots is {s.used_slots}")
-    if s.last_used_slot and s.last_used_slot >= s.used_slots:
-        out.append(f"{name}: last_used_slot index {s.last_used_slot} >= used_slots {s.used_slots}")
-    return out
-
-
-def _check_scratch(vm, as_id, active, scratch):
-    if scratch is active:
-        return []
-    if vm.changing is None:
-        return [f"as{as_id}: no update is running but scratch copy {scratch.name} is still allocated"]
-    by_id = [{e[ID]: tuple(e[:UID]) for e in s.memslots} for s in (active, scratch)]
-    differ = sorted(i for i in by_id[0].keys() | by_id[1].keys() if by_id[0].get(i) != by_id[1].get(i))
-    if differ and vm.changing != (as_id, differ[0]) or len(differ) > 1:
-        return [f"as{as_id}: {scratch.name} may differ from {active.name} only in the changing slot, "
-                f"but ids {differ} differ"]
-    return []
-
-
-def _check_array_generation(vm, as_id, active, scratch):
-    ga, gi, n = active.generation, scratch.generation, vm.address_spaces
-    completed = vm.swaps[as_id] - (1 if ga & IP else 0)
-    out, base = [], ga & ~IP
-    if base != as_id + n * completed:
-        out.append(f"as{as_id}: active generation {base:#x} after {completed} completed install(s); "
-                   f"expected {as_id + n * completed:#x} ({as_id} + {n} per install)")
-    if ga & IP and vm.changing is None:
-        out.append(f"as{as_id}: the in-progress bit is set but no update is running")
-    allowed = {base} if ga & IP else {ga, ga | IP, ga - n}
-    if gi not in allowed:
-        out.append(f"as{as_id}: scratch {scratch.name} has generation {gi:#x}; expected one of "
-                   f"{', '.join(hex(g) for g in sorted(allowed))} (a copy of the active one, marked "
-                   "in progress, or the stale value of the replaced structure)")
-    return out
