@@ -13,7 +13,7 @@ from .engine.invariants import check_invariants
 from .engine.kernels import KERNELS
 from .engine.memslot import Memslot
 from .engine.schedule import Schedule, Tick, Timeline
-from .engine.srcu import ReaderAction
+from .engine.events import ReaderAction
 from .engine.vcpu import Access, GfnToHvaCache, Vcpu
 from .engine.validate import CHANGES, CREATE, DELETE, FLAGS_ONLY, MOVE, NONE
 from .engine.step import STAGES, Step, Update

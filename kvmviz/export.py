@@ -128,13 +128,13 @@ def result_text(r):
 # -- what a trace step looks like -------------------------------------------------------
 def _as_of(steps):
     for s in steps:
-        for t in getattr(s, "touched", ()):
+        for t in s.touched:
             return t[0]
     return 0
 
 
 def _gen_cells(step, as_id):
-    gens = getattr(step, "gens", ())
+    gens = step.gens
     if len(gens) <= as_id:
         return "", ""
     g0, g1, active = gens[as_id]
@@ -142,22 +142,21 @@ def _gen_cells(step, as_id):
 
 
 def _edits(step):
-    return "; ".join(f"as{a}/set{j} {o} -> {n}" for a, j, o, n in getattr(step, "touched", ()) if o != "gen")
+    return "; ".join(f"as{a}/set{j} {o} -> {n}" for a, j, o, n in step.touched if o != "gen")
 
 
 def _step_body(step):
     parts = []
-    actor = getattr(step, "actor", None)
-    if actor:
-        parts.append(f"{actor}:")
+    if step.reader:
+        parts.append(f"{step.actor}:")
     edits = _edits(step)
     if edits:
         parts.append(f"[edit {edits}]")
-    if getattr(step, "waiting", False):
+    if step.waiting:
         parts.append("(waiting)")
     parts.append(step.text)
-    result = result_text(getattr(step, "result", None))
-    if result and not actor and result not in step.text:
+    result = result_text(step.result)
+    if result and not step.reader and result not in step.text:
         parts.append(f"=> result {result}")
     return " ".join(parts)
 
@@ -207,7 +206,7 @@ def text(steps_or_vm, notes=None):
                                                   _row(_STEP_COLS, ["-" * w for _, w, _ in _STEP_COLS])]
     for i, step in enumerate(steps, 1):
         g0, g1 = _gen_cells(step, as_id)
-        lines.append(_row(_STEP_COLS, (i, step.stage, step.function, g0, g1, _locks(getattr(step, "locks", ())))))
+        lines.append(_row(_STEP_COLS, (i, step.stage, step.function, g0, g1, _locks(step.locks))))
         lines += _wrap(_step_body(step))
         for note in (notes or {}).get(i - 1, ()):
             lines += _wrap(f"!! {note}", 6)
@@ -301,7 +300,7 @@ def markdown(steps_or_vm, notes=None):
         body = " ".join([_step_body(step)] + [f"**{n}**" for n in (notes or {}).get(i - 1, ())])
         g0, g1 = (g[1:] + " (active)" if g.startswith("*") else g.strip() for g in (g0, g1))
         rows.append((i, step.stage, f"`{step.function}`", g0, g1,
-                     _locks(getattr(step, "locks", ())), body))
+                     _locks(step.locks), body))
     title = _trace_title(steps_or_vm, steps)
     return "\n".join(([f"**{title}**", ""] if title else []) +
                      _md_table(["#", "stage", "function", f"as{as_id} set0", f"as{as_id} set1", "locks",
@@ -313,14 +312,14 @@ _LABEL = re.compile(r"#\d+|`new`")
 
 
 def _key(step):
-    return (step.stage, step.function, frozenset(getattr(step, "locks", ())))
+    return (step.stage, step.function, step.locks)
 
 
 def _differences(a, b, texts=False):
     out = []
     if _key(a) != _key(b):
         out.append(("function", f"{a.stage} {a.function}", f"{b.stage} {b.function}"))
-    ta, tb = getattr(a, "touched", ()), getattr(b, "touched", ())
+    ta, tb = a.touched, b.touched
     if [t[:2] for t in ta] != [t[:2] for t in tb]:
         out.append(("sets", _edits(a) or "-", _edits(b) or "-"))
     elif [t[2:] for t in ta] != [t[2:] for t in tb]:
@@ -329,18 +328,18 @@ def _differences(a, b, texts=False):
         out.append(("objects", a.text, b.text))
     if texts and a.text != b.text and not any(kind == "objects" for kind, _, _ in out):
         out.append(("text", a.text, b.text))
-    if getattr(a, "gens", ()) != getattr(b, "gens", ()):
+    if a.gens != b.gens:
         out.append(("gens", _gens_line(a), _gens_line(b)))
-    if frozenset(getattr(a, "locks", ())) != frozenset(getattr(b, "locks", ())):
+    if a.locks != b.locks:
         out.append(("locks", _locks(a.locks), _locks(b.locks)))
-    if getattr(a, "result", None) != getattr(b, "result", None):
+    if a.result != b.result:
         out.append(("result", result_text(a.result) or "-", result_text(b.result) or "-"))
     return out
 
 
 def _gens_line(step):
     return "; ".join(f"as{i} " + " ".join(("*" if act == j else "") + gen_text(g) for j, g in enumerate((g0, g1)))
-                     for i, (g0, g1, act) in enumerate(getattr(step, "gens", ())))
+                     for i, (g0, g1, act) in enumerate(step.gens))
 
 
 def _pairs(a, b):

@@ -5,7 +5,8 @@ import pytest
 
 import kvmviz
 from kvmviz.engine.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
-from kvmviz.engine.srcu import ReaderAction, Srcu
+from kvmviz.engine.events import ReaderAction
+from kvmviz.engine.srcu import Srcu
 
 HVA = 0x7F0000000000
 CREATE1 = (1, 0, 0x100000, 0x4000, HVA)

@@ -151,8 +151,7 @@ class Schedule:
         start = len(self.vm.history)
         result = action(*args)
         for event in self.vm.history.events[start:]:
-            actor = getattr(event, "actor", "writer")
-            tick = Tick(len(self.timeline), actor, event)
+            tick = Tick(len(self.timeline), event.actor, event)
             self.timeline.append(tick)
             if self.observer is not None:
                 self.observer(tick)

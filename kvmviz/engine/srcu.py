@@ -16,36 +16,7 @@ False
 (True, ())
 """
 
-from dataclasses import dataclass
-
 from .history import Journaled, StateError, set_item
-
-
-@dataclass(eq=False)
-class ReaderAction:
-    """One thing a reader did (a vCPU or the MMU notifier), as a history event.
-
-    Writer steps are ``Step``s; reader actions sit between them in
-    ``vm.history`` so stepping back and forth replays readers too. ``actor``
-    names the reader, ``function`` the kernel function modelled, ``result``
-    what it returned, ``gens`` the generations right after it.
-
-    >>> a = ReaderAction("vcpu0", "srcu_read_lock", "pins as0/set0")
-    >>> str(a), a.waiting, a.stage
-    ('vcpu0: srcu_read_lock: pins as0/set0', False, 'reader')
-    """
-
-    actor: str
-    function: str
-    text: str
-    result: object = None
-    gens: tuple = ()
-    index: object = None
-    stage = "reader"
-    waiting = False
-
-    def __str__(self):
-        return f"{self.actor}: {self.function}: {self.text}"
 
 
 class Srcu(Journaled):

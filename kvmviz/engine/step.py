@@ -13,40 +13,44 @@ generations of every set and which set was edited.
 (0, 'commit')
 """
 
-from dataclasses import dataclass, field
-from types import MappingProxyType
-
+from .events import NO_COST, HistoryEvent
 from .history import StateError
 from .tree.memslots import ModelBug
 
 STAGES = ("validate", "invalidate", "prepare", "replace", "activate", "commit")
 
 
-_NO_COST = MappingProxyType({})
+class Step(HistoryEvent):
+    """One step of an update (see module doc): a ``HistoryEvent`` whose actor is the writer.
 
+    ``text`` is a template filled from ``args`` when read (``kvmviz.engine.events``).
 
-@dataclass(eq=False, slots=True)
-class Step:
-    """One step of an update (see module doc)."""
+    >>> s = Step("activate", "rcu_assign_pointer", "publish {}", ("as0/set1",), gens=((0, 2, 1),))
+    >>> str(s), s.generation(0), s.actor, s.call
+    ('[activate] rcu_assign_pointer: publish as0/set1', 2, 'writer', 0)
+    """
 
-    stage: str
-    function: str
-    text: str
-    locks: frozenset = frozenset()
-    gens: tuple = ()            # per address space: (set0.gen, set1.gen, active node_idx)
-    touched: tuple = ()         # (as_id, node_idx, old label, new label) per replace
-    waiting: bool = False
-    result: object = None       # 0 or -errno on the last step
-    error: object = None        # the KvmError of a failed call
-    change: object = None
-    call: int = 0               # serial of the update this step belongs to
-    index: object = None        # position in the VM's history
-    cost: dict = field(default_factory=dict)
+    __slots__ = ("stage", "locks", "touched", "waiting", "error", "change", "call", "cost")
+
+    def __init__(self, stage, function, text, args=(), *, locks=frozenset(), gens=(), touched=(), waiting=False,
+                 result=None, error=None):
+        HistoryEvent.__init__(self, function, text, args, result, gens)
+        self.stage = stage
+        self.locks = locks
+        self.touched = touched
+        self.waiting = waiting
+        self.error = error
+        self.change = None
+        self.call = 0
+        self.cost = NO_COST
 
     def generation(self, as_id=0):
         """Active set's generation of ``as_id`` right after this step."""
         g0, g1, active = self.gens[as_id]
         return (g0, g1)[active]
+
+    def __repr__(self):
+        return f"Step({self.stage!r}, {self.function!r}, {self.text!r}, result={self.result!r})"
 
     def __str__(self):
         wait = " (waiting)" if self.waiting else ""
@@ -117,7 +121,7 @@ class Update:
     def _finish_step(self, step, before):
         step.call = self.call
         step.change = self.change
-        step.cost = {k: v - before.get(k, 0) for k, v in self.vm.cost.items() if v != before.get(k, 0)} or _NO_COST
+        step.cost = {k: v - before.get(k, 0) for k, v in self.vm.cost.items() if v != before.get(k, 0)} or NO_COST
         self.steps.append(step)
         self.vm.record(step)
         if step.result is not None:

@@ -39,7 +39,7 @@ from .dirty_log import mark_page_dirty_in_slot
 from .history import Journaled, StateError
 from .numbers import check_number
 from .memslot import OBSERVED_FIELDS
-from .srcu import ReaderAction
+from .events import ReaderAction
 
 #: ``Access.reason`` values that the x86 MMU handles like MMIO (an exit to userspace).
 #: A fault on an INVALID slot is not one of them since 5.13: it gives ``"retry"``.

@@ -31,7 +31,8 @@ from .kernels import KERNELS, has, kernel_for
 from .memslot import Allocation, Memslot
 from .tree.memslots import MemslotSet, ModelBug
 from .numbers import check_number
-from .srcu import ReaderAction, Srcu
+from .events import ReaderAction
+from .srcu import Srcu
 from .step import Update
 from .tree.protocol import MergedProtocol
 from .array.protocol import ArrayProtocol
@@ -285,7 +286,7 @@ class VM(Journaled):
         h = self.history
         if h.at_frontier or not (self.locks or self.changing is not None):
             return
-        call = next((e.call for e in reversed(h.events[:h.cursor]) if getattr(e, "call", 0)), "?")
+        call = next((e.call for e in reversed(h.events[:h.cursor]) if e.call), "?")
         held = ", ".join(sorted(self.locks)) or "no lock"
         raise StateError(f"{what}: the VM was stepped back into the middle of an update (update {call}, {held} held); step "
                          "forward to its end (history.goto(len(history))) or back before it first")

@@ -47,7 +47,7 @@ def timeline(vm, first=None, last=None):
         event = h.events[i]
         if isinstance(event, Step):
             gens, locks = event.gens, event.locks
-        elif getattr(event, "gens", None):
+        elif event.gens:
             gens = event.gens
         rows.append((i, gens or vm.generations(), locks, event))
     return rows or [(last - 1, vm.generations(), vm.locks, None)]

@@ -84,8 +84,8 @@ def _update_start(vm, step):
     """First history index of the update ``step`` belongs to."""
     events = vm.history.events
     i = vm.history.cursor if step is None else step.index
-    call = getattr(step, "call", None)
-    while i > 0 and (call is None or getattr(events[i - 1], "call", call) == call):
+    call = None if step is None else step.call
+    while i > 0 and (call is None or events[i - 1].call in (0, call)):     # 0: a reader's action
         if call is None and isinstance(events[i - 1], Step):
             break
         i -= 1

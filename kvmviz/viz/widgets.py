@@ -596,7 +596,7 @@ class Stepper:
             self._syncing = False
         self.header.value = _header_html(vm)
         self.position.value = self._position_text(k, n)
-        self.stage.value = _stage_html(getattr(event, "stage", None), self._skipped(n))
+        self.stage.value = _stage_html(None if event is None else event.stage, self._skipped(n))
         self.text.value = f"<div style='line-height:1.35'>{self._event_html(event)}</div>"
         self.gen.value = "<div style='line-height:1.35'>" + "<br>".join(
             f"as{a}: generation <b>{gen_text(vm.generation(a))}</b> (set{vm.active_idx[a]} active; "
@@ -617,7 +617,7 @@ class Stepper:
         """Stages the current call never enters (known once its steps are), for the stage bar."""
         if self.upd is None or self.upd.result is None:
             return frozenset()
-        seen = {getattr(e, "stage", None) for e in self.vm.history.events[self.base:self.base + n]}
+        seen = {e.stage for e in self.vm.history.events[self.base:self.base + n]}
         return frozenset(STAGES) - seen
 
     def _position_text(self, k, n):
@@ -638,16 +638,15 @@ class Stepper:
                     f"{region.memory_size:#x}, hva {region.userspace_addr:#x}, flags {flag_names(region.flags)}"
                     if region is not None else "nothing yet")
             return f"<b>before the call</b>: {html.escape(what)}"
-        wait = " <i>(waiting)</i>" if getattr(event, "waiting", False) else ""
-        return (f"<b><code>{html.escape(event.function)}</code></b>{wait}: "
-                f"{html.escape(getattr(event, 'text', str(event)))}")
+        wait = " <i>(waiting)</i>" if event.waiting else ""
+        return f"<b><code>{html.escape(event.function)}</code></b>{wait}: {html.escape(event.text)}"
 
     def _figure_key(self):
         event = self.current
         sets = self.vm.sets[self.as_id]
         content = tuple(tuple((s.uid, s.flags, s.base_gfn, s.invalid) for s in st.slots()) for st in sets)
-        return (self.view.value, self.as_id, getattr(event, "index", None) if self.view.value == "objects"
-                else tuple(getattr(event, "touched", ())), self.vm.generations()[self.as_id],
+        shown = None if event is None else event.index if self.view.value == "objects" else event.touched
+        return (self.view.value, self.as_id, shown, self.vm.generations()[self.as_id],
                 self.vm.active_idx[self.as_id], content)
 
     def _draw_figure(self):
@@ -857,6 +856,6 @@ def _call_of(source, vm):
     if last is None:
         raise ValueError("this VM has run no call yet: nothing to play")
     start = last.index
-    while start > 0 and getattr(events[start - 1], "call", None) == last.call:
+    while start > 0 and events[start - 1].call == last.call:
         start -= 1
     return vm, start, last.index + 1
