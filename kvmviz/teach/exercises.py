@@ -1,21 +1,10 @@
 """Exercises with feedback for the lessons in ``notebooks/``.
 
-Each exercise builds its situation with the engine and computes the right
-answer *from the engine* when it checks an answer, so the key can never drift
-from the model. A wrong answer gets a hint computed from the same run (which
-check fired, which set the object sits in, what was true at the step you
-picked). Kinds, as in the lessons:
-
-* ``PredictState``: run the situation one more step (or to the end) and read a
-  value: which set is active, a generation, which object a set holds, a count.
-* ``PickStep``: the step number (1-based, as ``numbered`` prints it) at which
-  something becomes true.
-* ``SpotInvariant``: which invariant (reference §1.7, §3.1) a broken run breaks.
-* ``ChooseErrno``: what ``KVM_SET_USER_MEMORY_REGION`` returns for a call.
-
-The kinds of exercise live in ``kvmviz.teach.answers``, the catalogue in
-``kvmviz.teach.curriculum``. No widget is needed: ``check(key, answer)`` or ``Progress.check`` is a plain
-call; ``kvmviz.viz.exercise_widgets`` wraps the same calls in ipywidgets.
+The learner's entry point: ``get``, ``check`` and ``Progress``. The kinds of exercise
+(and how each computes its answer from the engine) live in ``kvmviz.teach.answers``,
+the catalogue in ``kvmviz.teach.curriculum``. No widget is needed: ``check(key, answer)``
+or ``Progress.check`` is a plain call; ``kvmviz.viz.exercise_widgets`` wraps the same
+calls in ipywidgets.
 
 >>> ex = get("02.4")
 >>> ex.check("0x6").correct
