@@ -412,7 +412,8 @@ def test_choosing_a_kernel_makes_a_new_vm_of_that_version_and_says_so():
                                "running) and its history are left as they were").format(old.kernel)
     assert ">Linux 5.15 model</b>" in st.header.value
     assert st.position.value.startswith("no call yet: choose a preset")
-    assert [v for _, v in st.view.options] == ["sets"]            # the array has no trees
+    assert [v for _, v in st.view.options] == ["objects", "sets"]  # the array has no trees
+    assert st.view.options[0][0] == "array + pointer" and "memslots@" in st.figure.value
     assert st.begin(1, 0, 0, 0x1000, 0x7f0000000000)
     st.last()
     assert st.upd.result == 0 and "kvm_dup_memslots" in [s.function for s in st.upd.steps]

@@ -78,7 +78,7 @@ class VM(Journaled):
                  "in_place_writes", "arch", "srcu", "vcpus", "protocol", "update",
                  "implementation", "variant", "calls", "ulong_max", "changing", "_mmio",
                  "kernel", "address_spaces", "max_gfn", "unpublished", "private_mem", "slot_zap_all", "gmem_files",
-                 "nr_memslots_dirty_logging")
+                 "nr_memslots_dirty_logging", "writer_slots")
 
     def __init__(self, implementation=None, variant="merged", *, kernel=None, address_spaces=None,
                  max_gfn=None, private_mem=False, slot_zap_all=True, history=True):
@@ -94,7 +94,7 @@ class VM(Journaled):
                          implementation=k.implementation, variant=_variant_name(variant), ulong_max=U64_MAX,
                          kernel=k.name, address_spaces=n, max_gfn=_max_gfn(k, max_gfn),
                          private_mem=private_mem, slot_zap_all=slot_zap_all, gmem_files={},
-                         nr_memslots_dirty_logging=0)
+                         nr_memslots_dirty_logging=0, writer_slots=(0, 0, ()))
         object.__setattr__(self, "sets", _make_sets(h, k.implementation, cost, n))
         object.__setattr__(self, "unpublished", (None,) * n)
         object.__setattr__(self, "arch", X86Arch(h, self))
@@ -325,7 +325,32 @@ class VM(Journaled):
         if plan is not None:
             for name in ("as_id", "id", "base_gfn", "npages", "flags", "userspace_addr"):
                 object.__setattr__(slot, name, getattr(plan, name))
+        call, as_id, held = self.writer_slots
+        if call != self.calls:
+            as_id, held = (self.changing or (0,))[0], ()
+        self.writer_slots = (self.calls, as_id, held + (slot,))
         return slot
+
+    def unlinked_slots(self, as_id=0):
+        """Slot structs the running call allocated that no set of ``as_id`` holds yet (and not freed).
+
+        ``new`` of ``__kvm_set_memory_region`` and ``invalid_slot`` of
+        ``kvm_set_memslot`` live on the writer's stack until
+        ``kvm_replace_memslot`` links them (reference §2.2); pictures draw them
+        beside the sets. Kept per call in the journaled ``writer_slots``, so
+        stepping back shows them again.
+
+        >>> vm = VM(); upd = vm.begin_set_user_memory_region(1, 0, 0, 0x1000, 0x10000)
+        >>> _ = next(upd), next(upd); [s.label for s in vm.unlinked_slots()]
+        ['#1']
+        >>> _ = upd.run(); vm.unlinked_slots()
+        []
+        """
+        _call, held_as, held = self.writer_slots
+        if held_as != as_id or self.implementation != "tree":
+            return []
+        linked = {s.uid for st in self.sets[as_id] for s in st.slots()}
+        return [s for s in held if s.uid not in linked and not s.freed]
 
     def alloc(self, kind, nbytes):
         """Allocate a dirty bitmap or arch metadata (``Allocation``)."""

@@ -44,7 +44,7 @@ from ..engine.vm import VM
 from .player_html import page
 from .figure import OKABE_ITO, PANE_PX, gen_text, to_svg
 from .generations import plot_call, with_cursor
-from .objects import objects_fit, plot_objects
+from .objects import plot_objects
 from .sets import plot_memslots
 from .trees import plot_trees
 
@@ -652,7 +652,7 @@ class Stepper:
     def _draw_figure(self):
         if self.view.value == "trees":
             return plot_trees(self.vm, self.as_id, step=self.current)
-        if self.view.value == "objects" and objects_fit(self.vm, self.as_id):
+        if self.view.value == "objects":
             return plot_objects(self.vm, self.as_id, step=self.current)
         key = ("sets", self.as_id, self.vm.kernel)        # redrawn in place: no axes rebuilt per step
         self._figs[key] = plot_memslots(self.vm, self.as_id, step=self.current, fig=self._figs.get(key))
@@ -765,16 +765,19 @@ def _as_options(vm):
 
 
 def _view_options(vm):
-    """The figure views: the 5.15 array has no trees (and one structure, so no object picture)."""
+    """The figure views: the 5.15 array has no trees, and its picture shows values, not objects."""
     tree = vm.implementation == "tree"
-    return ([("objects + pointer", "objects")] if tree else []) + [("gfn ranges", "sets")] + (
+    return [("objects + pointer" if tree else "array + pointer", "objects"), ("gfn ranges", "sets")] + (
         [("trees", "trees")] if tree else [])
 
 
 def _view_tooltips(vm):
     tips = {"objects": "each slot object once, an edge to each set holding it; kvm->memslots[as] points "
-                       "to the active set", "sets": "both sets along the guest physical address space",
-            "trees": "the gfn tree, hva interval tree and id hash of each set (wide: scaled down)"}
+                       "to the active set" if vm.implementation == "tree" else
+                       "kvm->memslots[as] points to one structure of slot values; mid-update the scratch "
+                       "copy (kvm_dup_memslots) stands beside it",
+            "sets": "both sets along the guest physical address space",
+            "trees": "the gfn tree, hva interval tree and id hash of each set"}
     return [tips[value] for _label, value in _view_options(vm)]
 
 
