@@ -5,6 +5,7 @@ editing this file. Each runs with nbclient in a temporary copy of the
 notebooks folder, so the committed files are never written to.
 """
 
+import os
 import re
 import shutil
 from functools import lru_cache
@@ -21,12 +22,23 @@ KERNEL_NOISE = re.compile(r"^\[IPKernelApp\] WARNING \| Kernel is running over T
                           re.MULTILINE)
 
 
+REPO = NOTEBOOKS[0].parent.parent
+
+
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-    """A private copy of notebooks/ (lessons may read files next to them)."""
+    """A private copy of notebooks/ (lessons may read files next to them).
+
+    The kernels import the ``kvmviz`` of this checkout (PYTHONPATH), not
+    whichever one the venv has installed in editable mode: in a git worktree
+    the two differ.
+    """
+    path = os.environ.get("PYTHONPATH")
     dest = tmp_path_factory.mktemp("notebooks")
     shutil.copytree(NOTEBOOKS[0].parent, dest, dirs_exist_ok=True)
-    return dest
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("PYTHONPATH", os.pathsep.join([str(REPO)] + ([path] if path else [])))
+        yield dest
 
 
 @lru_cache(maxsize=None)

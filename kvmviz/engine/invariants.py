@@ -125,14 +125,16 @@ def check_grace_period(vm):
     >>> from kvmviz import VM
     >>> vm = VM(); _ = vm.srcu.read_lock("vcpu0"); _ = vm.srcu.start_grace_period()
     >>> check_grace_period(vm)
-    ['a swap finished (no in-progress generation) while vcpu0, inside since before its publish, may still use the old set: synchronize_srcu_expedited was skipped']
+    ['a swap finished (no in-progress generation) while vcpu0, inside since before its publish, may still use the old set: the final generation was stored before the grace period ended (synchronize_srcu_expedited skipped, or the in-progress mark never set)']
     """
     holders = vm.srcu.holders(vm.srcu.seq)
     if not holders or any(s.generation & IP for s in map(vm.active_set, range(len(vm.sets)))):
         return []
+    # the state cannot tell a skipped wait from a missing in-progress mark: name both
     return [Violation("grace-period", f"a swap finished (no in-progress generation) while "
                       f"{', '.join(map(str, holders))}, inside since before its publish, may still use the old "
-                      "set: synchronize_srcu_expedited was skipped")]
+                      "set: the final generation was stored before the grace period ended "
+                      "(synchronize_srcu_expedited skipped, or the in-progress mark never set)")]
 
 
 def check_page_count(vm):

@@ -189,7 +189,7 @@ class _Runner:
                 host.free_probe_place(gpa)
             except ValueError:      # every id or page is taken: nowhere to put the guest's code
                 continue
-            want, rule = _expected(vm, vcpu, host.memory, gpa, value)
+            want, rule = expected_access(vm, vcpu, host.memory, gpa, value)
             if want is None:
                 continue
             self.probes += 1
@@ -198,7 +198,7 @@ class _Runner:
             if value is not None and got.outcome == want[0] == "ok":
                 seen = ("ok", host.memory.read(want[2]))     # the byte where the model says it went
             self.compare(i, f"guest {'write' if value is not None else 'read'} gpa {gpa:#x}",
-                         _fmt(want), _fmt(seen), rule)
+                         fmt_outcome(want), fmt_outcome(seen), rule)
         slots = vm.memslots(0)
         for slot in slots[:PROBED_SLOTS] + slots[PROBED_SLOTS:][-PROBED_SLOTS:]:
             self.probes += 1
@@ -236,7 +236,7 @@ def _probe_points(vm):
     return [p for p in points if p[0] < PROBE_LIMIT] or [(0x1000, None)]
 
 
-def _expected(vm, vcpu, memory, gpa, value):
+def expected_access(vm, vcpu, memory, gpa, value):
     """What the model says a guest access at ``gpa`` shows: ``(outcome, detail[, hva])``."""
     vcpu.srcu_read_lock()
     try:
@@ -254,7 +254,8 @@ def _expected(vm, vcpu, memory, gpa, value):
     return (a.reason, None), rule
 
 
-def _fmt(outcome):
+def fmt_outcome(outcome):
+    """An outcome of ``expected_access`` (or a real one in its shape) as the report prints it."""
     kind, detail = outcome[:2]
     if kind == "ok":
         return f"ok {detail:#x}"

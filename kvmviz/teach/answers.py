@@ -180,7 +180,7 @@ def situation(calls=(), begin=None, run=0, fail_prepare=False, before=None, **vm
             before(vm)
         if begin is None:
             return Situation(vm)
-        old = vm.id_to_memslot(begin[0] & 0xFFFF, begin[0] >> 16) if begin[0] >> 16 < N else None
+        old = vm.id_to_memslot(begin[0] & 0xFFFF, begin[0] >> 16) if begin[0] >> 16 < vm.address_spaces else None
         upd = vm.begin_set_user_memory_region(*begin, fail_prepare=fail_prepare)
         return Situation(vm, upd, tuple(run_to(upd, run)), old)
     return build
@@ -246,15 +246,17 @@ class Exercise:
     """Base class: a question whose answer the engine computes.
 
     Subclasses define ``parse`` (read an answer), ``solve`` (compute the right
-    one) and ``hint`` (say why a wrong one is wrong).
+    one), ``hint`` (say why a wrong one is wrong) and ``evidence`` (what the
+    engine did to get the right one, for the worked answer). ``explain`` is the
+    one-line why shown with a correct answer and in the worked answer.
     """
 
     kind = "exercise"
     choices = None
 
-    def __init__(self, key, question, setup, hint="", explain=""):
+    def __init__(self, key, question, setup, hint="", explain="", show=None):
         self.key, self.question, self.setup = key, question, setup
-        self.static_hint, self.explain = hint, explain
+        self.static_hint, self.explain, self.show = hint, explain, show
 
     @property
     def lesson(self):
@@ -269,6 +271,35 @@ class Exercise:
         """The right answer, computed from the engine now."""
         return self.format(self.solve(self.setup()))
 
+    def worked(self):
+        """The right answer and how the engine got it: ``Worked(answer, why, evidence)``.
+
+        Computed from a fresh run, like ``answer``; ``evidence`` is a list of
+        lines (steps, the error, the first violation) that show it.
+        """
+        sit = self.setup()
+        before = len(sit.steps)
+        right = self.solve(sit)
+        lines = self.show(sit) if self.show is not None else self.evidence(sit, before)
+        return Worked(self.format(right), self.why(right), tuple(lines))
+
+    def why(self, right):
+        """The one-line reason a right answer is right."""
+        return self.explain
+
+    def evidence(self, sit, before):
+        """Lines showing the right answer in the engine's run (``sit`` after ``solve``).
+
+        The steps ``solve`` took; of a long run only those that changed a set
+        or a generation, and the last.
+        """
+        taken = list(enumerate(sit.steps[before:], before + 1))
+        if len(taken) > 6:
+            keep = {id(s) for _, s in taken if s.touched} | {id(taken[-1][1])}
+            keep |= {id(s) for (_, p), (_, s) in zip(taken, taken[1:]) if s.gens != p.gens}
+            taken = [(i, s) for i, s in taken if id(s) in keep]
+        return [f"{i:2d} {s}" for i, s in taken]
+
     def format(self, value):
         """How a parsed answer is shown."""
         return str(value)
@@ -282,7 +313,8 @@ class Exercise:
         sit = self.setup()
         right = self.solve(sit)
         if given == right:
-            return Feedback(True, self.explain or f"{self.format(right)} is right.")
+            why = self.why(right)
+            return Feedback(True, f"{self.format(right)} is right{': ' + why if why else '.'}")
         tail = f" {self.static_hint}" if self.static_hint else ""
         return Feedback(False, f"Not {self.format(given)}. {self.hint(given, right, sit)}{tail}")
 
@@ -290,17 +322,28 @@ class Exercise:
         return f"<{self.kind} {self.key}: {self.question}>"
 
 
+@dataclass(frozen=True)
+class Worked:
+    """A worked answer: the right ``answer``, the one-line ``why``, and the engine's ``evidence`` lines."""
+
+    answer: str
+    why: str
+    evidence: tuple
+
+
 class PredictState(Exercise):
     """Predict a value after the situation advances ``advance`` steps ("end": to the end).
 
     ``probe(situation)`` reads the value; ``answer_type`` is one of "set",
-    "generation", "label", "int", or "choice" (one of ``choices``).
+    "generation", "label", "count" (a number, shown in decimal), "address"
+    (a number, shown in hex), or "choice" (one of ``choices``).
     """
 
     kind = "predict the state"
-    _parsers = {"set": parse_set, "generation": parse_generation, "label": parse_label, "int": parse_int}
+    _parsers = {"set": parse_set, "generation": parse_generation, "label": parse_label, "count": parse_int,
+                "address": parse_int}
 
-    def __init__(self, key, question, setup, probe, answer_type="int", advance=1, choices=None, **kw):
+    def __init__(self, key, question, setup, probe, answer_type="count", advance=1, choices=None, **kw):
         super().__init__(key, question, setup, **kw)
         self.probe, self.answer_type, self.advance = probe, answer_type, advance
         self.choices = tuple(choices) if choices else None
@@ -325,9 +368,25 @@ class PredictState(Exercise):
             return fmt_generation(value)
         if self.answer_type == "set":
             return f"set{value}"
-        if self.answer_type in ("label", "choice"):
-            return str(value)
-        return f"{value:#x}" if value > 9 else str(value)
+        if self.answer_type == "address":
+            return f"{value:#x}"
+        return str(value)
+
+    def evidence(self, sit, before):
+        """The steps that moved what the question asks about.
+
+        Generations: the steps that changed the active generation; sets and
+        objects: the replaces and publishes; other values: the steps taken.
+        """
+        taken = list(enumerate(sit.steps[before:], before + 1))
+        if self.answer_type == "generation":
+            prev = [sit.steps[before - 1] if before else taken[0][1]] + [s for _, s in taken]
+            taken = [(i, s) for (i, s), p in zip(taken, prev) if s.gens != p.gens]
+        elif self.answer_type in ("set", "label"):
+            taken = [(i, s) for i, s in taken if s.touched or s.function == "rcu_assign_pointer"] or taken[-1:]
+        else:
+            return super().evidence(sit, before)
+        return [f"{i:2d} {s}" for i, s in taken]
 
     def hint(self, given, right, sit):
         """A hint specific to the kind of value."""
@@ -336,26 +395,31 @@ class PredictState(Exercise):
             return (f"The active pointer moves only at `rcu_assign_pointer` (reference §2.1, swap step 5); "
                     f"the step you are predicting is {nxt}.")
         if self.answer_type == "generation":
-            return _generation_hint(given, right)
+            return _generation_hint(given, right, sit.vm.address_spaces)
         if self.answer_type == "label":
             return f"After that step, {given} is in {where_is(sit.vm, given)}."
         if self.answer_type == "choice":
             return "Think about which set that reader uses at this moment."
-        return f"{given} is too {'high' if given > right else 'low'}."
+        return f"{self.format(given)} is too {'high' if given > right else 'low'}."
 
 
-def _generation_hint(given, right):
-    as_id = (right & ~IP) % N
-    if (given & ~IP) % N != as_id:
-        return (f"Generations of as{as_id} are always {as_id} mod {N}: they start at {as_id} and each "
-                f"swap adds {N} (reference §3.1).")
-    if given & ~IP == right & ~IP:
-        return ("The number is right, but look at bit 63 (IP, update in progress): it is set from the "
-                "'mark in progress' step until the final store after the grace period (reference §3.4).")
-    swaps = ((right & ~IP) - (given & ~IP)) // N
-    more = "more" if swaps > 0 else "fewer"
-    return (f"Count the completed swaps: you are {abs(swaps)} swap(s) {more} short of the right value "
-            f"(+{N} per swap; CREATE/FLAGS_ONLY swap once, DELETE/MOVE twice, reference §3.1).")
+def _generation_hint(given, right, n=N):
+    """Why ``given`` is not the generation ``right`` on a VM with ``n`` address spaces."""
+    as_id = (right & ~IP) % n
+    if (given & ~IP) % n != as_id:
+        return (f"Generations of as{as_id} are always {as_id} mod {n}: they start at {as_id} and each "
+                f"swap adds {n}, the VM's number of address spaces (reference §3.1).")
+    if right & IP and not given & IP:
+        return ("At this moment a swap is under way: from its 'mark in progress' step until its final store "
+                "after the grace period, the active set's generation is the old value with bit 63 set "
+                f"(IP, printed |IP), and the +{n} comes only with the final store (reference §3.2, §3.4).")
+    if given & IP and not right & IP:
+        return ("No swap is under way at that moment: the final store of each swap clears bit 63 "
+                "(IP) again (reference §3.4).")
+    swaps = ((given & ~IP) - (right & ~IP)) // n
+    return (f"That counts {abs(swaps)} swap(s) too {'many' if swaps > 0 else 'few'}: each completed swap adds "
+            f"{n}; CREATE and FLAGS_ONLY swap once, DELETE and MOVE twice, and a failed prepare after the "
+            f"INVALID copy went live still swaps twice (reference §3.1, §3.3).")
 
 
 class PickStep(Exercise):
@@ -385,6 +449,11 @@ class PickStep(Exercise):
             before = now
         raise RuntimeError(f"exercise {self.key}: the predicate never becomes true")
 
+    def evidence(self, sit, before):
+        """The step before (still false) and the step that made the predicate true."""
+        return [f"{i:2d} {self._steps[i - 1]}" + ("  <- now true" if i == len(self._steps) else "")
+                for i in range(max(1, len(self._steps) - 1), len(self._steps) + 1)]
+
     def hint(self, given, right, sit):
         """Say what is true after the step the learner picked."""
         if given < 1:
@@ -410,7 +479,10 @@ class SpotInvariant(Exercise):
     choices = tuple(RULES)
 
     def parse(self, answer):
-        """Accept a key of ``RULES`` or the number 1-5 of §1.7."""
+        """Accept a key of ``RULES``, its sentence, or the number 1-5 of §1.7."""
+        sentences = {v.lower(): k for k, v in RULES.items()}
+        if _text(answer).lower() in sentences:
+            return sentences[_text(answer).lower()]
         text = _text(answer).split(".")[0].strip().lower()
         keys = list(RULES)
         if text.isdigit() and 1 <= int(text) <= 5:
@@ -439,7 +511,13 @@ class SpotInvariant(Exercise):
             return ("That one is broken too, but later: check_invariants lists it after the first "
                     "complaint. Which rule does the bug break directly?")
         return (f"check_invariants(vm) reports {len(self._violations)} problem(s), none about that rule. "
-                f"Run it on `exercise.situation().vm` after the bug and read the first message.")
+                f"Rebuild the situation with `kvmviz.exercises.get(\"{self.key}\").situation()`, step its "
+                f"update until `kvmviz.check_invariants(sit.vm)` is not empty, and read the first message.")
+
+    def evidence(self, sit, before):
+        """The step after which the checker first complained, and its first complaint."""
+        where = (f"after step {len(sit.steps)}: {sit.steps[-1]}" if sit.steps else "before any step of an update")
+        return [where, f"check_invariants: {self._violations[0]}"]
 
 
 class ChooseErrno(Exercise):
@@ -455,13 +533,29 @@ class ChooseErrno(Exercise):
 
     def solve(self, sit):
         """Make the call on a fresh VM; remember the error for the hint."""
-        self._error = None
+        self._error, self._steps = None, ()
         try:
-            sit.vm.set_user_memory_region(*self.call, fail_prepare=self.fail_prepare)
+            self._steps = sit.vm.set_user_memory_region(*self.call, fail_prepare=self.fail_prepare)
         except KvmError as e:
             self._error = e
             return e.errname
         return "0"
+
+    def why(self, right):
+        """The static explanation, else the rule that refused the call (from the run of ``solve``)."""
+        if self.explain or self._error is None:
+            return self.explain
+        return f"{self._error.message} (reference §{self._error.rule})."
+
+    def evidence(self, sit, before):
+        """What the call returned and, on success, what it did."""
+        if self._error is not None:
+            return [f"returns -{self._error.errname}: {self._error.message} (check §{self._error.rule})"]
+        change = self._steps[-1].change
+        if change == "NONE":
+            return ["returns 0 at once: nothing to change, no swap"]
+        swaps = sum(s.function == "rcu_assign_pointer" for s in self._steps)
+        return [f"returns 0: {change}, {len(self._steps)} steps, {swaps} swap(s)"]
 
     def hint(self, given, right, sit):
         """Name the rule that decides, or say that the call succeeds."""

@@ -6,12 +6,12 @@ the catalogue in ``kvmviz.teach.curriculum``. No widget is needed: ``check(key, 
 or ``Progress.check`` is a plain call; ``kvmviz.viz.exercise_widgets`` wraps the same
 calls in ipywidgets.
 
->>> ex = get("02.4")
->>> ex.check("0x6").correct
-True
+>>> ex = get("02.5")
+>>> print(ex.check("0x6").message)
+0x6 is right: three CREATEs, one swap each, +2 per swap: 0 + 3 * 2 = 0x6.
 >>> print(ex.check(5).message)            # doctest: +ELLIPSIS
 Not 0x5. Generations of as0 are always 0 mod 2: ...
->>> p = Progress.for_lesson(2); _ = p.check("02.4", 6); p.solved_count, p.total > 2
+>>> p = Progress.for_lesson(2); _ = p.check("02.5", 6); p.solved_count, p.total > 2
 (1, True)
 """
 

@@ -14,6 +14,8 @@ learner can read the real code next to the model (kvmviz copies none of it).
 | 1 | validate | [`__kvm_set_memory_region`](https://elixir...) | all checks passed: CREATE ... | 0x0 |
 """
 
+import html
+
 from ..engine.errors import KvmError
 from .answers import fmt_generation
 
@@ -91,6 +93,41 @@ def steps_markdown(steps, as_id=0, start=1):
     return "\n".join(rows)
 
 
+#: The locks a memslot update takes, in lock order (reference §1.5).
+LOCKS = ("slots_lock", "slots_arch_lock", "mn_invalidate_lock")
+
+
+def _srcu_note(step):
+    if step.function == "rcu_assign_pointer":
+        return "publish: readers that enter now see this set"
+    if step.function == "synchronize_srcu_expedited":
+        return "grace period: wait for readers that entered before the publish"
+    return ""
+
+
+def locks_markdown(steps, as_id=0, start=1):
+    """The steps as a lock diagram: where each lock is taken, held and released, and what SRCU does.
+
+    A cell says ``take`` or ``release`` where the step changes the lock and
+    ``█`` while it stays held (``Step.locks`` is the set held after a step).
+
+    >>> import kvmviz
+    >>> steps = kvmviz.VM().set_user_memory_region(1, 0, 0, 0x1000, 0x10000)
+    >>> print(locks_markdown(steps).splitlines()[2])   # doctest: +ELLIPSIS
+    | 1 | [`__kvm_set_memory_region`](...) | take |  |  |  | 0x0 |
+    """
+    rows = ["| # | kernel function | " + " | ".join(f"`{lock}`" for lock in LOCKS) +
+            f" | SRCU | as{as_id} generation |", "|---" * (len(LOCKS) + 4) + "|"]
+    held = frozenset()
+    for i, s in enumerate(steps, start):
+        cells = ["take" if lock in s.locks and lock not in held else "█" if lock in s.locks
+                 else "release" if lock in held else "" for lock in LOCKS]
+        rows.append(f"| {i} | {kernel_link(s.function)} | " + " | ".join(cells) +
+                    f" | {_srcu_note(s)} | {_cell(fmt_generation(s.generation(as_id)))} |")
+        held = s.locks
+    return "\n".join(rows)
+
+
 def functions_markdown(steps):
     """The distinct kernel functions of ``steps``, in order, as a linked list."""
     seen = list(dict.fromkeys(s.function for s in steps))
@@ -123,3 +160,48 @@ def describe_call(vm, slot, flags, guest_phys_addr, memory_size, userspace_addr,
     swaps = sum(s.function == "rcu_assign_pointer" for s in steps)
     return (f"returns 0: {change} of slot {slot & 0xFFFF} (as{as_id}), {swaps} swap(s); "
             f"as{as_id} generation now {fmt_generation(vm.generation(as_id))}")
+
+
+def html_text(text):
+    """``text`` as HTML: escaped, with `backticked` parts as ``<code>``.
+
+    >>> html_text("call `f(a<b)` now")
+    'call <code>f(a&lt;b)</code> now'
+    """
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+class WorkedAnswer:
+    """The collapsed worked answer of an exercise, computed by the engine when it is created.
+
+    Shows as a ``<details>`` block (closed until clicked) in a notebook and in
+    static HTML: the answer, the one-line why, and the engine's evidence.
+
+    >>> from kvmviz.teach.exercises import get
+    >>> w = WorkedAnswer(get("02.5"))
+    >>> w.worked.answer, "<details" in w._repr_html_(), "0x6" in w.text()
+    ('0x6', True, True)
+    """
+
+    def __init__(self, exercise):
+        self.exercise = exercise
+        self.worked = exercise.worked()
+
+    def text(self):
+        """The worked answer as plain text."""
+        w = self.worked
+        lines = [f"Worked answer to {self.exercise.key}: {w.answer}", *([w.why] if w.why else [])]
+        return "\n".join(lines + [f"  {line}" for line in w.evidence])
+
+    def _repr_html_(self):
+        w = self.worked
+        why = f"<p>{html_text(w.why)}</p>" if w.why else ""
+        evidence = ("<pre style=\"white-space:pre-wrap;font-size:90%\">" +
+                    html.escape("\n".join(w.evidence)) + "</pre>") if w.evidence else ""
+        return (f'<details class="kvmviz-worked"><summary>Worked answer to {self.exercise.key} '
+                f"(computed by the engine when this notebook ran)</summary>"
+                f"<p><b>Answer: <code>{html.escape(w.answer)}</code></b></p>{why}{evidence}</details>")
+
+    def __repr__(self):
+        return self.text()

@@ -2,8 +2,9 @@
 
 Thin glue: checking is ``Progress.check`` / ``Exercise.check`` from
 ``kvmviz.teach.exercises``; the widgets only collect the answer and show the
-``Feedback``. Each also offers a ``text/html`` rendering, which pages without
-a widget manager (``make html``) show instead. Stable CSS hooks for browser tests: ``kvmviz-exercise``,
+``Feedback``. An exercise shows its question and its worked answer as plain HTML
+outputs around the widget, and the other widgets offer a ``text/html`` rendering,
+for pages without a widget manager (``make html``). Stable CSS hooks for browser tests: ``kvmviz-exercise``,
 ``t-answer``, ``t-check``, ``t-feedback``, ``t-progress``, ``t-call``, ``t-result``.
 
 >>> from kvmviz.teach.exercises import Progress
@@ -12,53 +13,58 @@ a widget manager (``make html``) show instead. Stable CSS hooks for browser test
 >>> box.answer("set0").correct, box.answer("set1").correct, p.solved_count
 (False, True, 1)
 >>> ProgressDisplay(p).label.value
-'Progress: 1 / 6 solved'
+'Progress: 1 / 7 solved'
 """
 
-import html
-
 import ipywidgets as w
+from IPython.display import display
 
 from kvmviz.teach.answers import AnswerError, parse_int
 from kvmviz.teach.exercises import Progress, get
-from kvmviz.teach.lessons import describe_call
+from kvmviz.teach.lessons import WorkedAnswer, describe_call, html_text as _html
 
 
-def _options(exercise):
-    # each choice shown as the exercise formats it (an invariant key as its sentence)
-    return [("choose...", "")] + [(exercise.format(c), c) for c in exercise.choices]
+def _input(exercise):
+    """A text box, a dropdown of short choices, or radio buttons for the invariants' long sentences.
 
-
-def _html(text):
-    # `code` in feedback becomes <code>code</code>; everything else is escaped
-    parts = html.escape(text).split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    Each choice is shown as the exercise formats it (an invariant key as its sentence).
+    """
+    if not exercise.choices:
+        return w.Text(placeholder="your answer", description="Answer:")
+    options = [(exercise.format(c), c) for c in exercise.choices]
+    if exercise.kind == "spot the invariant":
+        # every sentence in full: a dropdown cuts long options to its width
+        return w.RadioButtons(options=options, value=None, layout=w.Layout(width="auto"))
+    return w.Dropdown(options=[("choose...", "")] + options, value="", description="Answer:")
 
 
 class ExerciseWidget:
-    """One exercise: question, answer input, Check button and feedback label.
+    """One exercise: question, answer input, Check button, feedback, and the collapsed worked answer.
 
     ``exercise`` is an ``Exercise`` or its key; ``progress`` (optional) records
     solved exercises. ``answer(value)`` does what typing ``value`` and clicking
-    Check does, and returns the ``Feedback``.
+    Check does, and returns the ``Feedback``. Displayed, it is three outputs:
+    the question and the worked answer (``kvmviz.teach.lessons.WorkedAnswer``,
+    computed by the engine when the widget is made) as plain HTML, so a page
+    without a widget manager (``make html``, nbviewer) shows both, and between
+    them the widget.
     """
 
     def __init__(self, exercise, progress=None):
         self.exercise = get(exercise) if isinstance(exercise, str) else exercise
         self.progress = progress
         ex = self.exercise
-        self.question = w.HTML(f"<b>Exercise {ex.key}</b> <i>({ex.kind})</i>: {_html(ex.question)}")
-        if ex.choices:
-            self.input = w.Dropdown(options=_options(ex), value="", description="Answer:")
-        else:
-            self.input = w.Text(placeholder="your answer", description="Answer:")
+        self.question_html = (f'<div class="kvmviz-exercise-question"><b>Exercise {ex.key}</b> <i>({ex.kind})</i>: '
+                              f"{_html(ex.question)}</div>")
+        self.input = _input(ex)
         self.button = w.Button(description="Check", button_style="primary", icon="check")
         self.feedback = w.HTML("")
+        self.worked = WorkedAnswer(ex)
         self.input.add_class("t-answer")
         self.button.add_class("t-check")
         self.feedback.add_class("t-feedback")
         self.button.on_click(lambda _: self.answer())
-        self.widget = w.VBox([self.question, w.HBox([self.input, self.button]), self.feedback])
+        self.widget = w.VBox([w.HBox([self.input, self.button]), self.feedback])
         self.widget.add_class("kvmviz-exercise")
 
     def answer(self, value=None):
@@ -73,13 +79,17 @@ class ExerciseWidget:
         self.feedback.value = f'<span style="color:{colour}"><b>{mark}</b></span> {_html(fb.message)}'
         return fb
 
-    def _repr_mimebundle_(self, **kwargs):
-        # text/html is what a page without a widget manager (nbconvert HTML) shows instead
-        bundle = self.widget._repr_mimebundle_(**kwargs)
-        plain = ("<div class=\"kvmviz-exercise-static\">" + self.question.value +
-                 "<br><i>Answer it in a live notebook, or with <code>progress.check(\"" +
-                 self.exercise.key + "\", answer)</code>.</i></div>")
-        return {**bundle, "text/html": plain}
+    def static_outputs(self):
+        """The two plain outputs around the widget: the question, then the worked answer."""
+        ex = self.exercise
+        return ({"text/plain": f"Exercise {ex.key} ({ex.kind}): {ex.question}", "text/html": self.question_html},
+                {"text/plain": self.worked.text(), "text/html": self.worked._repr_html_()})
+
+    def _ipython_display_(self):
+        question, worked = self.static_outputs()
+        display(question, raw=True)
+        display(self.widget)
+        display(worked, raw=True)
 
 
 class ProgressDisplay:
