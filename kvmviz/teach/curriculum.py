@@ -120,12 +120,9 @@ def _generations(*as_ids):
                         f"{fmt_generation(sit.vm.generation(a))}" for a in as_ids]
 
 
-def _locks_at(step_function):
-    """A probe: the locks held right after the first step of ``step_function``, besides the two mutexes."""
-    def probe(sit):
-        step = next(s for s in sit.steps if s.function == step_function)
-        return " ".join(sorted(step.locks - {"slots_lock", "slots_arch_lock"})) or "none"
-    return probe
+def _steps_of(function):
+    """Evidence: the numbered steps of the run that model ``function``."""
+    return lambda sit: [f"{i:2d} {s}" for i, s in enumerate(sit.steps, 1) if s.function == function]
 
 
 L01 = (
@@ -212,8 +209,7 @@ L03 = (
                  hint="Each rcu_assign_pointer step publishes one set; count them (reference §2.2).",
                  explain="FLAGS_ONLY, like CREATE, swaps once: nothing has to disappear from the readers' "
                          "view first.",
-                 show=lambda sit: [f"{i:2d} {s}" for i, s in enumerate(sit.steps, 1)
-                                   if s.function == "rcu_assign_pointer"]),
+                 show=_steps_of("rcu_assign_pointer")),
     ChooseErrno("03.5", "Slot 1 exists, read-write. Userspace calls again with the same values plus "
                 "KVM_MEM_READONLY. What does the ioctl return?", situation([SLOT1]),
                 call=(1, RO, 0x100000, 0x10000, HVA)),
@@ -237,8 +233,7 @@ L04 = (
                  hint="Look for kvm_arch_flush_shadow_memslot (reference §2.1, x86).",
                  explain="one kvm_arch_flush_shadow_memslot between the swaps; with KVM_X86_QUIRK_SLOT_ZAP_ALL "
                          "(the default) it zaps every shadow page.",
-                 show=lambda sit: [f"{i:2d} {s}" for i, s in enumerate(sit.steps, 1)
-                                   if s.function == "kvm_arch_flush_shadow_memslot"]),
+                 show=_steps_of("kvm_arch_flush_shadow_memslot")),
     PredictState("04.4", "MOVE slot 1 (#1) to gfn 0x400. Swap #1 is about to store its final generation. "
                  "After that step, which object does the INACTIVE set hold for slot 1?",
                  situation([SLOT1], begin=MOVE1, run=("kvm_arch_memslots_updated", 1)),
@@ -437,6 +432,7 @@ L09 = (
                   explain="the swap finishes while vcpu0, which entered before the publish, may still use the "
                           "old set."),
 )
+
 
 @lru_cache(maxsize=4)
 def _replayed(name):
