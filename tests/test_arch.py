@@ -3,8 +3,8 @@ SPTEs for dirty logging; CREATE/MOVE/DELETE only move the CPU dirty-logging (PML
 
 import kvmviz
 from kvmviz.engine.constants import KVM_MEM_LOG_DIRTY_PAGES as LOG, KVM_MEM_READONLY as RO
+from conftest import HVA
 
-HVA = 0x7F0000000000
 SLOT = (1, 0, 0x100000, 0x4000, HVA)
 
 

@@ -8,8 +8,8 @@ import pytest
 
 import kvmviz
 from kvmviz.engine.array.memslots import SIZEOF_MEMSLOTS_HEADER, ArrayMemslots, kvm_memslots_size, new_entry
+from conftest import HVA
 
-HVA = 0x7f0000000000
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -235,11 +235,13 @@ def test_checker_reports_unsorted_and_inconsistent_index():
     s = vm.active_set(0)
     s.memslots[0], s.memslots[1] = s.memslots[1], s.memslots[0]
     problems = kvmviz.check_invariants(vm)
-    assert any("not sorted descending" in p for p in problems)
-    assert any("id_to_index says" in p for p in problems)
+    assert [p.rule for p in problems] == ["indexes-agree", "indexes-agree", "gfn-order"]
+    assert "id_to_index says" in problems[0] and "not sorted descending" in problems[2]
     s.memslots[0], s.memslots[1] = s.memslots[1], s.memslots[0]
     s.generation += 2
-    assert any("active generation" in p for p in kvmviz.check_invariants(vm))
+    assert kvmviz.check_invariants(vm) == ["as0: active generation 0x8 after 3 swap(s); expected 0x6 "
+                                           "(0 + 2 per completed swap)"]
+    assert kvmviz.check_invariants(vm)[0].rule == "generation"
 
 
 # -- cost accounting in the tree model too ------------------------------------------------

@@ -7,6 +7,7 @@ exercise (which asks the engine) and this table disagree and the test fails.
 
 import pytest
 
+import kvmviz
 from kvmviz import exercises as ex
 from kvmviz.engine.rules import RULES
 from kvmviz.teach import answers
@@ -123,7 +124,9 @@ def test_hints_are_specific():
     assert "Too early" in ex.check("02.3", 8).message
     assert "Too late" in ex.check("02.3", 14).message
     assert "§4.2#15" in ex.check("03.5", "EEXIST").message
-    assert "only the inactive set" in ex.check("04.4", "#3").message or "active" in ex.check("04.4", "#3").message
+    # after swap #1 of the MOVE the active set holds the INVALID copy #3; #2 (the moved slot) is not linked yet
+    assert ex.check("04.4", "#3").message == "Not #3. After that step, #3 is in only the active set."
+    assert ex.check("04.4", "#2").message == "Not #2. After that step, #2 is in no set."
 
 
 def test_generation_hints_name_the_point():
@@ -173,6 +176,16 @@ def test_worked_answer_shows_the_evidence():
     assert any("check §4.2#3" in line for line in ex.get("07.2").worked().evidence)
     first = ex.get("09.6").worked().evidence
     assert first[0].startswith("after step") and "expected 0x2" in first[1]
+
+
+def test_spot_the_invariant_uses_the_checkers_rules():
+    spots = [e for e in map(ex.get, ex.catalogue()) if e.kind == "spot the invariant"]
+    assert len(spots) == 6 and all(e.choices == tuple(RULES) for e in spots)
+    # 02.7 drops slot 1 from the active set: the sets disagree first, the page count is wrong too
+    assert [v.rule for v in kvmviz.check_invariants(ex.get("02.7").situation().vm)] == ["same-at-rest", "accounting"]
+    assert ex.get("02.7").answer() == RULES["same-at-rest"]
+    assert "broken too, but later" in ex.check("02.7", "accounting").message
+    assert "none about that rule" in ex.check("02.7", "in-place").message
 
 
 def test_invalid_window_exercise_teaches_retry_not_mmio():

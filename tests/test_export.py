@@ -5,8 +5,7 @@ import pytest
 from kvmviz import VM, __version__, export
 from kvmviz.engine.constants import KVM_MEM_LOG_DIRTY_PAGES
 from kvmviz.engine.kernels import DEFAULT_KERNEL
-
-HVA = 0x7F0000000000
+from conftest import HVA
 
 
 def _move_vm(variant="merged"):
@@ -145,6 +144,7 @@ def test_replay_checks_invariants_when_asked():
                               check=True)
     (index, found), = sc.notes.items()
     assert sc.events[index].function == "kvm_set_memory_region"
+    assert [v.rule for v in found] == ["same-at-rest"]
     assert "at rest both sets must hold the same slot objects" in found[0]
 
 

@@ -3,9 +3,7 @@
 import pytest
 
 import kvmviz
-from test_property import snapshot
-
-HVA = 0x7f0000000000
+from conftest import HVA, snapshot
 
 
 def test_back_restores_the_exact_previous_state_at_every_step():

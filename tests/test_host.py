@@ -21,6 +21,7 @@ from kvmviz.host import HostVM, available
 from kvmviz.host import check
 from kvmviz.host.guest import free_place
 from kvmviz.host.model import describe, host_capabilities, model_for_host, nearest_kernel
+from conftest import HVA
 
 OK, WHY = available()
 if not OK and os.environ.get("CI") == "true":
@@ -112,10 +113,10 @@ def test_model_for_host_follows_the_kernel(caps):
 
 def test_a_move_beyond_max_gfn_reverts_with_two_swaps_in_the_model(caps):
     vm = model_for_host(caps)
-    vm.set_user_memory_region(1, 0, 0x100000, P, 0x7F0000000000)
+    vm.set_user_memory_region(1, 0, 0x100000, P, HVA)
     gen = vm.generation()
     with pytest.raises(KvmError) as e:
-        vm.set_user_memory_region(1, 0, (vm.max_gfn + 1) << 12, P, 0x7F0000000000)
+        vm.set_user_memory_region(1, 0, (vm.max_gfn + 1) << 12, P, HVA)
     assert e.value.errno == errno.EINVAL
     assert vm.generation() == gen + 2 * vm.address_spaces
     assert vm.memslots()[0].base_gfn == 0x100

@@ -7,8 +7,9 @@ import pytest
 import kvmviz
 from kvmviz import KvmError, VM
 from kvmviz.engine.constants import KVM_MEM_GUEST_MEMFD as GMEM, KVM_MEM_LOG_DIRTY_PAGES as LOG, KVM_MEM_READONLY as RO
+from conftest import HVA
 
-HVA, P = 0x7F0000000000, 0x1000
+P = 0x1000
 
 
 def _errno(fn, *args, **kw):

@@ -9,13 +9,7 @@ import kvmviz
 from kvmviz import viz
 from kvmviz.viz import sets
 from kvmviz.viz.figure import DIFFERS, EMPTY, INVALID, OKABE_ITO, SAME, png_bytes
-
-
-def vm_with(n, history=True):
-    vm = kvmviz.VM(history=history)
-    for i in range(n):
-        vm.set_user_memory_region(i, 0, i * 0x200000, 0x100000, 0x7f0000000000 + i * 0x10000000)
-    return vm
+from conftest import HVA, vm_with
 
 
 def run_until(vm, call, stop):
@@ -120,7 +114,7 @@ def snapshot(vm):
 def test_plots_do_not_touch_the_vm():
     vm = vm_with(3)
     vm.gfn_to_memslot(0x10)
-    run_until(vm, (0, 0, 0x10000000, 0x100000, 0x7f0000000000), lambda s: s.function == "rcu_assign_pointer")
+    run_until(vm, (0, 0, 0x10000000, 0x100000, HVA), lambda s: s.function == "rcu_assign_pointer")
     v = vm.add_vcpu()
     v.srcu_read_lock()
     before = snapshot(vm)
@@ -131,7 +125,7 @@ def test_plots_do_not_touch_the_vm():
 
 def test_trees_show_order_intervals_hash_and_touched_nodes():
     vm = vm_with(3)
-    upd = run_until(vm, (7, 0, 0x4000000, 0x100000, 0x7f0000000000), lambda s: s.stage == "replace")
+    upd = run_until(vm, (7, 0, 0x4000000, 0x100000, HVA), lambda s: s.stage == "replace")
     fig = viz.plot_trees(vm)
     titles = [ax.get_title() for ax in fig.axes]
     inactive = vm.active_idx[0] ^ 1
@@ -142,7 +136,7 @@ def test_trees_show_order_intervals_hash_and_touched_nodes():
     assert [t.get_text() for t in gfn_ax.texts if t.get_text()] == ["0x0\n#1", "0x200\n#2", "0x400\n#3", "0x4000\n#4"]
     assert max(p.get_linewidth() for p in gfn_ax.patches) == 3
     assert max(p.get_linewidth() for p in hash_ax.patches) == 2.5           # the new id's bucket
-    # slot 7 and slot 0 share hva 0x7f0000000000: overlapping ranges land on two lanes
+    # slot 7 and slot 0 share their hva: overlapping ranges land on two lanes
     assert len(hva_ax.get_yticks()) == 2
     assert "this step: set" in fig.get_suptitle() and upd.result is None
 
@@ -209,7 +203,7 @@ def test_every_plot_renders_png(plot):
 def _mid_move(kernel, **knobs):
     vm = kvmviz.VM(kernel=kernel, **knobs)
     for i in range(3):
-        vm.set_user_memory_region(i, 0, i * 0x200000, 0x100000, 0x7f0000000000 + i * 0x10000000)
+        vm.set_user_memory_region(i, 0, i * 0x200000, 0x100000, HVA + i * 0x10000000)
     run_until(vm, (1, 0, 0x1000000, 0x100000, 0x7f0010000000), lambda s: s.stage == "prepare")
     return vm
 

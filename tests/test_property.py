@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import kvmviz
+from conftest import snapshot
 from reference_model import RefVM
 
 #: Every modelled version, and 6.12 as a kernel without SMM and with a low max gfn (so MOVEs revert).
@@ -157,13 +158,3 @@ def test_history_back_and_forth_restores_states(seq, data):
     vm.history.goto(n)
     assert snapshot(vm) == states[n]
 
-
-def snapshot(vm):
-    """Everything observable about the VM, by object identity and value."""
-    sets = tuple((s.generation, s.last_used_slot and s.last_used_slot.label,
-                  tuple((k, v.label, v.values(), v.nodes, v.freed) for k, v in s.gfn_tree.items()),
-                  tuple(sorted((v.label, a, b) for a, b, v in s.hva_tree)),
-                  tuple(sorted((k, v.label) for b in s.id_hash for k, v in b.items())))
-                 for pair in vm.sets for s in pair)
-    return (sets, vm.active_idx, vm.locks, vm.nr_memslot_pages, vm.swaps, vm.srcu.seq,
-            vm.arch.mmu_valid_gen)

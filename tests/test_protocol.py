@@ -8,12 +8,9 @@ import pytest
 import kvmviz
 from kvmviz.engine.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
 from kvmviz.engine.history import StateError
+from conftest import CREATE, DELETE, FLAGS_ON, HVA
 
-HVA = 0x7f0000000000
-CREATE = (1, 0, 0x100000, 0x10000, HVA)
-FLAGS = (1, 1, 0x100000, 0x10000, HVA)
 MOVE = (1, 0, 0x200000, 0x10000, HVA)
-DELETE = (1, 0, 0, 0, 0)
 
 
 def stages(steps):
@@ -30,13 +27,13 @@ def checked(vm, call, fail=False):
 
 @pytest.mark.parametrize("setup, call, fail, expect, swaps", [
     ([], CREATE, False, ["prepare", "replace", "activate", "commit"], 1),
-    ([CREATE], FLAGS, False, ["prepare", "replace", "activate", "commit"], 1),
+    ([CREATE], FLAGS_ON, False, ["prepare", "replace", "activate", "commit"], 1),
     ([CREATE], DELETE, False, ["invalidate", "prepare", "replace", "activate", "commit"], 2),
     ([CREATE], MOVE, False, ["invalidate", "prepare", "replace", "activate", "commit"], 2),
     ([CREATE], DELETE, True, ["invalidate", "prepare", "activate"], 2),
     ([CREATE], MOVE, True, ["invalidate", "prepare", "activate"], 2),
     ([], CREATE, True, ["prepare"], 0),
-    ([CREATE], FLAGS, True, ["prepare"], 0),
+    ([CREATE], FLAGS_ON, True, ["prepare"], 0),
 ])
 def test_stage_order_and_swap_count(setup, call, fail, expect, swaps):
     vm = kvmviz.VM()
@@ -75,7 +72,7 @@ def test_worked_example_of_reference_3_3():
     slot = lambda: vm.id_to_memslot(1)
     rows = [
         (CREATE, False, 2, 1, lambda: slot() is not None),
-        (FLAGS, False, 4, 0, lambda: slot().flags == 1),
+        (FLAGS_ON, False, 4, 0, lambda: slot().flags == 1),
         ((1, 1, 0x200000, 0x10000, HVA), False, 8, 0, lambda: slot().base_gfn == 0x200),
         (DELETE, False, 12, 0, lambda: slot() is None),
         (CREATE, False, 14, 1, lambda: slot() is not None),
@@ -108,7 +105,7 @@ def test_move_middle_value_belongs_to_the_invalid_set():
 
 def test_at_rest_both_sets_hold_the_same_objects():
     vm = kvmviz.VM()
-    for call in (CREATE, (2, 0, 0, 0x1000, HVA), FLAGS, MOVE):
+    for call in (CREATE, (2, 0, 0, 0x1000, HVA), FLAGS_ON, MOVE):
         vm.set_user_memory_region(*call)
         a, b = vm.memslots(0), vm.memslots(0, "inactive")
         assert len(a) == len(b) and all(x is y for x, y in zip(a, b))
@@ -116,7 +113,7 @@ def test_at_rest_both_sets_hold_the_same_objects():
 
 def test_dirty_bitmap_life():
     vm = kvmviz.VM()
-    vm.set_user_memory_region(*FLAGS[:1], 1, *CREATE[2:])                 # CREATE with logging
+    vm.set_user_memory_region(*FLAGS_ON[:1], 1, *CREATE[2:])                 # CREATE with logging
     bm = vm.id_to_memslot(1).dirty_bitmap
     assert bm.nbytes == 2 * 8 and not bm.freed                           # 16 pages -> one long, x2
     vm.set_user_memory_region(1, 1, 0x200000, 0x10000, HVA)              # MOVE keeps logging
@@ -155,7 +152,7 @@ def test_flags_only_uses_o1_replace_and_shares_arch():
     vm = kvmviz.VM()
     vm.set_user_memory_region(*CREATE)
     old = vm.id_to_memslot(1)
-    steps = vm.set_user_memory_region(*FLAGS)
+    steps = vm.set_user_memory_region(*FLAGS_ON)
     new = vm.id_to_memslot(1)
     replaces = [s for s in steps if s.touched and s.touched[0][2] != "gen"]
     assert len(replaces) == 2 and all("O(1) rb_replace_node" in s.text for s in replaces)
@@ -186,7 +183,7 @@ def test_mmu_notifier_holds_off_the_swap():
     vm.set_user_memory_region(*CREATE)
     hits = vm.mmu_notifier_invalidate_range_start(HVA + 0x1000, HVA + 0x3000)
     assert [(a, s.id, g0, g1) for a, s, g0, g1 in hits] == [(0, 1, 0x101, 0x103)]
-    upd = vm.begin_set_user_memory_region(*FLAGS)
+    upd = vm.begin_set_user_memory_region(*FLAGS_ON)
     steps = list(upd)                       # iteration stops at the wait
     assert steps[-1].waiting and steps[-1].function == "rcuwait_wait_event" and upd.result is None
     assert "1 MMU-notifier invalidation" in upd.blocked
@@ -216,7 +213,7 @@ def test_mmio_generation_wrap_zaps_everything():
     vm.active_set(0).generation = (1 << 19) - 2        # jump near the wrap, as both sets would be
     vm.inactive_set(0).generation = (1 << 19) - 4
     object.__setattr__(vm, "swaps", ((1 << 18) - 1, 0))
-    steps = vm.set_user_memory_region(*FLAGS)
+    steps = vm.set_user_memory_region(*FLAGS_ON)
     hook = next(s for s in steps if s.function == "kvm_arch_memslots_updated")
     assert "wrapped" in hook.text and vm.arch.mmio_wraps == 1 and vm.generation(0) == 1 << 19
 
@@ -225,7 +222,7 @@ def test_same_inputs_same_steps():
     def trace():
         vm = kvmviz.VM()
         out = []
-        for call, fail in ((CREATE, False), (FLAGS, False), (MOVE, True), (MOVE, False), (DELETE, False)):
+        for call, fail in ((CREATE, False), (FLAGS_ON, False), (MOVE, True), (MOVE, False), (DELETE, False)):
             out += [(s.stage, s.function, s.text, s.gens, s.locks) for s in
                     vm.begin_set_user_memory_region(*call, fail_prepare=fail)]
         return out

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import kvmviz
 from kvmviz import Schedule
 from kvmviz.engine.constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
+from conftest import HVA
 
-HVA = 0x7F0000000000
 MAX_EXAMPLES = 300
 
 # A small world so updates collide: per slot id a fixed size, hva and READONLY bit (so

@@ -9,13 +9,12 @@ import kvmviz
 from kvmviz import KvmError, check_invariants
 from kvmviz.engine.history import StateError
 from kvmviz.engine.tree.memslots import ModelBug
-
-H = 0x7f0000000000
+from conftest import HVA
 
 
 def _vm_with_slot(**kw):
     vm = kvmviz.VM(**kw)
-    vm.set_user_memory_region(1, 0, 0x100000, 0x1000, H)
+    vm.set_user_memory_region(1, 0, 0x100000, 0x1000, HVA)
     return vm
 
 
@@ -25,15 +24,15 @@ def test_1_stepping_back_into_an_update_then_acting_is_refused_and_nothing_stick
     [next(upd) for _ in range(5)]
     vm.history.back()
     locks, n = vm.locks, len(vm.history)
-    for act in (vm.add_vcpu, lambda: vm.mmu_notifier_invalidate_range_start(H, H + 0x1000),
-                lambda: vm.set_user_memory_region(2, 0, 0x200000, 0x1000, H + 0x100000)):
+    for act in (vm.add_vcpu, lambda: vm.mmu_notifier_invalidate_range_start(HVA, HVA + 0x1000),
+                lambda: vm.set_user_memory_region(2, 0, 0x200000, 0x1000, HVA + 0x100000)):
         with pytest.raises(StateError, match="middle of an update"):
             act()
         assert (vm.locks, len(vm.history)) == (locks, n)
     vm.history.goto(len(vm.history))
     upd.run()
     vm.add_vcpu()
-    assert vm.set_user_memory_region(2, 0, 0x200000, 0x1000, H + 0x100000)[-1].result == 0
+    assert vm.set_user_memory_region(2, 0, 0x200000, 0x1000, HVA + 0x100000)[-1].result == 0
     assert check_invariants(vm) == []
 
 
@@ -45,7 +44,7 @@ def test_1_acting_after_going_back_before_an_update_abandons_it_cleanly():
     vm.history.goto(n)
     vm.add_vcpu()
     assert (vm.update, vm.locks, upd.abandoned) == (None, frozenset(), True)
-    assert vm.set_user_memory_region(2, 0, 0x200000, 0x1000, H + 0x100000)[-1].result == 0
+    assert vm.set_user_memory_region(2, 0, 0x200000, 0x1000, HVA + 0x100000)[-1].result == 0
 
 
 def _crashing_no_catch_up():
@@ -54,7 +53,7 @@ def _crashing_no_catch_up():
     for _ in range(12):
         s = r.randrange(3)
         try:
-            vm.set_user_memory_region(s, 0, r.randrange(4) << 20, r.choice([0, 0x1000, 0x2000]), H + (s << 20))
+            vm.set_user_memory_region(s, 0, r.randrange(4) << 20, r.choice([0, 0x1000, 0x2000]), HVA + (s << 20))
         except KvmError:
             pass
         except ModelBug:
@@ -114,11 +113,11 @@ def test_4_a_bad_hva_cache_is_refused_before_it_is_added():
 def test_5_a_refused_call_changes_nothing_history_included():
     vm = _vm_with_slot()
     mid = len(vm.history)
-    vm.set_user_memory_region(2, 0, 0x200000, 0x1000, H + 0x100000)
+    vm.set_user_memory_region(2, 0, 0x200000, 0x1000, HVA + 0x100000)
     end = len(vm.history)
     vm.history.goto(mid)
     with pytest.raises(KvmError):
-        vm.set_user_memory_region(3, 0, 0x100000, 0x1000, H)          # EEXIST
+        vm.set_user_memory_region(3, 0, 0x100000, 0x1000, HVA)          # EEXIST
     assert (len(vm.history), vm.history.cursor) == (end, mid)        # redo history kept
     vm.history.goto(end)
     assert [s.id for s in vm.memslots(0)] == [1, 2]
@@ -131,7 +130,7 @@ def test_6_a_call_a_reader_blocks_is_refused_before_it_starts():
     with pytest.raises(StateError, match="SRCU readers inside: vcpu0"):
         vm.set_user_memory_region(1, 0, 0x100000, 0, 0)
     assert (vm.update, vm.locks, vm.generations(), len(vm.history)) == (None, frozenset(), gens, n)
-    assert kvmviz.VM(variant="no-srcu-wait").set_user_memory_region(1, 0, 0, 0x1000, H)   # that one never waits
+    assert kvmviz.VM(variant="no-srcu-wait").set_user_memory_region(1, 0, 0, 0x1000, HVA)   # that one never waits
 
 
 @pytest.mark.parametrize("call, error", [
@@ -197,7 +196,7 @@ def test_11_per_action_journal_cost_does_not_grow():
     first, last, vm = _entries_per_action(lambda vm, i: vm.add_vcpu().srcu_read_lock(), 2000)
     assert last == first and len(vm.srcu.readers) == 2000
     first, last, vm = _entries_per_action(
-        lambda vm, i: vm.mmu_notifier_invalidate_range_start(H + (i << 12), H + (i << 12) + 0x1000), 2000)
+        lambda vm, i: vm.mmu_notifier_invalidate_range_start(HVA + (i << 12), HVA + (i << 12) + 0x1000), 2000)
     assert last == first and len(vm.mn_ranges) == 2000
 
 
@@ -206,7 +205,7 @@ def test_11_history_keeps_under_1_kib_per_event():
         tracemalloc.start()
         vm = kvmviz.VM(history=history)
         for i in range(300):
-            vm.set_user_memory_region(i, 0, i << 12, 0x1000, H + (i << 12))
+            vm.set_user_memory_region(i, 0, i << 12, 0x1000, HVA + (i << 12))
         size = tracemalloc.get_traced_memory()[0]
         tracemalloc.stop()
         return size, len(vm.history)
@@ -218,11 +217,13 @@ def test_10_the_array_model_gets_the_shared_reader_and_grace_period_checks():
     vm = kvmviz.VM(kernel="5.15")
     vm.srcu.read_lock("vcpu0")
     vm.srcu.start_grace_period()            # a swap "finished" while vcpu0 was inside
-    assert any("stored before the grace period ended" in v for v in check_invariants(vm))
+    found = check_invariants(vm)
+    assert [v.rule for v in found] == ["grace-period"] and "stored before the grace period ended" in found[0]
 
 
 def test_10_skipping_the_grace_period_is_caught_without_any_reader():
     vm = kvmviz.VM(variant="no-srcu-wait")
-    vm.set_user_memory_region(1, 0, 0, 0x1000, H)
-    assert vm.vcpus == [] and any("after it was unpublished" in v for v in check_invariants(vm))
+    vm.set_user_memory_region(1, 0, 0, 0x1000, HVA)
+    found = check_invariants(vm)
+    assert vm.vcpus == [] and [v.rule for v in found] == ["grace-period"] and "after it was unpublished" in found[0]
     assert check_invariants(_vm_with_slot()) == []

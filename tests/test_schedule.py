@@ -6,8 +6,8 @@ import pytest
 
 import kvmviz
 from kvmviz import Schedule
+from conftest import HVA
 
-HVA = 0x7F0000000000
 SLOT1 = (1, 0, 0x100000, 0x4000, HVA)
 WRITES = [(2, 0, 0x200000, 0x2000, HVA + 0x100000), (1, 0, 0x300000, 0x4000, HVA),
           (2, 0, 0x200000, 0, 0, True), (1, 0, 0x300000, 0, 0)]

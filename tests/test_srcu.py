@@ -7,8 +7,8 @@ import kvmviz
 from kvmviz.engine.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
 from kvmviz.engine.events import ReaderAction
 from kvmviz.engine.srcu import Srcu
+from conftest import HVA
 
-HVA = 0x7F0000000000
 CREATE1 = (1, 0, 0x100000, 0x4000, HVA)
 CREATE2 = (2, 0, 0x200000, 0x1000, HVA + 0x100000)
 DELETE1 = (1, 0, 0x100000, 0, 0)

@@ -21,8 +21,8 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 import kvmviz
 from kvmviz import KvmError, check_invariants, variants
 from kvmviz.engine.tree.memslots import ModelBug
+from conftest import HVA
 
-H = 0x7f0000000000
 SETUPS = [("5.15", "merged")] + [(k, v) for k in ("5.17", "6.12") for v in variants.names()]
 BROKEN = set(variants.names(broken=True))
 #: KvmErrors raised after the call changed state (a prepare or guest_memfd bind failure)
@@ -35,7 +35,7 @@ gpas = st.sampled_from([0, 0x100000, 0x200000, 0x201000, 0x400000])
 sizes = st.sampled_from([0, 0x1000, 0x2000, 0x10000])
 flags = st.sampled_from([0, 0, 1, 2])
 gfns = st.sampled_from([0, 0x100, 0x101, 0x200, 0x201, 0x20f, 0x400, 0x1234])
-hvas = st.sampled_from([H, H + 0x1000, H + 0x100000, H + 0x200000])
+hvas = st.sampled_from([HVA, HVA + 0x1000, HVA + 0x100000, HVA + 0x200000])
 bad = st.sampled_from([1.5, "x", True, -1, None, 1 << 200, "0x10"])
 
 
@@ -86,11 +86,11 @@ class HostileUser(RuleBasedStateMachine):
     # -- the writer -----------------------------------------------------------
     @rule(slot=slots, fl=flags, gpa=gpas, size=sizes, fail=st.sampled_from([0, 0, 0, 12]))
     def call(self, slot, fl, gpa, size, fail):
-        self._do(self.vm.set_user_memory_region, slot, fl, gpa, size, H + (slot << 20), fail, late_ok=True)
+        self._do(self.vm.set_user_memory_region, slot, fl, gpa, size, HVA + (slot << 20), fail, late_ok=True)
 
     @rule(slot=slots, fl=flags, gpa=gpas, size=sizes)
     def begin(self, slot, fl, gpa, size):
-        self._do(self.vm.begin_set_user_memory_region, slot, fl, gpa, size, H + (slot << 20))
+        self._do(self.vm.begin_set_user_memory_region, slot, fl, gpa, size, HVA + (slot << 20))
 
     @precondition(lambda self: self.vm.update is not None)
     @rule(n=st.integers(1, 12))
@@ -169,7 +169,7 @@ class HostileUser(RuleBasedStateMachine):
               "generation": lambda: vm.generation(value), "goto": lambda: vm.history.goto(value),
               "smm": v and (lambda: v.set_smm(value)), "mn": lambda: vm.mmu_notifier_invalidate_range_start(value, 5),
               "ghc": v and (lambda: v.gfn_to_hva_cache_init(value, 8)),
-              "slot": lambda: vm.set_user_memory_region(value, 0, 0, 0x1000, H)}[where]
+              "slot": lambda: vm.set_user_memory_region(value, 0, 0, 0x1000, HVA)}[where]
         if fn is None or (where == "smm" and value is True) or (where == "as_id" and value is None):
             return
         OPS[0] += 1

@@ -12,8 +12,8 @@ from kvmviz.trace import generate
 from kvmviz.trace.cli import main as cli_main
 from kvmviz.trace.qemu import ERAS
 from kvmviz.trace.replay import explain
+from conftest import HVA
 
-HVA = 0x7f0000000000
 OLD = "kvm_set_user_memory Slot#65539 flags=0x1 gpa=0xfd000000 size=0x1000000 ua=0x7fadf6800000 ret=0"
 NEW = ("kvm_set_user_memory AddrSpace#1 Slot#3 flags=0x1 gpa=0xfd000000 size=0x1000000 "
        "ua=0x7fadf6800000 ret=0")

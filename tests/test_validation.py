@@ -9,8 +9,7 @@ import pytest
 
 import kvmviz
 from kvmviz.engine.constants import KVM_MEM_MAX_NR_PAGES, TASK_SIZE_MAX
-
-HVA = 0x7f0000000000
+from conftest import HVA
 
 
 @pytest.fixture

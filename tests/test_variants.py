@@ -5,14 +5,12 @@ import pytest
 import kvmviz
 from kvmviz import VM, check_invariants, variants
 from kvmviz.engine.constants import KVM_MEM_LOG_DIRTY_PAGES
+from kvmviz.engine.rules import RULES
 from kvmviz.engine.tree.memslots import ModelBug
 from kvmviz.variants.seed import SeedAsPostedProtocol
+from conftest import CREATE, DELETE, FLAGS_ON, HVA
 
-HVA = 0x7F0000000000
-CREATE = (1, 0, 0x100000, 0x10000, HVA)
-FLAGS_ON = (1, KVM_MEM_LOG_DIRTY_PAGES, 0x100000, 0x10000, HVA)
 MOVE = (1, KVM_MEM_LOG_DIRTY_PAGES, 0x300000, 0x10000, HVA)
-DELETE = (1, 0, 0, 0, 0)
 #: an ordinary workload: create two slots, log dirty pages, move, fail a delete, delete
 WORKLOAD = [(CREATE, 0), ((2, 0, 0, 0x1000, HVA + 0x100000), 0), (FLAGS_ON, 0), (MOVE, 0),
             (DELETE, True), (DELETE, 0), ((3, 0, 0x500000, 0x1000, HVA), True)]
@@ -37,6 +35,7 @@ def test_names_and_descriptions():
         assert v.name == name and len(v.description) > 80 and v.source
         assert v.broken == (name not in ("merged", "seed"))
         assert (v.violates != "") == v.broken
+        assert v.violates in RULES or not v.broken
     assert "YXnmrqhvc4mzxZfn@google.com" in variants.describe("seed").source
     assert kvmviz.VM(variant="seed").protocol.name == "seed"
 
@@ -139,7 +138,8 @@ def test_seed_as_posted_dispatch_slip_reaches_bug(args):
     with pytest.raises(ModelBug):
         VM(variant="seed-as-posted").set_user_memory_region(*CREATE)
     # the helper did its work, commit never ran: the page count is now wrong
-    assert any("nr_memslot_pages" in v for v in check_invariants(vm))
+    assert [v.rule for v in check_invariants(vm)][-1] == "accounting"
+    assert check_invariants(vm)[-1].startswith("nr_memslot_pages is ")
 
 
 def test_seed_as_posted_delete_after_a_bugged_create_fails_the_page_count_check():
@@ -166,7 +166,7 @@ def test_invalid_in_place_caught_by_the_checker():
     assert found is not None
     call, step, violations = found
     assert WORKLOAD[call][0] == MOVE and step.function == "kvm_invalidate_memslot"
-    assert "flags changed in place" in violations[0]
+    assert violations[0].rule == "in-place" and "flags changed in place" in violations[0]
 
 
 def test_invalid_in_place_seen_by_a_reader():
@@ -179,14 +179,16 @@ def test_invalid_in_place_seen_by_a_reader():
     next(upd), next(upd), next(upd)          # validate, allocate, flag the live slot
     gen = vcpu.generation(0)
     assert vcpu.access(0x100).reason == "retry" and vcpu.generation(0) == gen
-    assert any("modified after it was published" in v or "in place" in v for v in check_invariants(vm))
+    found = check_invariants(vm)
+    assert [v.rule for v in found] == ["in-place", "in-place"]
+    assert "#1.flags changed in place" in found[0] and found[1].startswith("vcpu0 looked up #1")
 
 
 def test_no_srcu_wait_caught_with_a_reader_inside():
     vm = VM(variant="no-srcu-wait")
     vm.set_user_memory_region(*CREATE)
     # caught with no reader at all (issue 14 finding 10): the catch-up wrote the set it had just unpublished
-    assert [v.split(" was")[0] for v in check_invariants(vm)] == ["as0/set0"]
+    assert [(v.rule, v.split(" was")[0]) for v in check_invariants(vm)] == [("grace-period", "as0/set0")]
     vcpu = vm.add_vcpu()
     vcpu.srcu_read_lock()
     assert vcpu.gfn_to_memslot(0x100) is not None
@@ -198,7 +200,8 @@ def test_no_srcu_wait_caught_with_a_reader_inside():
         if found and first is None:
             first = (step.function, found)
     assert first[0] == "kvm_swap_active_memslots"
-    assert any("stored before the grace period ended (synchronize_srcu_expedited skipped" in v for v in first[1])
+    assert [v.rule for v in first[1]] == ["grace-period"]
+    assert "stored before the grace period ended (synchronize_srcu_expedited skipped" in first[1][0]
     assert vcpu.gfn_to_memslot(0x100) is None        # the slot vanished inside the read section
 
 
@@ -220,7 +223,7 @@ def test_gen_before_publish_caught_by_the_checker():
     found = run_checked(VM(variant="gen-before-publish"))
     call, step, violations = found
     assert call == 0 and step.function == "kvm_swap_active_memslots"
-    assert "active generation 0x4 after 1 swap(s); expected 0x2" in violations[0]
+    assert violations[0].rule == "generation" and "active generation 0x4 after 1 swap(s); expected 0x2" in violations[0]
 
 
 def test_gen_before_publish_caught_at_publish_with_a_reader():
@@ -232,16 +235,17 @@ def test_gen_before_publish_caught_at_publish_with_a_reader():
         if step.function == "rcu_assign_pointer":
             break
     assert vm.generation(0) == 2                     # final value already visible, no |IP
-    found = [v for v in check_invariants(vm) if "vcpu0" in v]
+    found = check_invariants(vm)
+    assert [v.rule for v in found] == ["grace-period"]
     # the writer has not skipped the wait (it comes later): the message must not claim it did
-    assert found and all("synchronize_srcu_expedited was skipped" not in v for v in found)
-    assert "or the in-progress mark never set" in found[0]
+    assert "synchronize_srcu_expedited was skipped" not in found[0]
+    assert found[0].startswith("a swap finished") and "or the in-progress mark never set" in found[0]
 
 
 def test_no_catch_up_caught_by_the_checker():
     call, step, violations = run_checked(VM(variant="no-catch-up"))
     assert call == 0 and step.function == "kvm_set_memory_region"
-    assert "at rest both sets must hold the same slot objects" in violations[0]
+    assert violations[0].rule == "same-at-rest" and "at rest both sets must hold the same slot objects" in violations[0]
 
 
 def test_no_catch_up_seen_by_a_reader():
@@ -272,3 +276,10 @@ def test_every_broken_variant_is_caught_on_an_ordinary_workload(name):
         if seen:
             break
     assert seen, f"{name} was not caught"
+
+
+@pytest.mark.parametrize("name", variants.names(broken=True))
+def test_every_broken_variant_first_breaks_the_rule_it_names(name):
+    """``Variant.violates`` is the rule of the first violation on the ordinary workload."""
+    call, step, violations = run_checked(VM(variant=name))
+    assert violations[0].rule == variants.describe(name).violates, (call, step.function, violations)

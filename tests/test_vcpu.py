@@ -7,8 +7,8 @@ import pytest
 import kvmviz
 from kvmviz.engine.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
 from kvmviz.engine.vcpu import MmioSpte, check_mmio_spte
+from conftest import HVA
 
-HVA = 0x7F0000000000
 GPA = 0x100000
 SLOT1 = (1, 0, GPA, 0x4000, HVA)          # gfn 0x100..0x103
 DELETE1 = (1, 0, GPA, 0, 0)
@@ -323,8 +323,7 @@ def test_pinned_old_set_counts_as_visible_for_in_place_writes():
         old = vm.inactive_set(0).id_to_memslot(1)
         old.flags = 4                          # write to the slot only the old set holds
         problems = kvmviz.check_invariants(vm)
-        assert any("#1.flags changed in place" in p for p in problems) == pinned
-        assert any("vcpu0 looked up" in p for p in problems) is False
+        assert [(p.rule, p.split(" changed")[0]) for p in problems] == [("in-place", "as0: #1.flags")] * pinned
 
 
 def test_reader_rules_catch_edits_frees_and_stale_caches():
@@ -333,14 +332,19 @@ def test_reader_rules_catch_edits_frees_and_stale_caches():
     v.srcu_read_lock()
     slot = v.gfn_to_memslot(0x100)
     assert kvmviz.check_invariants(vm) == []
+
+    def reader():
+        return [(p.rule, p.split(" (")[0]) for p in kvmviz.check_invariants(vm) if p.startswith("vcpu0")]
     slot.npages = 2
-    assert any("vcpu0 looked up #1" in p and "modified after it was published" in p
-               for p in kvmviz.check_invariants(vm))
+    assert reader() == [("in-place", "vcpu0 looked up #1")]
+    assert "modified after it was published" in [p for p in kvmviz.check_invariants(vm) if p.startswith("vcpu0")][0]
     slot.npages = 4
     vm.active_set(0).replace(slot, None)                # edit the set a reader pins
+    assert reader() == [("grace-period", "vcpu0 pinned as0/set1"), ("stale-cache", "vcpu0's slot cache")]
     assert any("edited that set 1 time(s) while it was pinned" in p for p in kvmviz.check_invariants(vm))
     vm.free(slot)
-    assert any("vcpu0 can still reach #1" in p for p in kvmviz.check_invariants(vm))
+    assert reader() == [("grace-period", "vcpu0 pinned as0/set1"), ("free-after-gp", "vcpu0 can still reach #1"),
+                        ("stale-cache", "vcpu0's slot cache")]
 
 
 def test_reader_rule_catches_a_stale_cache_entry_with_a_current_generation():
@@ -351,7 +355,8 @@ def test_reader_rule_catches_a_stale_cache_entry_with_a_current_generation():
     v.srcu_read_unlock()
     vm.set_user_memory_region(*MOVE1)
     v.last_used_slot_gen = vm.generation(0)     # as if the generation had not moved
-    assert any("stale entry would be used" in p for p in kvmviz.check_invariants(vm))
+    problems = kvmviz.check_invariants(vm)
+    assert [p.rule for p in problems] == ["stale-cache"] and problems[0].endswith("the stale entry would be used")
 
 
 def test_double_lock_and_unlock_outside_are_clear_errors():

@@ -7,13 +7,7 @@ import pytest
 import kvmviz
 from kvmviz import viz
 from kvmviz.viz.widgets import PRESETS, InputError, Stepper, dry_run, parse_number
-
-
-def vm_with(n):
-    vm = kvmviz.VM()
-    for i in range(n):
-        vm.set_user_memory_region(i, 0, i * 0x200000, 0x100000, 0x7f0000000000 + i * 0x10000000)
-    return vm
+from conftest import HVA, vm_with
 
 
 def state(vm):
@@ -78,7 +72,7 @@ def test_step_returns_false_when_finished_and_buttons_follow():
 
 def test_back_then_next_replays_the_recorded_steps():
     st = Stepper(vm_with(2))
-    st.begin(0, 0, 0x0, 0, 0x7f0000000000)                 # DELETE slot 0
+    st.begin(0, 0, 0x0, 0, HVA)                 # DELETE slot 0
     st.last()
     end = visible(st.vm)
     figure_at_end = st.figure.value
@@ -92,7 +86,7 @@ def test_back_then_next_replays_the_recorded_steps():
 
 def test_first_last_slider_and_goto():
     st = Stepper(vm_with(1))
-    st.begin(0, 1, 0x0, 0x100000, 0x7f0000000000)          # FLAGS_ONLY
+    st.begin(0, 1, 0x0, 0x100000, HVA)          # FLAGS_ONLY
     click(st.last_button)
     total = len(st.upd.steps)
     assert st.slider.max == total and st.slider.value == total
@@ -131,7 +125,7 @@ def test_play_stops_when_a_reader_blocks_the_writer():
     v = vm.add_vcpu()
     v.srcu_read_lock()
     st = Stepper(vm)
-    st.begin(0, 0, 0, 0, 0x7f0000000000)                    # DELETE needs a grace period
+    st.begin(0, 0, 0, 0, HVA)                    # DELETE needs a grace period
     st.play.playing = True
     for _ in range(100):
         if not st.play.playing:
@@ -247,7 +241,7 @@ def test_stage_bar_marks_the_stages_a_change_skips():
     st.begin(1, 0, 0x200000, 0x1000, 0x7f0010000000)              # CREATE: no invalidate
     assert st.stage.value.count("kv-skipped") == 1 and "this call skips invalidate" in st.stage.value
     st.last()
-    st.begin(0, 0, 0, 0, 0x7f0000000000)                          # a DELETE runs every stage
+    st.begin(0, 0, 0, 0, HVA)                          # a DELETE runs every stage
     assert "kv-skipped" not in st.stage.value
     st.last()
     st.begin(1, 1, 0x200000, 0x1000, 0x7f0010000000)              # FLAGS_ONLY: no invalidate
@@ -299,15 +293,13 @@ def test_the_timeline_is_laid_out_once_and_only_its_cursor_moves():
 
 def test_player_of_a_stepper_has_every_step_text(tmp_path):
     st = Stepper(vm_with(1))
-    st.begin(0, 0, 0, 0, 0x7f0000000000)                          # DELETE: 26 steps
+    st.begin(0, 0, 0, 0, HVA)                          # DELETE: 26 steps
     path = st.save_html(tmp_path / "delete.html")
     page = path.read_text()
     assert page.count("step ") >= 27 and "step 26 of 26: the ioctl returned 0" in page
     assert "<script src" not in page and "http://" not in page.split("<script>")[1]
     assert '"frames"' in page and page.count("<svg") >= 1
     assert st.vm.history.cursor == st.base                        # the VM is put back
-
-
 
 
 def test_reset_forgets_the_call_and_a_new_one_starts_from_there():
@@ -326,7 +318,7 @@ def test_reset_forgets_the_call_and_a_new_one_starts_from_there():
 
 def test_address_space_field_and_fail_prepare_toggle():
     st = Stepper()
-    fill(st, slot="3", flags="0", gpa="0x0", size="0x2000", hva="0x7f0000000000")
+    fill(st, slot="3", flags="0", gpa="0x0", size="0x2000", hva="HVA")
     st.as_field.value = 1
     st.fail.value = True
     click(st.begin_button)
@@ -414,12 +406,12 @@ def test_choosing_a_kernel_makes_a_new_vm_of_that_version_and_says_so():
     assert st.position.value.startswith("no call yet: choose a preset")
     assert [v for _, v in st.view.options] == ["objects", "sets"]  # the array has no trees
     assert st.view.options[0][0] == "array + pointer" and "memslots@" in st.figure.value
-    assert st.begin(1, 0, 0, 0x1000, 0x7f0000000000)
+    assert st.begin(1, 0, 0, 0x1000, HVA)
     st.last()
     assert st.upd.result == 0 and "kvm_dup_memslots" in [s.function for s in st.upd.steps]
     st.kernel.value = "6.12"
     assert st.vm.kernel == "6.12" and [v for _, v in st.view.options] == ["objects", "sets", "trees"]
-    fill(st, slot="1", flags="0", gpa=hex(1 << 52), size="0x1000", hva="0x7f0000000000")
+    fill(st, slot="1", flags="0", gpa=hex(1 << 52), size="0x1000", hva="HVA")
     click(st.begin_button)
     st.last()
     assert st.upd.result == -errno.EINVAL and "kvm_mmu_max_gfn()" in " ".join(s.text for s in st.upd.steps)
@@ -450,8 +442,8 @@ def test_cli_explain_html_writes_the_player(tmp_path):
     from kvmviz.cli import main
     out, path = io.StringIO(), tmp_path / "delete.html"
     status = main(["explain", "--kernel", "5.17", "--setup", "call slot=1 gpa=0x100000 size=0x100000 "
-                   "hva=0x7f0000000000", "--slot", "1", "--gpa", "0x100000", "--size", "0", "--hva",
-                   "0x7f0000000000", "--html", str(path)], out)
+                   "hva=HVA", "--slot", "1", "--gpa", "0x100000", "--size", "0", "--hva",
+                   "HVA", "--html", str(path)], out)
     steps = int(out.getvalue().split("HTML player of the call's ")[1].split()[0])
     page = path.read_text()
     assert status == 0 and f"step {steps} of {steps}: the ioctl returned 0" in page
@@ -464,7 +456,7 @@ def test_readers_are_lanes_of_the_timeline_and_the_dry_run_stops_at_their_wait()
     v = vm.add_vcpu()
     v.srcu_read_lock()                                            # pins the active set
     st = Stepper(vm)
-    st.begin(0, 0, 0, 0, 0x7f0000000000)                          # DELETE: waits for the grace period
+    st.begin(0, 0, 0, 0, HVA)                          # DELETE: waits for the grace period
     assert st.position.value == "step 0 of 8 so far (the writer waits: SRCU readers still inside: vcpu0)"
     assert "reader vcpu0" in st.timeline.value
     st.last()
@@ -491,9 +483,9 @@ def test_many_slots_keep_the_object_picture_with_the_changing_rows_and_a_fold():
 def test_a_broken_variant_ends_the_call_with_bug_not_a_crash():
     """The update's result is "BUG" (a string): the position line says so (was a TypeError)."""
     vm = kvmviz.VM(variant="no-catch-up")
-    vm.set_user_memory_region(1, 0, 0x100000, 0x1000, 0x7f0000000000)
+    vm.set_user_memory_region(1, 0, 0x100000, 0x1000, HVA)
     st = Stepper(vm)
-    st.begin(1, 0, 0x100000, 0, 0x7f0000000000)
+    st.begin(1, 0, 0x100000, 0, HVA)
     for _ in range(len(st.upd.steps)):
         st.step()
     n = len(st.upd.steps)
