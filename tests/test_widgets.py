@@ -318,7 +318,7 @@ def test_reset_forgets_the_call_and_a_new_one_starts_from_there():
 
 def test_address_space_field_and_fail_prepare_toggle():
     st = Stepper()
-    fill(st, slot="3", flags="0", gpa="0x0", size="0x2000", hva="HVA")
+    fill(st, slot="3", flags="0", gpa="0x0", size="0x2000", hva=hex(HVA))
     st.as_field.value = 1
     st.fail.value = True
     click(st.begin_button)
@@ -411,7 +411,7 @@ def test_choosing_a_kernel_makes_a_new_vm_of_that_version_and_says_so():
     assert st.upd.result == 0 and "kvm_dup_memslots" in [s.function for s in st.upd.steps]
     st.kernel.value = "6.12"
     assert st.vm.kernel == "6.12" and [v for _, v in st.view.options] == ["objects", "sets", "trees"]
-    fill(st, slot="1", flags="0", gpa=hex(1 << 52), size="0x1000", hva="HVA")
+    fill(st, slot="1", flags="0", gpa=hex(1 << 52), size="0x1000", hva=hex(HVA))
     click(st.begin_button)
     st.last()
     assert st.upd.result == -errno.EINVAL and "kvm_mmu_max_gfn()" in " ".join(s.text for s in st.upd.steps)
@@ -442,8 +442,8 @@ def test_cli_explain_html_writes_the_player(tmp_path):
     from kvmviz.cli import main
     out, path = io.StringIO(), tmp_path / "delete.html"
     status = main(["explain", "--kernel", "5.17", "--setup", "call slot=1 gpa=0x100000 size=0x100000 "
-                   "hva=HVA", "--slot", "1", "--gpa", "0x100000", "--size", "0", "--hva",
-                   "HVA", "--html", str(path)], out)
+                   "hva=0x7f0000000000", "--slot", "1", "--gpa", "0x100000", "--size", "0", "--hva",
+                   "0x7f0000000000", "--html", str(path)], out)
     steps = int(out.getvalue().split("HTML player of the call's ")[1].split()[0])
     page = path.read_text()
     assert status == 0 and f"step {steps} of {steps}: the ioctl returned 0" in page
