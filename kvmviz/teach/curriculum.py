@@ -267,19 +267,19 @@ L05 = (
                  lambda sit: sit.vm.generation(0), "generation", advance="end",
                  explain="swap #1 had published the INVALID copy; the revert is a second swap: +4 although "
                          "no slot changed."),
-    PickStep("05.3", "MOVE slot 1 with a failing prepare. At which step does a lookup of gfn 0x100 find a "
+    ChooseErrno("05.3", "Slot 1 exists. DELETE it while kvm_arch_prepare_memory_region fails with ENOMEM "
+                "(injected). What does the ioctl return?", situation([SLOT1]), call=DELETE1,
+                fail_prepare=True,
+                explain="the injected -ENOMEM is returned after the revert; slot 1 is unchanged."),
+    PickStep("05.4", "MOVE slot 1 with a failing prepare. At which step does a lookup of gfn 0x100 find a "
              "valid (not INVALID) slot again?", situation([SLOT1], begin=MOVE1, fail_prepare=True),
              _sees(0x100, True), hint="The revert is a swap: the pointer moves back.",
              explain="the revert's rcu_assign_pointer publishes the set that still holds the original slot."),
-    PredictState("05.4", "After that failed MOVE returns, which object does the active set hold for slot 1?",
+    PredictState("05.5", "After that failed MOVE returns, which object does the active set hold for slot 1?",
                  situation([SLOT1], begin=MOVE1, fail_prepare=True), slot_in("active"), "label",
                  advance="end",
                  explain="the original object #1 is back in both sets; the INVALID copy and the unused new "
                          "slot were freed."),
-    ChooseErrno("05.5", "Slot 1 exists. DELETE it while kvm_arch_prepare_memory_region fails with ENOMEM "
-                "(injected). What does the ioctl return?", situation([SLOT1]), call=DELETE1,
-                fail_prepare=True,
-                explain="the injected -ENOMEM is returned after the revert; slot 1 is unchanged."),
     PredictState("05.6", "A real failure, no injection: Linux 6.12, slot 1 exists (generation 0x2). MOVE it to "
                  "gpa 1 << 52, beyond the highest gfn the x86 MMU can map. Validation passes. What is the "
                  "generation of as0 when the ioctl returns (with -EINVAL)?",

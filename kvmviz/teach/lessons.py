@@ -1,8 +1,9 @@
 """Helpers for the lesson notebooks: kernel links and step tables as Markdown.
 
 Every step names the kernel function it models; the lessons link each one to
-its definition in Bootlin's Elixir cross-referencer at Linux v5.17, so a
-learner can read the real code next to the model (kvmviz copies none of it).
+its definition in Bootlin's Elixir cross-referencer at Linux v5.17 (v5.15 for
+the array code, v6.12 for functions 5.17 does not have), so a learner can read
+the real code next to the model (kvmviz copies none of it).
 
 >>> elixir_url("kvm_swap_active_memslots")
 'https://elixir.bootlin.com/linux/v5.17/A/ident/kvm_swap_active_memslots'
@@ -26,6 +27,9 @@ ARRAY_ONLY = frozenset(("kvm_dup_memslots", "kvm_copy_memslots", "install_new_me
                         "kvm_memslot_delete", "kvm_memslot_insert_back", "kvm_memslot_move_backward",
                         "kvm_memslot_move_forward"))
 
+#: Functions the 6.12 model runs that v5.17 does not have: linked at v6.12.
+NEWER = frozenset(("kvm_arch_guest_memory_reclaimed", "kvm_gmem_bind", "kvm_gmem_unbind", "kvm_gmem_create"))
+
 #: Where each modelled function lives in v5.17 (for link titles).
 FILES = {
     "search_memslots": "include/linux/kvm_host.h",
@@ -48,17 +52,26 @@ FILES = {
     "synchronize_srcu_expedited": "kernel/rcu/srcutree.c",
     "rcuwait_wait_event": "include/linux/rcuwait.h",
     "kfree": "mm/slab.c",
+    "kvfree": "mm/util.c",
+    "kvm_gmem_bind": "virt/kvm/guest_memfd.c",
+    "kvm_gmem_unbind": "virt/kvm/guest_memfd.c",
+    "kvm_gmem_create": "virt/kvm/guest_memfd.c",
 }
 ARCH_X86 = "arch/x86/kvm/x86.c"
 
 
-def elixir_url(function):
-    """Elixir's identifier search for ``function`` at v5.17 (v5.15 for the array code).
+def elixir_url(function, version=None):
+    """Elixir's identifier search for ``function`` at ``version``.
 
-    >>> elixir_url("update_memslots")
-    'https://elixir.bootlin.com/linux/v5.15/A/ident/update_memslots'
+    By default v5.17, v5.15 for the array code, v6.12 for what 5.17 lacks; a
+    table of the 5.15 array model passes ``"v5.15"`` for every function (its
+    ``kvm_set_memslot`` is not 5.17's).
+
+    >>> elixir_url("update_memslots"), elixir_url("kvm_set_memslot", "v5.15")[-28:]
+    ('https://elixir.bootlin.com/linux/v5.15/A/ident/update_memslots', '5.15/A/ident/kvm_set_memslot')
     """
-    version = "v5.15" if function in ARRAY_ONLY else "v5.17"
+    if version is None:
+        version = "v5.15" if function in ARRAY_ONLY else "v6.12" if function in NEWER else "v5.17"
     return ELIXIR.format(version=version) + function
 
 
@@ -73,22 +86,22 @@ def kernel_file(function):
     return ARCH_X86 if function.startswith("kvm_arch_") else "virt/kvm/kvm_main.c"
 
 
-def kernel_link(function):
-    """A Markdown link to ``function`` at Elixir, titled with its file."""
-    return f'[`{function}`]({elixir_url(function)} "{kernel_file(function)}")'
+def kernel_link(function, version=None):
+    """A Markdown link to ``function`` at Elixir (``version`` as ``elixir_url``), titled with its file."""
+    return f'[`{function}`]({elixir_url(function, version)} "{kernel_file(function)}")'
 
 
 def _cell(text):
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def steps_markdown(steps, as_id=0, start=1):
-    """The steps as a Markdown table, numbered from ``start``, each function linked."""
+def steps_markdown(steps, as_id=0, start=1, version=None):
+    """The steps as a Markdown table, numbered from ``start``, each function linked (at ``version``)."""
     rows = ["| # | stage | kernel function | what happens | as%d generation |" % as_id,
             "|---|---|---|---|---|"]
     for i, s in enumerate(steps, start):
         wait = " (waiting)" if s.waiting else ""
-        rows.append(f"| {i} | {s.stage} | {kernel_link(s.function)}{wait} | {_cell(s.text)} | "
+        rows.append(f"| {i} | {s.stage} | {kernel_link(s.function, version)}{wait} | {_cell(s.text)} | "
                     f"{_cell(fmt_generation(s.generation(as_id)))} |")
     return "\n".join(rows)
 
