@@ -12,6 +12,7 @@ from .engine.errors import KvmError
 from .engine.invariants import check_invariants
 from .engine.kernels import KERNELS
 from .engine.memslot import Memslot
+from .engine.tree.protocol import MergedProtocol
 from .engine.schedule import Schedule, Tick, Timeline
 from .engine.events import ReaderAction
 from .engine.vcpu import Access, GfnToHvaCache, Vcpu
@@ -24,7 +25,7 @@ __version__ = "0.1.0"
 from . import export, variants  # noqa: E402  (they read __version__)
 from .teach import exercises, lessons  # noqa: E402
 
-__all__ = ["VM", "KERNELS", "KvmError", "Memslot", "Step", "Update", "check_invariants", "Schedule", "Tick", "Timeline",
+__all__ = ["VM", "MergedProtocol", "KERNELS", "KvmError", "Memslot", "Step", "Update", "check_invariants", "Schedule", "Tick", "Timeline",
            "ReaderAction", "Vcpu", "Access", "GfnToHvaCache", "STAGES", "CHANGES",
            "CREATE", "DELETE", "MOVE", "FLAGS_ONLY", "NONE", "KVM_MEM_LOG_DIRTY_PAGES",
            "KVM_MEM_READONLY", "KVM_MEMSLOT_INVALID", "KVM_USER_MEM_SLOTS", "__version__",

@@ -93,17 +93,21 @@ class History:
         self._truncate_future()
         self.entries += (_ITEM, container, key, old, new)
 
-    def truncate(self):
-        """Discard the recorded events ahead of the current state."""
-        self._truncate_future()
+    def truncate(self, notify=True):
+        """Discard the recorded events ahead of the current state.
 
-    def _truncate_future(self):
+        ``notify=False`` skips the ``on_truncate`` callbacks, for a caller
+        that knows the discarded events leave nothing half done.
+        """
+        self._truncate_future(notify)
+
+    def _truncate_future(self, notify=True):
         if self.cursor == len(self.events):
             return
         del self.events[self.cursor:]
         del self.bounds[self.cursor:]
         del self.entries[self._base(self.cursor):]
-        for callback in self.on_truncate:
+        for callback in self.on_truncate if notify else ():
             callback()
 
     def _base(self, k):

@@ -263,6 +263,31 @@ class VM(Journaled):
         """Record a step or reader action in the history."""
         event.index = self.history.record(event)
 
+    def rewind(self, n):
+        """Go back to the state after ``n`` history events and forget the rest; the running update goes on.
+
+        For explorers that try reader actions one by one from the same state
+        (``kvmviz.check``): only reader actions may lie after event ``n``,
+        since the writer's steps come from a generator that cannot go back
+        (``StateError`` otherwise, nothing changed).
+
+        >>> vm = VM(); v = vm.add_vcpu(); upd = vm.begin_set_user_memory_region(1, 0, 0, 0x1000, 0x100000)
+        >>> _ = next(upd); n = len(vm.history); v.srcu_read_lock(); vm.rewind(n)
+        >>> v.inside, len(vm.history) == n, vm.update is upd
+        (False, True, True)
+        >>> vm.rewind(0)
+        Traceback (most recent call last):
+        ...
+        kvmviz.engine.history.StateError: rewind to event 0: event 2 is a writer step (__kvm_set_memory_region), and a writer cannot go back
+        """
+        h = self.history
+        step = next((e for e in h.events[n:] if e.stage != "reader"), None)
+        if step is not None:
+            raise StateError(f"rewind to event {n}: event {step.index + 1} is a writer step ({step.function}), "
+                             "and a writer cannot go back")
+        h.goto(n)
+        h.truncate(notify=False)
+
     def _abandon_update(self):
         if self.update is not None:
             self.update.abandoned = True

@@ -2,7 +2,8 @@
 
 Each method models the kernel function of the same name (reference §2.1-§2.4,
 §3.4) and yields a ``Step`` after each observable change. Variants subclass
-``MergedProtocol`` and override single methods.
+``MergedProtocol`` (public as ``kvmviz.MergedProtocol``) and override single
+methods; ``docs/writing-a-variant.md`` walks through one.
 
 >>> from kvmviz import VM
 >>> vm = VM()
@@ -42,7 +43,36 @@ def _gen(g):
 
 
 class MergedProtocol:
-    """The memslot update as merged for Linux 5.17, with the 5.17.y fix c87661f855c3 (the default)."""
+    """The memslot update as merged for Linux 5.17, with the 5.17.y fix c87661f855c3 (the default).
+
+    Subclass it to model a patch: override the method of each kernel helper
+    the patch changes and call ``super()`` for what stays. Every helper is a
+    generator: it changes ``self.vm`` and yields ``self.step(function, text)``
+    after each observable change, ``function`` naming the kernel function;
+    ``yield from`` runs another helper inline. ``self.stage`` is the stage of
+    the steps that follow. The helpers, in the order a call runs them:
+
+    - ``run`` (``__kvm_set_memory_region``) -> ``kvm_set_memslot``
+    - ``kvm_set_memslot`` -> ``kvm_invalidate_memslot`` (DELETE, MOVE),
+      ``kvm_prepare_memory_region`` (a failure reverts with
+      ``kvm_activate_memslot``), then one of ``kvm_create_memslot``,
+      ``kvm_delete_memslot``, ``kvm_move_memslot``,
+      ``kvm_update_flags_memslot``, then ``kvm_commit_memory_region``
+    - those four -> ``kvm_replace_memslot`` (edit the inactive set), then
+      ``kvm_activate_memslot`` -> ``kvm_swap_active_memslots`` and the
+      catch-up ``kvm_replace_memslot``
+    - ``kvm_swap_active_memslots`` -> ``publish`` (``rcu_assign_pointer``) ->
+      ``synchronize_srcu_expedited``
+
+    >>> from kvmviz import VM
+    >>> class Loud(MergedProtocol):
+    ...     def kvm_create_memslot(self, old, new, invalid):
+    ...         yield self.step("kvm_create_memslot", f"about to install {new.label}")
+    ...         yield from super().kvm_create_memslot(old, new, invalid)
+    >>> steps = VM(variant=Loud).set_user_memory_region(1, 0, 0, 0x1000, 0x10000)
+    >>> [s.text for s in steps if s.function == "kvm_create_memslot"][0]
+    'about to install #1'
+    """
 
     name = "merged"
     #: Kernel function that swaps the active set (5.10-5.15: ``install_new_memslots``).
@@ -55,12 +85,17 @@ class MergedProtocol:
 
     # -- helpers -------------------------------------------------------------
     def step(self, function, text, **extra):
-        """Build the ``Step`` describing what just happened."""
+        """The ``Step`` describing what just happened: yield it (``function``: the kernel function)."""
         return Step(self.stage, function, text, locks=self.vm.locks,
                     gens=self.vm.generations(), **extra)
 
-    def replace(self, as_id, old, new, function="kvm_replace_memslot", why=""):
-        """``kvm_replace_memslot`` on the inactive set; returns its step."""
+    def kvm_replace_memslot(self, as_id, old, new, function="kvm_replace_memslot", why=""):
+        """``kvm_replace_memslot``: ``old`` -> ``new`` in the inactive set of ``as_id``; yields one step.
+
+        Either slot may be None (insert, erase). ``function`` names the
+        kernel helper that called it (the step's ``function``), ``why``
+        starts the step's text.
+        """
         s = self.vm.inactive_set(as_id)
         s.replace(old, new)
         same = old is not None and new is not None and old.base_gfn == new.base_gfn
@@ -72,7 +107,7 @@ class MergedProtocol:
         else:
             how = f"{how}; remove + insert in the hva tree; id hash del + add"
         text = f"{why}{_label(old)} -> {_label(new)} in inactive {s.name}: {how}."
-        return self.step(function, text, touched=((as_id, s.node_idx, _label(old), _label(new)),))
+        yield self.step(function, text, touched=((as_id, s.node_idx, _label(old), _label(new)),))
 
     # -- the ioctl -----------------------------------------------------------
     def run(self, upd, region, fail):
@@ -175,7 +210,13 @@ class MergedProtocol:
 
     # -- kvm_set_memslot -------------------------------------------------------
     def kvm_set_memslot(self, old, new, change, fail):
-        """``kvm_set_memslot``: invalidate, prepare, replace, activate, commit."""
+        """``kvm_set_memslot``: invalidate, prepare, replace, activate, commit; returns 0 or -errno.
+
+        ``old``/``new``: the slot before and after (None for CREATE and
+        DELETE respectively), ``change``: ``"CREATE"``, ``"DELETE"``,
+        ``"MOVE"`` or ``"FLAGS_ONLY"``; ``fail``: the errno prepare is made to
+        fail with (0: none). Called with slots_lock held.
+        """
         vm = self.vm
         as_id = (old or new).as_id
         self.stage = "invalidate" if change in (DELETE, MOVE) else "prepare"
@@ -217,7 +258,12 @@ class MergedProtocol:
         return 0
 
     def kvm_invalidate_memslot(self, old, invalid):
-        """``kvm_invalidate_memslot``: publish an INVALID copy of ``old``."""
+        """``kvm_invalidate_memslot``: publish an INVALID copy of ``old`` (DELETE, MOVE).
+
+        Copies ``old`` into the fresh ``invalid``, flags it, replaces ``old``
+        by it in the inactive set, swaps, flushes the shadow pages and takes
+        slots_arch_lock again.
+        """
         vm = self.vm
         kvm_copy_memslot(invalid, old)
         vm.cost["slots_copied"] += 1
@@ -225,7 +271,7 @@ class MergedProtocol:
         invalid.flags |= KVM_MEMSLOT_INVALID
         yield self.step("kvm_copy_memslot", f"copy {old.label} into {invalid.label} (sharing its dirty "
                                             f"bitmap and arch data) and set KVM_MEMSLOT_INVALID on the copy.")
-        yield self.replace(old.as_id, old, invalid, function="kvm_replace_memslot",
+        yield from self.kvm_replace_memslot(old.as_id, old, invalid, function="kvm_replace_memslot",
                            why="kvm_invalidate_memslot: ")
         yield from self.kvm_swap_active_memslots(old.as_id)
         text = vm.arch.flush_shadow_memslot(old)
@@ -246,39 +292,43 @@ class MergedProtocol:
                         f"slots_arch_lock); {old.label} is only in the inactive set.")
 
     def kvm_create_memslot(self, old, new, invalid):
-        """``kvm_create_memslot``: add ``new`` to both sets, one at a time."""
-        yield self.replace(new.as_id, None, new, function="kvm_create_memslot")
+        """``kvm_create_memslot``: add ``new`` to both sets, one at a time (``old``, ``invalid``: None)."""
+        yield from self.kvm_replace_memslot(new.as_id, None, new, function="kvm_create_memslot")
         self.stage = "activate"
         yield from self.kvm_activate_memslot(None, new)
 
     def kvm_delete_memslot(self, old, new, invalid):
-        """``kvm_delete_memslot``: drop ``old``, then the INVALID copy."""
-        yield self.replace(old.as_id, old, None, function="kvm_delete_memslot")
+        """``kvm_delete_memslot``: drop ``old`` from the inactive set, then the INVALID copy (``new``: None)."""
+        yield from self.kvm_replace_memslot(old.as_id, old, None, function="kvm_delete_memslot")
         self.stage = "activate"
         yield from self.kvm_activate_memslot(invalid, None)
 
     def kvm_move_memslot(self, old, new, invalid):
         """``kvm_move_memslot``: ``new`` replaces ``old``, then the INVALID copy."""
-        yield self.replace(old.as_id, old, new, function="kvm_move_memslot")
+        yield from self.kvm_replace_memslot(old.as_id, old, new, function="kvm_move_memslot")
         self.stage = "activate"
         yield from self.kvm_activate_memslot(invalid, new)
 
     def kvm_update_flags_memslot(self, old, new, invalid):
         """``kvm_update_flags_memslot``: ``new`` replaces ``old`` (same gfn)."""
-        yield self.replace(old.as_id, old, new, function="kvm_update_flags_memslot")
+        yield from self.kvm_replace_memslot(old.as_id, old, new, function="kvm_update_flags_memslot")
         self.stage = "activate"
         yield from self.kvm_activate_memslot(old, new)
 
     def kvm_activate_memslot(self, old, new):
-        """``kvm_activate_memslot``: swap, then bring the other set in line."""
+        """``kvm_activate_memslot``: swap, then replay ``old`` -> ``new`` on the set that became inactive."""
         as_id = (old or new).as_id
         yield from self.kvm_swap_active_memslots(as_id)
-        yield self.replace(as_id, old, new, function="kvm_activate_memslot",
+        yield from self.kvm_replace_memslot(as_id, old, new, function="kvm_activate_memslot",
                            why="catch up the set that just became inactive: ")
 
     # -- the swap ----------------------------------------------------------------
     def kvm_swap_active_memslots(self, as_id):
-        """``kvm_swap_active_memslots``: publish the inactive set (reference §3.4)."""
+        """``kvm_swap_active_memslots``: publish the inactive set of ``as_id`` (reference §3.4).
+
+        In-progress generation, wait for MMU-notifier invalidations, publish,
+        drop the locks, ``synchronize_srcu_expedited``, final generation.
+        """
         vm = self.vm
         active, inactive = vm.active_set(as_id), vm.inactive_set(as_id)
         gen = active.generation
@@ -334,7 +384,10 @@ class MergedProtocol:
         return [f"SRCU readers inside: {', '.join(map(str, readers))}"] if readers else []
 
     def synchronize_srcu_expedited(self, gp, old_active):
-        """Wait until readers that entered before ``gp`` have left."""
+        """``synchronize_srcu_expedited``: wait until readers that entered before grace period ``gp`` left.
+
+        ``old_active`` is the set that stopped being active at ``gp``.
+        """
         srcu = self.vm.srcu
         while not srcu.grace_period_done(gp):
             yield self._wait("synchronize_srcu_expedited",
@@ -352,7 +405,7 @@ class MergedProtocol:
 
     # -- prepare / commit ----------------------------------------------------------
     def kvm_prepare_memory_region(self, old, new, change, fail):
-        """``kvm_prepare_memory_region``: dirty bitmap rules, then the arch hook."""
+        """``kvm_prepare_memory_region``: dirty bitmap rules, then the arch hook; returns 0 or -errno."""
         vm = self.vm
         allocated = None
         if change != DELETE:
@@ -382,7 +435,7 @@ class MergedProtocol:
                                   f"2 x {dirty_bitmap_bytes(new.npages)} bytes (second half is scratch).")
 
     def kvm_commit_memory_region(self, old, new, change):
-        """``kvm_commit_memory_region``: page count, arch commit, then frees."""
+        """``kvm_commit_memory_region``: page count, arch commit, then frees what became unreachable."""
         vm = self.vm
         if change == DELETE:
             vm.nr_memslot_pages -= old.npages
