@@ -22,10 +22,11 @@ now and then) is how a caller with a clock sets a time budget.
 >>> r = explore([(1, 0, 0, 0, 0)], setup="call slot=1 gpa=0 size=0x1000 hva=0x100000", readers=1)
 >>> r.verdict, r.states > 40, r.bound
 ('no violation within the bound', True, None)
->>> r = explore([(1, 0, 0, 0, 0)], setup="call slot=1 gpa=0 size=0x1000 hva=0x100000",
-...             variant="no-srcu-wait", readers=0)
->>> r.counterexample.length, r.counterexample.violations[0][:50]
-(9, 'as0/set0 was written 1 time(s) after it was unpubl')
+>>> r = explore([(1, 0, 0, 0x1000, 0x100000)], variant="no-srcu-wait", readers=1)
+>>> r.counterexample.summary()
+'13 actions (12 writer steps, 1 reader actions)'
+>>> print(r.counterexample.violations[0])
+a swap finished (no in-progress generation) while vcpu0, inside since before its publish, may still use the old set: synchronize_srcu_expedited was skipped
 """
 
 import errno
@@ -101,7 +102,7 @@ class Exploration:
         calls = "; ".join(f"{c} {_call_words(call)}" for c, call in zip(self.changes, self.calls))
         rate = f", {seconds:.1f} s ({self.states / seconds:,.0f} states/s)" if seconds else ""
         lines = []
-        for line in (f"kvmviz {__version__} check: {self.model}, variant {self.variant}",
+        for line in (f"kvmviz {__version__} check: {self.model}" + ("" if "variant" in self.model else f", variant {self.variant}"),
                      f"scenario: {'setup ' + repr(self.setup) + ', then ' if self.setup else ''}{calls}",
                      f"bound: {self.bound_text()}",
                      f"explored: {self.states:,} distinct states, {self.transitions:,} transitions (writer steps "
@@ -180,7 +181,7 @@ def first_violation(scenario, start=0):
 
     >>> sc = export.replay_recipe("variant no-catch-up; call slot=1 size=0x1000 hva=0x100000", check=True)
     >>> index, found = first_violation(sc); index, found[0][:40]
-    (14, 'as0: at rest both sets must hold the sam')
+    (13, 'as0: at rest both sets must hold the sam')
     """
     for i in sorted(scenario.notes):
         if i >= start:
@@ -386,7 +387,7 @@ def _call(c, i):
                          f"[, fail_prepare errno]), got {c!r}")
     make_region(*c[:5])
     fail = c[5] if len(c) == 6 else 0
-    return c[:5] + (export._errno_of(fail),)
+    return c[:5] + (errno.ENOMEM if fail is True else int(fail or 0),)
 
 
 def _targets(vm, calls):

@@ -34,8 +34,10 @@ import argparse
 import errno
 import os
 import sys
+import time
+import traceback
 
-from . import __version__, export, variants
+from . import __version__, check, export, review, variants
 from .engine import kernels
 from .engine.kernels import KERNELS
 from .host.cli import add_parser as add_host_check
@@ -43,6 +45,7 @@ from .inputs import RECIPE_LIMIT, read_text
 from .engine.tree.memslots import ModelBug
 from .trace.capture_cli import add_parser as add_capture
 from .trace.cli import add_parser as add_replay
+from .variants.load import VariantError, is_spec, raised, user_frame, variant_name
 
 
 class UsageError(Exception):
@@ -100,6 +103,28 @@ def _recipe_text(spec):
     raise UsageError(f"no such recipe file: {spec}")
 
 
+VARIANT_HELP = ("a shipped variant (" + ", ".join(variants.names()) + ") or your own, path/to/file.py:ClassName "
+                "(a kvmviz.MergedProtocol subclass; kvmviz runs that file as Python, as a test runner would, "
+                "so only name files you would run); default: merged, or the setup recipe's")
+
+
+def _variant_arg(text):
+    """argparse type for ``--variant``: a registered name or ``FILE.py:Class`` (loaded when the command runs)."""
+    if text in variants.names() or is_spec(text):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown variant {text!r}: choose from {', '.join(variants.names())}, "
+                                     "or name your own as path/to/file.py:ClassName")
+
+
+def _load(variant):
+    """``variant`` ready for ``VM(variant=...)``: a ``FILE.py:Class`` is imported and registered first."""
+    return variant_name(variant) if variant else variant
+
+
+def _add_debug(p):
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error")
+
+
 def _add_model_options(p, twice=False):
     """``--kernel`` and ``--address-spaces`` (``--kernel`` may be given twice for ``diff``)."""
     p.add_argument("--kernel", choices=list(KERNELS), action="append" if twice else "store",
@@ -111,13 +136,14 @@ def _add_model_options(p, twice=False):
 
 def _scenario(args, variant, kernel):
     """A checked ``Scenario`` after the ``--setup`` recipe, on the model of ``kernel`` under ``variant``."""
+    variant = _load(variant)
     if not args.setup:
         variant = variant or "merged"
         return export.Scenario(variant=variant, check=True, kernel=export.check_model(kernel, variant),
                                address_spaces=args.address_spaces)
     text = _recipe_text(args.setup)
     parsed = export.parse_recipe(text)
-    variant = variant or parsed.variant
+    variant = variant or _load(parsed.variant)
     kernel = export.check_model(export.recipe_kernel(parsed, kernel), variant)
     sc = export.replay_recipe(text, variant=variant, kernel=kernel, address_spaces=args.address_spaces,
                               check=True)
@@ -200,8 +226,8 @@ def add_explain(subparsers):
                               description="Run one KVM_SET_USER_MEMORY_REGION and explain every step.")
     _add_call_options(p)
     _add_model_options(p)
-    p.add_argument("--variant", choices=variants.names(), help="algorithm variant (default: merged, "
-                                                               "or the setup recipe's); 5.17 and later")
+    p.add_argument("--variant", type=_variant_arg, help=VARIANT_HELP + "; 5.17 and later")
+    _add_debug(p)
     p.add_argument("--markdown", action="store_true", help="Markdown tables instead of plain text")
     p.add_argument("--recipe", action="store_true", help="also print the recipe that re-runs all of this")
     p.add_argument("--html", metavar="FILE", help="also write the call as one self-contained HTML player "
@@ -241,8 +267,10 @@ def add_diff(subparsers):
                                           "step. One --kernel or --variant applies to both sides.")
     _add_call_options(p)
     _add_model_options(p, twice=True)
-    p.add_argument("--variant", action="append", choices=variants.names(),
-                   help="give it twice: --variant merged --variant seed (variants apply to 5.17 and later)")
+    p.add_argument("--variant", action="append", type=_variant_arg,
+                   help="give it twice: --variant merged --variant seed (variants apply to 5.17 and later); "
+                        + VARIANT_HELP)
+    _add_debug(p)
     p.set_defaults(func=run_diff)
 
 
@@ -301,6 +329,7 @@ def add_recipe(subparsers):
                                                           "the recipe's 'kernel' line")
     r.add_argument("--address-spaces", type=int, choices=(1, 2), metavar="N",
                    help="override the recipe's 'address-spaces' line (1 or 2; 1 on 6.x only)")
+    _add_debug(r)
     r.set_defaults(func=run_recipe)
 
 
@@ -315,6 +344,7 @@ def run_recipe(args, out):
     else:
         raise UsageError(f"no such recipe file: {args.file}")
     parsed = export.parse_recipe(text)
+    _load(parsed.variant)
     export.check_model(export.recipe_kernel(parsed, args.kernel), parsed.variant)
     sc = export.replay_recipe(text, check=True, kernel=args.kernel, address_spaces=args.address_spaces)
     render = export.markdown if args.markdown else export.text
@@ -332,8 +362,102 @@ def run_recipe(args, out):
     return 0
 
 
+# -- check and review ------------------------------------------------------------------------
+def add_check(subparsers):
+    """Register ``check``."""
+    p = subparsers.add_parser("check", help="explore every interleaving of a call with vCPU readers",
+                              description="Run KVM_SET_USER_MEMORY_REGION (after --setup) under every "
+                                          "interleaving with --readers vCPUs (each: srcu_read_lock, access "
+                                          "the changing slot's first gfn, srcu_read_unlock, any number of "
+                                          "times, anywhere) and --mmu MMU-notifier invalidations of its hva "
+                                          "range; check the invariants in every state. Exit 0: no violation "
+                                          "(or a bound was hit first: the report says which), 1: a violation "
+                                          "(its shortest interleaving is printed), 2: bad input.")
+    _add_call_options(p)
+    _add_model_options(p)
+    p.add_argument("--variant", type=_variant_arg, help=VARIANT_HELP)
+    p.add_argument("--then", action="append", metavar="CALL", default=[],
+                   help="a further call after the first, in recipe words (e.g. 'slot=1 size=0'); repeatable")
+    p.add_argument("--readers", type=_number, default=1, metavar="N", help="vCPU readers (default 1)")
+    p.add_argument("--mmu", type=_number, default=0, metavar="N",
+                   help="MMU-notifier invalidations of the slot's hva range that may run at once (default 0)")
+    p.add_argument("--gfn", type=_number, action="append", metavar="GFN",
+                   help="a gfn the readers access (default: the changing slot's first); repeatable")
+    p.add_argument("--max-states", type=_number, default=check.MAX_STATES, metavar="N",
+                   help=f"stop after N distinct states (default {check.MAX_STATES:,})")
+    p.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS", help="stop after this long (default 600)")
+    p.add_argument("--recipe", metavar="FILE", help="write the counterexample's recipe to FILE")
+    p.add_argument("--markdown", action="store_true", help="Markdown for a web review instead of plain text")
+    _add_debug(p)
+    p.set_defaults(func=run_check)
+
+
+def _calls(args):
+    first = (_slot(args), args.flags, args.gpa, args.size, args.hva, args.fail_prepare)
+    more = []
+    for words in args.then:
+        actions = export.parse_recipe("call " + words).actions
+        if len(actions) != 1:
+            raise UsageError(f"--then {words!r}: give one call's words, e.g. 'slot=1 size=0'")
+        more.append(actions[0][1])
+    return [first] + more
+
+
+def _stop_after(seconds):
+    """A ``stop`` callable for ``kvmviz.check.explore``: the reason once ``seconds`` have passed."""
+    start = time.perf_counter()
+    return lambda: f"time limit {seconds:g} s (--timeout)" if time.perf_counter() - start > seconds else None
+
+
+def run_check(args, out):
+    """``kvmviz check``: returns 0 (no violation), 1 (a violation) or 2 (bad input)."""
+    start = time.perf_counter()
+    setup = _recipe_text(args.setup) if args.setup else None
+    result = check.explore(_calls(args), setup, variant=_load(args.variant) or _setup_variant(setup),
+                           kernel=args.kernel, address_spaces=args.address_spaces, readers=args.readers,
+                           mmu=args.mmu, gfns=args.gfn, max_states=args.max_states, stop=_stop_after(args.timeout))
+    print(result.text(seconds=time.perf_counter() - start, markdown=args.markdown), file=out)
+    cx = result.counterexample
+    if cx is None:
+        return 0
+    if args.recipe:
+        with open(args.recipe, "w", encoding="utf-8") as f:
+            f.write(cx.recipe + "\n")
+        print(f"\nrecipe written to {args.recipe}: kvmviz recipe run {args.recipe}", file=out)
+    return 1
+
+
+def _setup_variant(setup):
+    return _load(export.parse_recipe(setup).variant) if setup else "merged"
+
+
+def add_review(subparsers):
+    """Register ``review``."""
+    p = subparsers.add_parser("review", help="check your own variant against merged, for a patch review",
+                              description="Run your variant (path/to/file.py:ClassName, a kvmviz.MergedProtocol "
+                                          "subclass; kvmviz runs the file as Python, as a test runner would) "
+                                          "against merged for CREATE, DELETE, MOVE, FLAGS_ONLY and a failing "
+                                          "prepare: the step diff summary of each, and the exhaustive check "
+                                          "with 1 reader and, within --budget, 2. One plain-text section to "
+                                          "paste under a patch. Exit 0: no violation, 1: a violation, 2: bad "
+                                          "input.")
+    p.add_argument("variant", type=_variant_arg, help="path/to/file.py:ClassName, or a shipped variant's name")
+    p.add_argument("--kernel", choices=list(KERNELS), help=f"modelled Linux version (default {kernels.DEFAULT_KERNEL})")
+    p.add_argument("--budget", type=float, default=60.0, metavar="SECONDS",
+                   help="time each 2-reader check may take (default 60)")
+    _add_debug(p)
+    p.set_defaults(func=run_review)
+
+
+def run_review(args, out):
+    """``kvmviz review``: returns 0, or 1 when a check found a violation."""
+    text = review.review(_load(args.variant), kernel=args.kernel, clock=time.perf_counter, budget=args.budget)
+    print(text, file=out)
+    return 1 if "VIOLATION" in text else 0
+
+
 #: ``add_parser(subparsers)`` functions, one per subcommand (append to add one).
-SUBCOMMANDS = [add_explain, add_diff, add_recipe, add_replay, add_capture, add_host_check]
+SUBCOMMANDS = [add_explain, add_diff, add_recipe, add_check, add_review, add_replay, add_capture, add_host_check]
 
 
 def build_parser():
@@ -364,5 +488,17 @@ def main(argv=None, out=None):
         sys.stderr.close()
         return 0
     except (UsageError, export.RecipeError, ValueError, RuntimeError, OSError) as e:
-        print(f"kvmviz {args.command}: {e}", file=sys.stderr)
-        return 2
+        return _bad_input(args, e)
+    except Exception as e:              # a reviewer's variant method raised: their bug, one line
+        if user_frame(e) is None:
+            raise
+        return _bad_input(args, raised(e, getattr(args, "variant", None) or "?"))
+
+
+def _bad_input(args, e):
+    """One line on standard error (and the traceback with ``--debug``); exit status 2."""
+    if getattr(args, "debug", False):
+        traceback.print_exception(e.__cause__ if isinstance(e, VariantError) and e.__cause__ else e,
+                                  file=sys.stderr)
+    print(f"kvmviz {args.command}: {e}", file=sys.stderr)
+    return 2

@@ -117,7 +117,7 @@ def test_recipe_run(tmp_path, capsys):
     (["explain", "--gpa", "0"], "the following arguments are required: --slot"),
     (["explain", "--slot", "zz"], "argument --slot: 'zz' is not a number"),
     (["explain", "--slot", "-1"], "argument --slot: -1 is negative"),
-    (["explain", "--slot", "1", "--variant", "nope"], "argument --variant: invalid choice: 'nope'"),
+    (["explain", "--slot", "1", "--variant", "nope"], "argument --variant: unknown variant 'nope'"),
     (["explain", "--slot", "1", "--fail-prepare", "EWHAT"], "'EWHAT' is not an errno"),
     (["explain", "--slot", "0x10001", "--as", "1"], "already carries an address space"),
     (["explain", "--slot", "1", "--hva", str(1 << 64)], "does not fit the ioctl's __u64 field"),
