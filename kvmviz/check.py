@@ -38,7 +38,7 @@ from .engine.invariants import check_invariants
 from .engine.statekey import state_key
 from .engine.errors import KvmError
 from .engine.validate import check_ioctl, check_memory_region, make_region
-from .variants.load import raised, variant_name
+from .variants.load import is_spec, load, raised, variant_name
 
 WRITER = ("writer",)
 #: How many states ``explore`` keeps at most unless told otherwise.
@@ -187,6 +187,27 @@ def first_violation(scenario, start=0):
         if i >= start:
             return i, scenario.notes[i]
     return None, []
+
+
+def replay(recipe):
+    """Run a recipe (a ``FILE.py:Class`` variant is loaded first); returns ``(scenario, start)``.
+
+    ``start`` is the history index where the setup ends: after the last call
+    that ran to its end before the first ``begin`` line (0 without one). A
+    ``kvmviz check`` counterexample is everything from there on.
+
+    >>> sc, start = replay("call slot=1 size=0x1000 hva=0x100000; vcpu 0 lock; begin slot=1 size=0; step 3")
+    >>> start, len(sc.events), sc.events[start].function
+    (15, 20, 'kvm_vm_ioctl_create_vcpu')
+    """
+    parsed = export.parse_recipe(recipe)
+    if is_spec(parsed.variant):
+        load(parsed.variant)
+    sc = export.replay_recipe(recipe, check=True)
+    kinds = [kind for kind, _ in sc.actions if kind in ("call", "begin")]
+    k = kinds.index("begin") if "begin" in kinds else len(kinds)
+    done = [u for u in sc.updates[:k] if u.steps]
+    return sc, (done[-1].steps[-1].index + 1 if done else 0)
 
 
 class _Explorer:

@@ -33,6 +33,7 @@ from types import SimpleNamespace
 import ipywidgets as w
 from IPython.display import display
 
+from ..check import replay
 from ..engine import numbers
 from ..engine.constants import KVM_MEM_LOG_DIRTY_PAGES, U64_MAX, flag_names
 from ..engine.errors import KvmError
@@ -629,7 +630,8 @@ class Stepper:
             return f"step {k} of {n}: {what} {ret}"
         if self.upd.result is not None:
             return f"step {k} of {n}"
-        return f"step {k} of {n} so far (the writer waits: {self.upd.blocked})"
+        blocked = self.upd.blocked
+        return f"step {k} of {n} so far" + (f" (the writer waits: {blocked})" if blocked else "")
 
     def _event_html(self, event):
         if event is None:
@@ -706,6 +708,20 @@ class Stepper:
         st.base, st._end = start, end
         st._render()
         return st
+
+    @classmethod
+    def from_recipe(cls, recipe):
+        """A Stepper over a recipe after its setup, e.g. a ``kvmviz check`` counterexample (``check.replay``).
+
+        ``recipe`` is the recipe's text (``Path(file).read_text()``); its
+        reader actions are steps of their own, as in the timeline.
+
+        >>> st = Stepper.from_recipe("call slot=1 size=0x1000 hva=0x100000; begin slot=1 size=0; step 2")
+        >>> st.position.value
+        'step 2 of 2 so far'
+        """
+        sc, start = replay(recipe)
+        return cls.for_call(sc.vm, start, len(sc.vm.history))
 
     def _cached(self, key, make):
         svg = self._cache.get(key)
