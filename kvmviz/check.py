@@ -24,7 +24,7 @@ now and then) is how a caller with a clock sets a time budget.
 ('no violation within the bound', True, None)
 >>> r = explore([(1, 0, 0, 0x1000, 0x100000)], variant="no-srcu-wait", readers=1)
 >>> r.counterexample.summary()
-'13 actions (12 writer steps, 1 reader actions)'
+'13 actions (12 writer steps, 1 reader actions), rule grace-period'
 >>> print(r.counterexample.violations[0])
 a swap finished (no in-progress generation) while vcpu0, inside since before its publish, may still use the old set: synchronize_srcu_expedited was skipped
 """
@@ -35,6 +35,7 @@ from collections import deque
 from . import __version__, export
 from .engine.constants import PAGE_SHIFT
 from .engine.invariants import check_invariants
+from .engine.rules import RULES
 from .engine.statekey import state_key
 from .engine.errors import KvmError
 from .engine.validate import check_ioctl, check_memory_region, make_region
@@ -127,7 +128,7 @@ class Counterexample:
     def __init__(self, explorer, actions, violations):
         self.actions = tuple(actions)
         self.violations = [str(v) for v in violations]
-        self.rule = getattr(violations[0], "rule", None)
+        self.rule = getattr(violations[0], "rule", None)        # a key of ``engine.rules.RULES``
         self.scenario, self.start = explorer.replay(self.actions)
         self.recipe = export.recipe(self.scenario)
         self.events = self.scenario.events[self.start:]
@@ -140,7 +141,7 @@ class Counterexample:
     def summary(self):
         """One line: length, writer steps, reader actions, rule."""
         w = sum(a == WRITER for a in self.actions)
-        rule = f", rule {self.rule!r}" if self.rule else ""
+        rule = f", rule {self.rule}" if self.rule else ""
         return f"{self.length} actions ({w} writer steps, {self.length - w} reader actions){rule}"
 
     def trace(self, markdown=False):
@@ -152,7 +153,10 @@ class Counterexample:
 
     def text(self, markdown=False):
         """Summary, violations, trace and recipe, for a mail (plain) or a web review (``markdown``)."""
-        head = [f"shortest counterexample: {self.summary()}"] + [f"!! {v}" for v in self.violations]
+        head = [f"shortest counterexample: {self.summary()}"]
+        if self.rule in RULES:
+            head.append(f"rule {self.rule}: {RULES[self.rule]}")
+        head += [f"!! {v}" for v in self.violations]
         recipe = ["", "recipe (`kvmviz recipe run FILE` replays it):", ""]
         if markdown:
             return "\n".join([f"**{head[0]}**", ""] + [f"- {v}" for v in head[1:]] + ["", self.trace(True)]

@@ -12,6 +12,7 @@ from kvmviz.check import WRITER, explore, first_violation, replay
 from kvmviz.cli import main
 from kvmviz.engine.statekey import state_key
 from kvmviz.review import review
+from kvmviz.variants.load import is_spec
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -26,7 +27,12 @@ MOVE = (1, 0, 0x200000, 0x10000, HVA)
 
 @pytest.fixture(autouse=True)
 def _at_the_root(monkeypatch):
+    """Run from the repository's root, and forget the variant files a test loaded."""
     monkeypatch.chdir(ROOT)
+    yield
+    for name in variants.names():
+        if is_spec(name):
+            variants.unregister(name)
 
 
 def run(*argv):
@@ -76,33 +82,31 @@ def test_rewind_keeps_the_running_update():
     assert next(upd).function == "__kvm_set_memory_region"
 
 
-#: The shortest counterexample of each shipped broken variant: (scenario, readers, length, start of violation).
+#: The shortest counterexample of each shipped broken variant: scenario, readers, length, rule, violation.
 SHORTEST = {
-    "seed-as-posted": ([CREATE], None, 0, 16, "nr_memslot_pages is 0x0 but the slots hold 0x10 pages"),
-    "invalid-in-place": ([DELETE], SETUP, 0, 3, "as0: #1.flags changed in place (0x0 -> 0x10000)"),
-    "no-srcu-wait": ([CREATE], None, 1, 13, "a swap finished (no in-progress generation) while vcpu0"),
-    "gen-before-publish": ([CREATE], None, 1, 9, "a swap finished (no in-progress generation) while vcpu0"),
-    "no-catch-up": ([CREATE], None, 0, 14, "as0: at rest both sets must hold the same slot objects"),
+    "seed-as-posted": ([CREATE], None, 0, 16, "accounting", "nr_memslot_pages is 0x0 but the slots hold 0x10"),
+    "invalid-in-place": ([DELETE], SETUP, 0, 3, "in-place", "as0: #1.flags changed in place (0x0 -> 0x10000)"),
+    "no-srcu-wait": ([CREATE], None, 1, 13, "grace-period", "a swap finished (no in-progress generation) while"),
+    "gen-before-publish": ([CREATE], None, 0, 12, "generation", "as0: active generation 0x4 after 1 swap(s)"),
+    "no-catch-up": ([CREATE], None, 0, 14, "same-at-rest", "as0: at rest both sets must hold the same slot"),
 }
 
 
 @pytest.mark.parametrize("name", sorted(SHORTEST))
 def test_each_broken_variant_has_a_pinned_shortest_counterexample_that_replays(name):
-    calls, setup, readers, length, message = SHORTEST[name]
+    calls, setup, readers, length, rule, message = SHORTEST[name]
     cx = explore(calls, setup, variant=name, readers=readers).counterexample
-    assert cx is not None and cx.length == length
+    assert (cx.length, cx.rule) == (length, rule) and rule == variants.describe(name).violates
     assert cx.violations[0].startswith(message)
-    assert cx.rule in (None, variants.describe(name).violates)
     sc, start = replay(cx.recipe)                              # the recipe replays to the same violation
     assert first_violation(sc, start)[1] == [v for v in cx.violations if not v.startswith("the kernel hits BUG")]
     assert first_violation(sc, start)[0] == len(sc.events) - 1   # and only at its last event
     assert cx.events[-1].index == len(cx.scenario.events) - 1
 
 
-def test_one_reader_less_finds_nothing_the_interleaving_needs_a_reader():
-    assert explore([CREATE], variant="no-srcu-wait", readers=1).counterexample.actions[0] == ("vcpu", 0, "lock")
-    cx = explore([CREATE], variant="gen-before-publish", readers=0).counterexample
-    assert cx.length == 12 and cx.violations[0].startswith("as0: active generation 0x4 after 1 swap(s)")
+def test_a_reader_finds_a_shorter_interleaving_under_another_rule():
+    cx = explore([CREATE], variant="gen-before-publish", readers=1).counterexample
+    assert (cx.length, cx.rule, cx.actions[0]) == (9, "grace-period", ("vcpu", 0, "lock"))
 
 
 def test_a_setup_that_already_breaks_gives_an_empty_counterexample():
