@@ -25,8 +25,8 @@ now and then) is how a caller with a clock sets a time budget.
 >>> r = explore([(1, 0, 0, 0x1000, 0x100000)], variant="no-srcu-wait", readers=1)
 >>> r.counterexample.summary()
 '13 actions (12 writer steps, 1 reader actions), rule grace-period'
->>> print(r.counterexample.violations[0])
-a swap finished (no in-progress generation) while vcpu0, inside since before its publish, may still use the old set: synchronize_srcu_expedited was skipped
+>>> r.counterexample.violations[0].split(":")[0]
+'a swap finished (no in-progress generation) while vcpu0, inside since before its publish, may still use the old set'
 """
 
 import errno
@@ -102,8 +102,9 @@ class Exploration:
         wrap = (lambda line: [line]) if markdown else (lambda line: export._wrap(line, 0))
         calls = "; ".join(f"{c} {_call_words(call)}" for c, call in zip(self.changes, self.calls))
         rate = f", {seconds:.1f} s ({self.states / seconds:,.0f} states/s)" if seconds else ""
+        model = self.model if "variant" in self.model else f"{self.model}, variant {self.variant}"
         lines = []
-        for line in (f"kvmviz {__version__} check: {self.model}" + ("" if "variant" in self.model else f", variant {self.variant}"),
+        for line in (f"kvmviz {__version__} check: {model}",
                      f"scenario: {'setup ' + repr(self.setup) + ', then ' if self.setup else ''}{calls}",
                      f"bound: {self.bound_text()}",
                      f"explored: {self.states:,} distinct states, {self.transitions:,} transitions (writer steps "
@@ -147,8 +148,6 @@ class Counterexample:
     def trace(self, markdown=False):
         """The interleaving after the setup, one row per step or reader action, ``!!`` at the violation."""
         notes = {i - self.start: n for i, n in self.scenario.notes.items() if i >= self.start}
-        if not self.events:
-            notes = {}
         return (export.markdown if markdown else export.text)(self.events, notes=notes)
 
     def text(self, markdown=False):
@@ -181,7 +180,7 @@ def violations_of(vm, step=None):
 
 
 def first_violation(scenario, start=0):
-    """``(history index, violations)`` of the first invariant violation a checked ``Scenario`` noted at or after ``start``.
+    """``(history index, violations)``: the first violations a checked ``Scenario`` noted at or after ``start``.
 
     >>> sc = export.replay_recipe("variant no-catch-up; call slot=1 size=0x1000 hva=0x100000", check=True)
     >>> index, found = first_violation(sc); index, found[0][:40]

@@ -29,7 +29,7 @@ CASES = (
     ("DELETE", SETUP, (1, 0, 0x100000, 0, 0, 0)),
     ("MOVE", SETUP, (1, 0, 0x200000, 0x10000, _HVA, 0)),
     ("FLAGS_ONLY", SETUP, (1, 1, 0x100000, 0x10000, _HVA, 0)),
-    ("MOVE, prepare fails", SETUP, (1, 0, 0x200000, 0x10000, _HVA, errno.ENOMEM)),
+    ("MOVE with failing prepare", SETUP, (1, 0, 0x200000, 0x10000, _HVA, errno.ENOMEM)),
 )
 
 

@@ -251,7 +251,7 @@ def test_review_of_merged_is_clean_with_one_reader():
     text = review("merged", readers=(1,))
     assert max(map(len, text.splitlines())) <= 78
     assert text.count("check, 1 reader: no violation within the bound") == 5
-    assert "MOVE, prepare fails: slot=0x1" in text and "results -ENOMEM / -ENOMEM" in " ".join(text.split())
+    assert "MOVE with failing prepare: slot=0x1" in text and "results -ENOMEM / -ENOMEM" in " ".join(text.split())
 
 
 def test_review_of_a_users_variant_flags_the_cases_it_breaks():
