@@ -119,7 +119,7 @@ def test_a_users_own_variant_not_shipped_is_found_broken():
     assert clean.counterexample is None                 # without a reader nothing shows
     cx = explore([DELETE], SETUP, variant=WRONG_SRCU, readers=1).counterexample
     assert cx.length == 11 and cx.actions[0] == ("vcpu", 0, "lock") and cx.actions[1:] == (WRITER,) * 10
-    assert "synchronize_srcu_expedited was skipped" in cx.violations[0]
+    assert cx.rule == "grace-period" and "synchronize_srcu_expedited skipped" in cx.violations[0]
     assert f"variant {WRONG_SRCU}" in cx.recipe
 
 
