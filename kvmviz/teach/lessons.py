@@ -112,9 +112,9 @@ LOCKS = ("slots_lock", "slots_arch_lock", "mn_invalidate_lock")
 
 def _srcu_note(step):
     if step.function == "rcu_assign_pointer":
-        return "publish: readers that enter now see this set"
+        return "publish: new readers see it"
     if step.function == "synchronize_srcu_expedited":
-        return "grace period: wait for readers that entered before the publish"
+        return "grace period: wait for older readers"
     return ""
 
 
