@@ -9,8 +9,9 @@ import tomllib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Not the engine: kvmviz/viz draws; kvmviz/host drives /dev/kvm; kvmviz/trace/capture*.py runs QEMU
-# (a process, a clock, a socket).
-OUTSIDE_ENGINE = {"trace/capture.py", "trace/capture_cli.py", "cli.py"}   # cli.py times `kvmviz check`
+# (a process, a clock, a socket); teach/your_kernel.py runs lesson 11's calls on /dev/kvm.
+OUTSIDE_ENGINE = {"trace/capture.py", "trace/capture_cli.py", "cli.py",    # cli.py times `kvmviz check`
+                  "teach/your_kernel.py"}
 ENGINE = [p for p in (ROOT / "kvmviz").rglob("*.py")
           if not {"viz", "host"} & set(p.relative_to(ROOT / "kvmviz").parts)
           and p.relative_to(ROOT / "kvmviz").as_posix() not in OUTSIDE_ENGINE]
