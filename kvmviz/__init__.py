@@ -13,19 +13,18 @@ from .engine.invariants import check_invariants
 from .engine.kernels import KERNELS
 from .engine.memslot import Memslot
 from .engine.tree.protocol import MergedProtocol
+from .engine import __version__
+from .engine.scenario import Scenario
 from .engine.schedule import Schedule, Tick, Timeline
 from .engine.events import ReaderAction
 from .engine.vcpu import Access, GfnToHvaCache, Vcpu
 from .engine.validate import CHANGES, CREATE, DELETE, FLAGS_ONLY, MOVE, NONE
 from .engine.step import STAGES, Step, Update
 from .engine.vm import VM
+from . import export, variants
+from .teach import exercises, lessons
 
-__version__ = "0.1.0"
-
-from . import export, variants  # noqa: E402  (they read __version__)
-from .teach import exercises, lessons  # noqa: E402
-
-__all__ = ["VM", "MergedProtocol", "KERNELS", "KvmError", "Memslot", "Step", "Update", "check_invariants", "Schedule", "Tick", "Timeline",
+__all__ = ["VM", "MergedProtocol", "KERNELS", "KvmError", "Memslot", "Step", "Update", "check_invariants", "Scenario", "Schedule", "Tick", "Timeline",
            "ReaderAction", "Vcpu", "Access", "GfnToHvaCache", "STAGES", "CHANGES",
            "CREATE", "DELETE", "MOVE", "FLAGS_ONLY", "NONE", "KVM_MEM_LOG_DIRTY_PAGES",
            "KVM_MEM_READONLY", "KVM_MEMSLOT_INVALID", "KVM_USER_MEM_SLOTS", "__version__",

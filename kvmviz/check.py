@@ -29,16 +29,15 @@ now and then) is how a caller with a clock sets a time budget.
 'a swap finished (no in-progress generation) while vcpu0, inside since before its publish, may still use the old set'
 """
 
-import errno
 from collections import deque
 
 from . import __version__, export
 from .engine.constants import PAGE_SHIFT
 from .engine.invariants import check_invariants
+from .engine.kernels import check_model
 from .engine.rules import RULES
+from .engine.scenario import call_words, check_call
 from .engine.statekey import state_key
-from .engine.errors import KvmError
-from .engine.validate import check_ioctl, check_memory_region, make_region
 from .variants.load import is_spec, load, raised, variant_name
 
 WRITER = ("writer",)
@@ -99,8 +98,8 @@ class Exploration:
 
     def text(self, seconds=None, markdown=False):
         """The report: scenario, bound, figures, verdict and any counterexample (<= 78 columns)."""
-        wrap = (lambda line: [line]) if markdown else (lambda line: export._wrap(line, 0))
-        calls = "; ".join(f"{c} {_call_words(call)}" for c, call in zip(self.changes, self.calls))
+        wrap = (lambda line: [line]) if markdown else (lambda line: export.wrap(line, 0))
+        calls = "; ".join(f"{c} {call_words(call)}" for c, call in zip(self.changes, self.calls))
         rate = f", {seconds:.1f} s ({self.states / seconds:,.0f} states/s)" if seconds else ""
         model = self.model if "variant" in self.model else f"{self.model}, variant {self.variant}"
         lines = []
@@ -162,7 +161,7 @@ class Counterexample:
                              + recipe + ["```"] + self.recipe.splitlines() + ["```"])
         lines = []
         for line in head:
-            lines += export._wrap(line, 0)
+            lines += export.wrap(line, 0)
         return "\n".join(lines + [""] + self.trace().splitlines() + recipe + self.recipe.splitlines())
 
 
@@ -217,7 +216,7 @@ class _Explorer:
     """The search: one VM, moved between states by rewinding reader actions or replaying from the setup."""
 
     def __init__(self, calls, setup, variant, kernel, address_spaces, readers, mmu, gfns):
-        self.calls = tuple(_call(c, i) for i, c in enumerate(calls))
+        self.calls = tuple(check_call(c, f"call {i + 1}") for i, c in enumerate(calls))
         if not self.calls:
             raise ValueError("explore needs at least one call")
         for name, value, top in (("readers", readers, 64), ("mmu", mmu, 64)):
@@ -240,7 +239,7 @@ class _Explorer:
             return export.Scenario(variant=self.variant, kernel=self.kernel, address_spaces=self.address_spaces,
                                    check=check)
         parsed = export.parse_recipe(self.setup)
-        kernel = export.check_model(export.recipe_kernel(parsed, self.kernel), self.variant)
+        kernel = check_model(export.recipe_kernel(parsed, self.kernel), self.variant)
         sc = export.replay_recipe(self.setup, variant=self.variant, kernel=kernel,
                                   address_spaces=self.address_spaces, check=check)
         if sc.vm.update is not None:
@@ -371,10 +370,10 @@ class _Explorer:
     def replay(self, actions):
         """Run ``actions`` on a fresh checked ``Scenario``; returns it and where the setup ended.
 
-        Consecutive writer steps of one call become one ``step N`` line.
+        Consecutive writer steps of one call become one ``step N`` line (``Scenario.step``).
         """
         sc = self._scenario(check=True)
-        start, first = len(sc.vm.history), len(sc.actions)
+        start = len(sc.vm.history)
         calls = iter(self.calls)
         for action in actions:
             if action == WRITER:
@@ -385,13 +384,6 @@ class _Explorer:
                 sc.vcpu(*action[1:])
             else:
                 sc.mn(*action[1:])
-        merged = []
-        for kind, args in sc.actions[first:]:
-            if kind == "step" and merged and merged[-1][0] == "step":
-                merged[-1] = ("step", (merged[-1][1][0] + 1,))
-            else:
-                merged.append((kind, args))
-        sc.actions[first:] = merged
         return sc, start
 
 
@@ -402,16 +394,6 @@ def _path(sid, parent, via):
         sid = parent[sid]
     out.reverse()
     return out
-
-
-def _call(c, i):
-    c = tuple(c)
-    if len(c) not in (5, 6):
-        raise ValueError(f"call {i + 1}: expected (slot, flags, guest_phys_addr, memory_size, userspace_addr"
-                         f"[, fail_prepare errno]), got {c!r}")
-    make_region(*c[:5])
-    fail = c[5] if len(c) == 6 else 0
-    return c[:5] + (errno.ENOMEM if fail is True else int(fail or 0),)
 
 
 def _targets(vm, calls):
@@ -433,15 +415,5 @@ def _targets(vm, calls):
 
 def _change(vm, call):
     """CREATE, DELETE, MOVE, FLAGS_ONLY or NONE, as ``__kvm_set_memory_region`` would classify ``call`` now."""
-    region = make_region(*call[:5])
-    try:
-        check_ioctl(region, vm.kernel)
-        return check_memory_region(vm, region).change
-    except KvmError as e:
-        return f"call (refused: {e.errname})"
-
-
-def _call_words(call):
-    slot, flags, gpa, size, hva, fail = call
-    words = f"slot={slot:#x} flags={flags:#x} gpa={gpa:#x} size={size:#x} hva={hva:#x}"
-    return words + (f" fail-prepare={errno.errorcode.get(fail, fail)}" if fail else "")
+    first = vm.dry_run(*call[:5], until=1)[0]
+    return f"call (refused: {first.error.errname})" if first.error is not None else first.change

@@ -10,7 +10,7 @@
   prints ``export.diff`` of the two traces. One ``--kernel`` (or ``--variant``)
   applies to both sides; two of each pair up in order.
 - ``kvmviz recipe run FILE [--kernel K] [--address-spaces N]`` re-runs a
-  scenario recipe (``export.recipe``), optionally on another model.
+  scenario recipe (``kvmviz.engine.scenario``), optionally on another model.
 - ``kvmviz replay FILE [--step N]`` replays a QEMU ``kvm_set_user_memory`` trace
   (``kvmviz.trace.cli``).
 
@@ -39,10 +39,13 @@ import traceback
 
 from . import __version__, check, export, review, variants
 from .engine import kernels
-from .engine.kernels import KERNELS
+from .engine.errors import ModelBug
+from .engine.fmt import result_text
+from .engine.kernels import KERNELS, check_model
+from .engine.numbers import check_number, parse_errno, parse_number
+from .engine.scenario import RECIPE_WORDS, RecipeError, Scenario, parse_recipe, recipe_kernel, replay_recipe
 from .host.cli import add_parser as add_host_check
 from .inputs import RECIPE_LIMIT, read_text
-from .engine.tree.memslots import ModelBug
 from .trace.capture_cli import add_parser as add_capture
 from .trace.cli import add_parser as add_replay
 from .variants.load import VariantError, is_spec, raised, user_frame, variant_name
@@ -57,22 +60,22 @@ class UsageError(Exception):
 
 
 def _number(text):
-    """argparse type: a non-negative integer, decimal or 0x-hex."""
+    """argparse type: a non-negative integer (``kvmviz.engine.numbers``: decimal, or hex with 0x).
+
+    A sign is read only to say that the value is negative.
+    """
     try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number (use decimal or 0x...)") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
-    return value
+        return check_number(parse_number(text, None, signed=True), None)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _errno_name(text):
-    """argparse type for ``--fail-prepare``: an errno name or number."""
-    value = getattr(errno, text.upper(), None) if text[:1].isalpha() else _number(text)
-    if not isinstance(value, int) or value not in errno.errorcode:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an errno (e.g. ENOMEM, EINVAL, 12)")
-    return value
+    """argparse type for ``--fail-prepare``: an errno name or number (``numbers.parse_errno``)."""
+    try:
+        return parse_errno(text, None)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_call_options(p):
@@ -98,7 +101,7 @@ def _recipe_text(spec):
     if os.path.exists(spec):
         return read_text(spec, RECIPE_LIMIT, "recipe")
     words = spec.replace(";", " ").split()
-    if words and words[0] in export.RECIPE_WORDS:
+    if words and words[0] in RECIPE_WORDS:
         return spec
     raise UsageError(f"no such recipe file: {spec}")
 
@@ -139,14 +142,13 @@ def _scenario(args, variant, kernel):
     variant = _load(variant)
     if not args.setup:
         variant = variant or "merged"
-        return export.Scenario(variant=variant, check=True, kernel=export.check_model(kernel, variant),
-                               address_spaces=args.address_spaces)
+        return Scenario(variant=variant, check=True, kernel=check_model(kernel, variant),
+                        address_spaces=args.address_spaces)
     text = _recipe_text(args.setup)
-    parsed = export.parse_recipe(text)
+    parsed = parse_recipe(text)
     variant = variant or _load(parsed.variant)
-    kernel = export.check_model(export.recipe_kernel(parsed, kernel), variant)
-    sc = export.replay_recipe(text, variant=variant, kernel=kernel, address_spaces=args.address_spaces,
-                              check=True)
+    kernel = check_model(recipe_kernel(parsed, kernel), variant)
+    sc = replay_recipe(text, variant=variant, kernel=kernel, address_spaces=args.address_spaces, check=True)
     if sc.vm.update is not None:
         raise UsageError("the --setup recipe leaves a call running; end it with 'finish'")
     return sc
@@ -155,9 +157,7 @@ def _scenario(args, variant, kernel):
 def _run_call(sc, args):
     """Run the call of ``args`` on ``sc``; returns its ``Update`` (it may be blocked)."""
     upd = sc.begin(_slot(args), args.flags, args.gpa, args.size, args.hva, args.fail_prepare)
-    for step in sc._advance(upd):
-        if step.waiting:
-            break
+    sc.run()
     return upd
 
 
@@ -167,12 +167,6 @@ def _notes_for(sc, steps):
 
 def _outcome(sc, upd, out):
     """Print how the call ended; returns the exit status."""
-    if upd.result is None and sc.crash is not None:
-        print(f"result: none, the model stopped: {sc.crash}", file=out)
-        print(f"kvmviz: the model stopped inside the call: {sc.crash}. The variant corrupted the memslot "
-              "sets earlier (see the invariant violations); the kernel would corrupt memory or crash here.",
-              file=sys.stderr)
-        return 1
     if upd.result is None:
         print(f"kvmviz: the call is blocked: {upd.blocked}; readers must go on first "
               "(write a recipe with begin/step/vcpu actions)", file=sys.stderr)
@@ -240,7 +234,7 @@ def run_explain(args, out):
     sc = _scenario(args, args.variant, args.kernel)
     upd = _run_call(sc, args)
     render = export.markdown if args.markdown else export.text
-    print("\n".join(export._wrap(_header(args, model_text([sc.vm])), 0)), file=out)
+    print("\n".join(export.wrap(_header(args, model_text([sc.vm])), 0)), file=out)
     print(f"change: {upd.change or 'none (refused before classification)'}", file=out)
     print(file=out)
     print(render(upd.steps, notes=_notes_for(sc, upd.steps)), file=out)
@@ -248,9 +242,7 @@ def run_explain(args, out):
     print(render(sc.vm), file=out)
     print(file=out)
     if args.recipe:
-        if upd.result is not None:
-            sc.actions[-1] = ("call", sc.actions[-1][1])
-        print(export.recipe(sc) + "\n", file=out)
+        print(sc.to_recipe() + "\n", file=out)
     if args.html and upd.steps:
         from .viz.widgets import player       # matplotlib only for --html: the engine never imports viz
         player(upd.steps, args.html, vm=sc.vm)
@@ -281,8 +273,6 @@ def _first_violation(sc, steps):
     for i, step in enumerate(steps, 1):
         if step.index in sc.notes:
             return f"step {i} ({step.function}): {sc.notes[step.index][0]}"
-    if sc.crash is not None:
-        return f"the model stopped: {sc.crash}"
     return "every invariant holds at every step"
 
 
@@ -307,12 +297,12 @@ def run_diff(args, out):
         runs.append((sc, _run_call(sc, args)))
     (sa, ua), (sb, ub) = runs
     labels = export.diff_labels(*((sc.vm.kernel, sc.vm.variant, sc.vm.address_spaces) for sc, _ in runs))
-    print("\n".join(export._wrap(_header(args, model_text([sa.vm, sb.vm])), 0)), file=out)
+    print("\n".join(export.wrap(_header(args, model_text([sa.vm, sb.vm])), 0)), file=out)
     print(file=out)
     print(export.diff(ua, ub, labels=labels), file=out)
     print(file=out)
     for label, (sc, upd) in zip(labels, runs):
-        print("\n".join(export._wrap(f"invariants under {label}: {_first_violation(sc, upd.steps)}", 0)), file=out)
+        print("\n".join(export.wrap(f"invariants under {label}: {_first_violation(sc, upd.steps)}", 0)), file=out)
     return 0
 
 
@@ -343,10 +333,10 @@ def run_recipe(args, out):
         text = read_text(args.file, RECIPE_LIMIT, "recipe")
     else:
         raise UsageError(f"no such recipe file: {args.file}")
-    parsed = export.parse_recipe(text)
+    parsed = parse_recipe(text)
     _load(parsed.variant)
-    export.check_model(export.recipe_kernel(parsed, args.kernel), parsed.variant)
-    sc = export.replay_recipe(text, check=True, kernel=args.kernel, address_spaces=args.address_spaces)
+    check_model(recipe_kernel(parsed, args.kernel), parsed.variant)
+    sc = replay_recipe(text, check=True, kernel=args.kernel, address_spaces=args.address_spaces)
     render = export.markdown if args.markdown else export.text
     print(f"kvmviz {__version__}, {model_text([sc.vm])}: recipe {args.file}", file=out)
     if sc.version_note:
@@ -356,8 +346,7 @@ def run_recipe(args, out):
     print(file=out)
     print(render(sc.vm), file=out)
     print(file=out)
-    print(f"results: {', '.join(export.result_text(r) or '0' if r is not None else 'running' for r in sc.results)}",
-          file=out)
+    print(f"results: {', '.join(result_text(r, none='running') for r in sc.results)}", file=out)
     print(f"invariants: {sum(map(len, sc.notes.values()))} violation(s)", file=out)
     return 0
 
@@ -396,7 +385,7 @@ def _calls(args):
     first = (_slot(args), args.flags, args.gpa, args.size, args.hva, args.fail_prepare)
     more = []
     for words in args.then:
-        actions = export.parse_recipe("call " + words).actions
+        actions = parse_recipe("call " + words).actions
         if len(actions) != 1:
             raise UsageError(f"--then {words!r}: give one call's words, e.g. 'slot=1 size=0'")
         more.append(actions[0][1])
@@ -428,7 +417,7 @@ def run_check(args, out):
 
 
 def _setup_variant(setup):
-    return _load(export.parse_recipe(setup).variant) if setup else "merged"
+    return _load(parse_recipe(setup).variant) if setup else "merged"
 
 
 def add_review(subparsers):
@@ -487,7 +476,7 @@ def main(argv=None, out=None):
     except BrokenPipeError:          # `kvmviz explain ... | head`: the reader left early
         sys.stderr.close()
         return 0
-    except (UsageError, export.RecipeError, ValueError, RuntimeError, OSError) as e:
+    except (UsageError, RecipeError, ValueError, RuntimeError, OSError) as e:
         return _bad_input(args, e)
     except Exception as e:              # a reviewer's variant method raised: their bug, one line
         if user_frame(e) is None:

@@ -4,8 +4,10 @@ Kernel patches are reviewed by e-mail: ``text`` renders a trace (stage,
 kernel function, the generations of both sets and the locks per step) or a VM
 state (a table per memslot set) in ASCII no wider than 78 columns;
 ``markdown`` renders the same for issue trackers; ``diff`` aligns two traces
-of the same call (two variants, say) and shows where they part; a *recipe* is
-a few lines of text that re-run a scenario to the same trace.
+of the same call (two variants, say) and shows where they part. A *recipe*
+(a few lines of text that re-run a scenario to the same trace: ``Scenario``,
+``recipe``, ``replay_recipe``) is the engine's scenario language,
+``kvmviz.engine.scenario``; its names are importable from here too.
 
 >>> from kvmviz import VM
 >>> vm = VM()
@@ -17,17 +19,14 @@ slot   id    base_gfn         npages userspace_addr   flags          data
 """
 
 import difflib
-import errno
 import re
-import shlex
 import textwrap
-from typing import NamedTuple
 
-from .engine.kernels import KERNELS, kernel_for
-from .engine.numbers import parse_number
-from .engine.tree.memslots import ModelBug
 from .engine.constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, KVM_MEMSLOT_INVALID
-from .engine.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
+from .engine.fmt import gen_text, result_text
+from .engine.kernels import KERNELS
+from .engine.scenario import (LEGACY_KERNEL, RECIPE_WORDS, Recipe, RecipeError, Scenario, parse_recipe, recipe,
+                              recipe_kernel, replay_recipe)
 
 WIDTH = 78
 _LOCKS = (("slots_lock", "S"), ("slots_arch_lock", "A"), ("mn_invalidate_lock", "M"))
@@ -39,15 +38,6 @@ _SLOT_COLS = (("slot", 6, "<"), ("id", 5, "<"), ("base_gfn", 12, "<"), ("npages"
 
 
 # -- small formatting helpers -------------------------------------------------------
-def gen_text(g):
-    """A generation as the kernel would print it, with ``|IP`` for bit 63.
-
-    >>> gen_text(2), gen_text(2 | 1 << 63)
-    ('0x2', '0x2|IP')
-    """
-    return f"{g & ~IP:#x}|IP" if g & IP else f"{g:#x}"
-
-
 def _cell(value, width, align):
     value = str(value)
     if len(value) > width:
@@ -59,7 +49,12 @@ def _row(cols, values):
     return " ".join(_cell(v, w, a) for (_, w, a), v in zip(cols, values)).rstrip()
 
 
-def _wrap(body, indent=4):
+def wrap(body, indent=4):
+    """``body`` as lines of at most 78 columns (``WIDTH``), each indented by ``indent`` spaces.
+
+    >>> wrap("a " * 50, 2)[1]
+    '  a a a a a a a a a a a a'
+    """
     return textwrap.wrap(body, WIDTH, initial_indent=" " * indent, subsequent_indent=" " * indent,
                          break_on_hyphens=False) or [""]
 
@@ -88,41 +83,6 @@ def model_label(vm):
     if vm.address_spaces != KERNELS[vm.kernel].address_spaces:
         extra.append(f"{vm.address_spaces} address space{'s' if vm.address_spaces > 1 else ''}")
     return f"Linux {vm.kernel} model" + (f" ({', '.join(extra)})" if extra else "")
-
-
-def check_model(kernel=None, variant="merged"):
-    """The version name ``VM(kernel=kernel, variant=variant)`` runs; ``ValueError`` if they do not fit.
-
-    Variants are changes to the tree protocol (5.17 and later); the 5.15
-    array design has no inactive set to edit, so they do not apply there.
-
-    >>> check_model(None, "seed") in KERNELS, check_model("6.12", "no-catch-up")
-    (True, '6.12')
-    >>> check_model("5.15", "seed")
-    Traceback (most recent call last):
-    ...
-    ValueError: variant 'seed' changes the tree protocol of 5.17 and later; kernel 5.15 is the array design (one sorted array copied whole), where it does not apply: choose kernel 5.17 or 6.12, or variant merged
-    """
-    k = kernel_for(kernel)
-    if variant != "merged" and k.implementation != "tree":
-        trees = " or ".join(n for n, kk in KERNELS.items() if kk.implementation == "tree")
-        raise ValueError(f"variant {variant!r} changes the tree protocol of 5.17 and later; kernel {k.name} "
-                         "is the array design (one sorted array copied whole), where it does not apply: "
-                         f"choose kernel {trees}, or variant merged")
-    return k.name
-
-
-def result_text(r):
-    """An update's result as text: ``0``, ``-EINVAL`` style, ``BUG``/``WARN``, or "" while running.
-
-    >>> result_text(0), result_text(-22), result_text("BUG"), result_text(None)
-    ('0', '-EINVAL', 'BUG', '')
-    """
-    if r is None:
-        return ""
-    if isinstance(r, int) and r < 0:
-        return f"-{errno.errorcode.get(-r, -r)}"
-    return str(r)
 
 
 # -- what a trace step looks like -------------------------------------------------------
@@ -202,14 +162,14 @@ def text(steps_or_vm, notes=None):
     as_id = _as_of(steps)
     header = [f"{n if n in ('#', 'stage', 'function', 'lk') else f'as{as_id} {n}'}" for n, _, _ in _STEP_COLS]
     title = _trace_title(steps_or_vm, steps)
-    lines = (_wrap(title, 0) if title else []) + [_row(_STEP_COLS, header),
+    lines = (wrap(title, 0) if title else []) + [_row(_STEP_COLS, header),
                                                   _row(_STEP_COLS, ["-" * w for _, w, _ in _STEP_COLS])]
     for i, step in enumerate(steps, 1):
         g0, g1 = _gen_cells(step, as_id)
         lines.append(_row(_STEP_COLS, (i, step.stage, step.function, g0, g1, _locks(step.locks))))
-        lines += _wrap(_step_body(step))
+        lines += wrap(_step_body(step))
         for note in (notes or {}).get(i - 1, ()):
-            lines += _wrap(f"!! {note}", 6)
+            lines += wrap(f"!! {note}", 6)
     return "\n".join(lines)
 
 
@@ -255,7 +215,7 @@ def _vm_summary(vm):
 
 def _state_text(vm):
     title, summary = _vm_summary(vm)
-    lines = _wrap(title, 0) + _wrap(summary, 0)
+    lines = wrap(title, 0) + wrap(summary, 0)
     for as_id in _shown_address_spaces(vm):
         for title, rows in _set_rows(vm, as_id):
             lines += ["", title, _row(_SLOT_COLS, [n for n, _, _ in _SLOT_COLS]),
@@ -417,7 +377,7 @@ def diff(steps_a, steps_b, labels=None, texts=None):
             mark, who = ("-", "a") if j is None else ("+", "b")
             counts[who] += 1
             lines.append(_diff_row(i, j, mark, step))
-            lines += _wrap(_step_body(step), 12)
+            lines += wrap(_step_body(step), 12)
             continue
         found = _differences(a[i], b[j], texts)
         counts["differ" if found else "equal"] += 1
@@ -428,7 +388,7 @@ def diff(steps_a, steps_b, labels=None, texts=None):
     ra, rb = (result_text(s[-1].result) or "none" if s else "-" for s in (a, b))
     same = "equal" if a and b and a[-1].gens == b[-1].gens else "different"
     what = ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))
-    lines += [""] + _wrap(f"summary: {counts['equal'] + counts['differ']} aligned ({counts['equal']} equal, "
+    lines += [""] + wrap(f"summary: {counts['equal'] + counts['differ']} aligned ({counts['equal']} equal, "
                           f"{counts['differ']} differ{': ' + what if what else ''}), {counts['a']} only in "
                           f"{la}, {counts['b']} only in {lb}; results {ra} / {rb}; final generations {same}", 0)
     return "\n".join(lines)
@@ -447,438 +407,7 @@ def _diff_row(i, j, mark, step):
     return f"{num(i):>4} {num(j):>4}  {mark} {_cell(step.stage, 10, '<')} {_cell(step.function, 50, '<')}".rstrip()
 
 
-# -- recipes -------------------------------------------------------------------------------------
-RECIPE_MAGIC = "kvmviz-recipe 1"
-_CALL_KEYS = ("slot", "flags", "gpa", "size", "hva")
-#: the words a recipe line may start with
-RECIPE_WORDS = ("kvmviz-recipe", "version", "kernel", "address-spaces", "variant", "call", "begin", "step", "finish",
-                "vcpu", "mn")
-
-
-class RecipeError(ValueError):
-    """A recipe line that cannot be understood; names the line.
-
-    >>> parse_recipe("call slot=1 size=x")
-    Traceback (most recent call last):
-    ...
-    kvmviz.export.RecipeError: recipe line 1: 'call slot=1 size=x': size: 'x' is not a number (decimal, or hex with 0x; ASCII digits, no sign)
-    """
-
-
-class Scenario:
-    """A scenario that runs as it is written and can be saved as a recipe.
-
-    Every action runs on ``self.vm`` at once and is remembered, so
-    ``recipe(scenario)`` gives the text that ``replay_recipe`` turns back into
-    the same trace. ``steps`` are the writer's steps, ``events`` everything
-    recorded (steps and reader actions), ``results`` each call's result.
-
-    ``kernel`` and ``address_spaces`` pick the modelled version and its
-    number of address spaces (``VM(kernel=..., address_spaces=...)``); a
-    variant that does not apply to the version is a ``ValueError``
-    (``check_model``).
-
-    >>> sc = Scenario(variant="seed", kernel="6.12")
-    >>> sc.call(1, 0, 0x100000, 0x1000, 0x7f0000000000).result
-    0
-    >>> print(recipe(sc))
-    kvmviz-recipe 1
-    version 0.1.0
-    kernel 6.12
-    address-spaces 2
-    variant seed
-    call slot=0x1 flags=0x0 gpa=0x100000 size=0x1000 hva=0x7f0000000000
-    """
-
-    def __init__(self, variant="merged", version=None, check=False, kernel=None, address_spaces=None):
-        from . import VM, __version__
-        self.variant = variant
-        self.version = version or __version__
-        self.vm = VM(kernel=check_model(kernel, variant), variant=variant, address_spaces=address_spaces)
-        self.actions = []
-        self.updates = []
-        self.vcpus = {}
-        self.check = check
-        self.crash = None        # the ModelBug that stopped a call, if any
-        self.notes = {}          # history index -> invariant violations that appeared there
-        self._seen = []
-
-    def _checked(self):
-        """With ``check=True``: note the invariant violations new since the last event."""
-        if not self.check:
-            return
-        from .engine.invariants import check_invariants
-        now = check_invariants(self.vm)
-        new = [v for v in now if v not in self._seen]
-        self._seen = now
-        if new:
-            self.notes[len(self.vm.history.events) - 1] = new
-
-    def _advance(self, upd):
-        """Iterate ``upd``, checking after each step; stops if a broken variant wrecks the model."""
-        while True:
-            try:
-                step = next(upd)
-            except StopIteration:
-                return
-            except ModelBug as e:
-                self.crash = e
-                return
-            self._checked()
-            yield step
-
-    @property
-    def kernel(self):
-        """The modelled kernel version (``vm.kernel``)."""
-        return self.vm.kernel
-
-    # -- writer --------------------------------------------------------------------
-    def begin(self, slot, flags, gpa, size, hva, fail_prepare=0):
-        """Start a call without running it (``vm.begin_set_user_memory_region``).
-
-        >>> sc = Scenario(); upd = sc.begin(1, 0, 0, 0x1000, 0x7f0000000000)
-        >>> sc.step(3).steps[-1].function, sc.finish().result
-        ('kvm_set_memslot', 0)
-        """
-        upd = self.vm.begin_set_user_memory_region(slot, flags, gpa, size, hva, fail_prepare=fail_prepare)
-        self.actions.append(("begin", (slot, flags, gpa, size, hva, _errno_of(fail_prepare))))
-        self.updates.append(upd)
-        return upd
-
-    def step(self, n=1):
-        """Run ``n`` steps of the running call (fewer if it ends)."""
-        upd = self._running()
-        for _, _step in zip(range(n), self._advance(upd)):
-            pass
-        self.actions.append(("step", (n,)))
-        return upd
-
-    def finish(self):
-        """Run the running call to its end; ``RuntimeError`` if it stays blocked."""
-        upd = self._running()
-        for step in self._advance(upd):
-            if step.waiting:
-                raise RuntimeError(f"call {upd.call} is blocked ({upd.blocked}); let the readers go on first")
-        self.actions.append(("finish", ()))
-        return upd
-
-    def call(self, slot, flags, gpa, size, hva, fail_prepare=0):
-        """A whole call: begin and finish; returns its ``Update`` (errors are results)."""
-        upd = self.begin(slot, flags, gpa, size, hva, fail_prepare)
-        self.actions[-1] = ("call", self.actions[-1][1])
-        for step in self._advance(upd):
-            if step.waiting:
-                raise RuntimeError(f"call {upd.call} is blocked ({upd.blocked}); use begin/step and let "
-                                   "the readers go on")
-        return upd
-
-    def _running(self):
-        upd = self.vm.update
-        if upd is None:
-            raise RuntimeError("no call is running: begin one first")
-        return upd
-
-    # -- readers -------------------------------------------------------------------
-    def vcpu(self, n, action, *args):
-        """A vCPU action: ``lock``, ``unlock``, ``lookup GFN``, ``access GFN [write]``, ``smm on|off``.
-
-        vCPU ``n`` (and any before it) is created on first use.
-
-        >>> sc = Scenario(); _ = sc.call(1, 0, 0, 0x1000, 0x7f0000000000)
-        >>> sc.vcpu(0, "access", 0).reason, sc.vcpu(0, "access", 1).reason
-        ('ok', 'no-slot')
-        """
-        while len(self.vcpus) <= n:
-            self.vcpus[len(self.vcpus)] = self.vm.add_vcpu()
-        v = self.vcpus[n]
-        run = {"lock": lambda: v.srcu_read_lock(), "unlock": lambda: v.srcu_read_unlock(),
-               "lookup": lambda gfn: v.gfn_to_memslot(gfn),
-               "access": lambda gfn, write=False: v.access(gfn, write=bool(write)),
-               "smm": lambda on="on": v.set_smm(on not in ("off", 0))}
-        if action not in run:
-            raise RecipeError(f"unknown vcpu action {action!r}; use {', '.join(run)}")
-        out = run[action](*args)
-        self.actions.append(("vcpu", (n, action) + tuple(args)))
-        self._checked()
-        return out
-
-    def mn(self, which, hva_start, hva_end):
-        """An MMU-notifier invalidation: ``start`` or ``end`` of ``[hva_start, hva_end)``.
-
-        >>> sc = Scenario(); _ = sc.call(1, 0, 0, 0x1000, 0x7f0000000000)
-        >>> [(s.label, g0, g1) for _, s, g0, g1 in sc.mn("start", 0x7f0000000000, 0x7f0000000800)]
-        [('#1', 0, 1)]
-        """
-        fn = {"start": self.vm.mmu_notifier_invalidate_range_start,
-              "end": self.vm.mmu_notifier_invalidate_range_end}.get(which)
-        if fn is None:
-            raise RecipeError(f"mn takes start or end, not {which!r}")
-        out = fn(hva_start, hva_end)
-        self.actions.append(("mn", (which, hva_start, hva_end)))
-        self._checked()
-        return out
-
-    # -- what happened -------------------------------------------------------------
-    @property
-    def steps(self):
-        """All writer steps, in order."""
-        return [s for u in self.updates for s in u.steps]
-
-    @property
-    def events(self):
-        """Everything recorded in the VM's history (steps and reader actions)."""
-        return list(self.vm.history.events)
-
-    @property
-    def results(self):
-        """The result of each call (0, -errno, ``"BUG"``, or None while running)."""
-        return [u.result for u in self.updates]
-
-
-def _errno_of(fail):
-    if fail is True:
-        return errno.ENOMEM
-    return int(fail or 0)
-
-
-def _num(v):
-    return f"{v:#x}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
-
-
-def recipe(scenario):
-    """The recipe text of a ``Scenario``: versions, model and one action per line.
-
-    Header lines: ``version`` (of kvmviz), ``kernel`` (the modelled Linux
-    version), ``address-spaces``, ``variant``. Lines: ``call``/``begin`` with ``slot= flags= gpa= size= hva=`` and an
-    optional ``fail-prepare=ERRNO``; ``step N``; ``finish``; ``vcpu N ACTION
-    [ARGS]``; ``mn start|end HVA_START HVA_END``. ``#`` starts a comment.
-
-    >>> sc = Scenario(); _ = sc.call(1, 0, 0, 0, 0)      # a failing DELETE is fine
-    >>> recipe(sc).splitlines()[-1]
-    'call slot=0x1 flags=0x0 gpa=0x0 size=0x0 hva=0x0'
-    """
-    if not isinstance(scenario, Scenario):
-        raise TypeError(f"recipe() takes a Scenario, not {type(scenario).__name__}: run the calls through "
-                        "export.Scenario(variant=...) (it drives scenario.vm and remembers every action)")
-    vm = scenario.vm
-    lines = [RECIPE_MAGIC, f"version {scenario.version}", f"kernel {vm.kernel}",
-             f"address-spaces {vm.address_spaces}", f"variant {scenario.variant}"]
-    for kind, args in scenario.actions:
-        if kind in ("call", "begin"):
-            *region, fail = args
-            words = [f"{k}={v:#x}" for k, v in zip(_CALL_KEYS, region)]
-            if fail:
-                words.append(f"fail-prepare={errno.errorcode.get(fail, fail)}")
-            lines.append(" ".join([kind] + words))
-        else:
-            lines.append(" ".join([kind] + [_num(a) for a in args]))
-    return "\n".join(lines)
-
-
-#: The version a recipe written by ``recipe()`` means when it has no ``kernel`` line: the only
-#: tree version kvmviz modelled before recipes named one.
-LEGACY_KERNEL = "5.17"
-
-
-class Recipe(NamedTuple):
-    """A parsed recipe: its header lines (None when absent) and its actions."""
-
-    version: str
-    variant: str
-    actions: list
-    kernel: str = None
-    address_spaces: int = None
-    written: bool = False       # has the ``kvmviz-recipe`` or ``version`` line that ``recipe()`` writes
-
-
-def _parse_kernel(rest):
-    if rest[0] not in KERNELS:
-        raise ValueError(f"unknown kernel {rest[0]!r}; modelled: {', '.join(KERNELS)}")
-    return rest[0]
-
-
-def _parse_address_spaces(rest):
-    if rest[0] not in ("1", "2"):
-        raise ValueError(f"address-spaces is 1 (no SMM) or 2 (x86 with SMM), not {rest[0]!r}")
-    return int(rest[0])
-
-
-def _one(what):
-    """A header word's parser: exactly one value, named ``what`` in the error."""
-    def parse(rest):
-        if len(rest) != 1:
-            raise ValueError(f"takes one {what}, got {len(rest)} word(s)")
-        return rest[0]
-    return parse
-
-
-_HEADER_WORDS = {"version": ("version", _one("version")), "variant": ("variant", _one("variant name")),
-                 "kernel": ("kernel", _parse_kernel), "address-spaces": ("address_spaces", _parse_address_spaces)}
-
-
-def parse_recipe(text):
-    """Parse recipe text into a ``Recipe``; ``RecipeError`` names the bad line.
-
-    >>> r = parse_recipe("kernel 6.12; variant seed\\ncall slot=1 gpa=0x1000 size=0x1000 hva=0x10000")
-    >>> r.kernel, r.variant, r.actions, r.address_spaces, r.written
-    ('6.12', 'seed', [('call', (1, 0, 4096, 4096, 65536, 0))], None, False)
-    """
-    head = {"version": None, "variant": "merged", "kernel": None, "address_spaces": None, "written": False}
-    actions = []
-    for n, raw in enumerate(text.replace(";", "\n").splitlines(), 1):
-        line = raw.split("#", 1)[0].strip()
-        if not line:
-            continue
-        try:
-            words = shlex.split(line)
-            kind, rest = words[0], words[1:]
-            head["written"] |= line == RECIPE_MAGIC or kind == "version"
-            if line == RECIPE_MAGIC:
-                continue
-            if kind in _HEADER_WORDS:
-                field, parse = _HEADER_WORDS[kind]
-                head[field] = parse(rest)
-            else:
-                actions.append((kind, _parse_args(kind, rest)))
-        except (ValueError, IndexError) as e:
-            raise RecipeError(f"recipe line {n}: {raw.strip()!r}: {e}") from None
-    return Recipe(actions=actions, **head)
-
-
-def recipe_kernel(parsed, kernel=None):
-    """The kernel a parsed recipe runs on: ``kernel`` if given, its ``kernel`` line, else the default.
-
-    A recipe that ``recipe()`` wrote before it had a ``kernel`` line (it has
-    the ``kvmviz-recipe``/``version`` lines) means ``LEGACY_KERNEL``; a
-    hand-written fragment without one means the default version (None).
-
-    >>> old, fragment = "kvmviz-recipe 1; version 0.1.0; call slot=1 size=0", "call slot=1 size=0"
-    >>> old, fragment = parse_recipe(old), parse_recipe(fragment)
-    >>> recipe_kernel(old), recipe_kernel(fragment), recipe_kernel(old, "6.12")
-    ('5.17', None, '6.12')
-    """
-    if kernel is not None:
-        return kernel
-    if parsed.kernel is not None:
-        return parsed.kernel
-    return LEGACY_KERNEL if parsed.written else None
-
-
-#: x86 ``KVM_MAX_VCPUS``: a recipe names vCPUs 0..1023.
-MAX_VCPUS = 1024
-#: The largest count a ``step N`` line may ask for.
-MAX_STEPS = 1 << 20
-_CALL_LIMITS = {"slot": 1 << 32, "flags": 1 << 32, "gpa": 1 << 64, "size": 1 << 64, "hva": 1 << 64}
-#: vCPU actions and the words each takes after the action name.
-_VCPU_ARGS = {"lock": (), "unlock": (), "lookup": ("gfn",), "access": ("gfn", "[write]"), "smm": ("on|off",)}
-
-
-def _fail_prepare(word):
-    if word[:1].isalpha():
-        value = getattr(errno, word, None)
-        if not isinstance(value, int) or not word.startswith("E"):
-            raise ValueError(f"fail-prepare={word}: not an errno name (e.g. ENOMEM, EINVAL)")
-        return value
-    value = parse_number(word, "fail-prepare", 1 << 12)
-    if value and value not in errno.errorcode:
-        raise ValueError(f"fail-prepare={word}: {value} is no errno")
-    return value
-
-
-def _call_args(rest):
-    pairs = [w.split("=", 1) for w in rest]
-    bad = [w for w, p in zip(rest, pairs) if len(p) != 2]
-    if bad:
-        raise ValueError(f"{bad[0]!r} is not key=value")
-    kv = dict(pairs)
-    unknown = set(kv) - set(_CALL_KEYS) - {"fail-prepare"}
-    if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(sorted(unknown))}; use {', '.join(_CALL_KEYS)}, "
-                         "fail-prepare")
-    missing = [k for k in ("slot", "size") if k not in kv]
-    if missing:
-        raise ValueError(f"missing {', '.join(missing)}")
-    values = tuple(parse_number(kv.get(k, "0"), k, _CALL_LIMITS[k]) for k in _CALL_KEYS)
-    return values + (_fail_prepare(kv.get("fail-prepare", "0")),)
-
-
-def _vcpu_args(rest):
-    if len(rest) < 2:
-        raise ValueError("vcpu takes a vCPU number and an action: " + ", ".join(_VCPU_ARGS))
-    n, action, args = parse_number(rest[0], "vcpu", MAX_VCPUS), rest[1], rest[2:]
-    if action not in _VCPU_ARGS:
-        raise ValueError(f"unknown vcpu action {action!r}; use {', '.join(_VCPU_ARGS)}")
-    shape = _VCPU_ARGS[action]
-    if not len([a for a in shape if not a.startswith("[")]) <= len(args) <= len(shape):
-        raise ValueError(f"vcpu {action} takes {' '.join(shape) or 'nothing more'}, got {' '.join(args)!r}")
-    if action == "smm":
-        if args[0] not in ("on", "off"):
-            raise ValueError(f"vcpu smm takes on or off, not {args[0]!r}")
-        return (n, action, args[0])
-    if action == "access" and len(args) == 2 and args[1] != "write":
-        raise ValueError(f"vcpu access takes a gfn and optionally 'write', not {args[1]!r}")
-    return (n, action) + tuple(parse_number(a, "gfn") if i == 0 else a for i, a in enumerate(args))
-
-
-def _parse_args(kind, rest):
-    if kind in ("call", "begin"):
-        return _call_args(rest)
-    if kind == "step":
-        if len(rest) > 1:
-            raise ValueError(f"step takes at most one count, got {' '.join(rest)!r}")
-        return (parse_number(rest[0], "step count", MAX_STEPS) if rest else 1,)
-    if kind == "finish":
-        if rest:
-            raise ValueError(f"finish takes nothing, got {' '.join(rest)!r}")
-        return ()
-    if kind == "vcpu":
-        return _vcpu_args(rest)
-    if kind == "mn":
-        if len(rest) != 3 or rest[0] not in ("start", "end"):
-            raise ValueError("mn takes start|end, then the hva range start and end (end exclusive)")
-        return (rest[0], parse_number(rest[1], "hva start", 1 << 64), parse_number(rest[2], "hva end", 1 << 65))
-    raise ValueError(f"unknown action {kind!r}; use {', '.join(RECIPE_WORDS[1:])}")
-
-
-def replay_recipe(text, variant=None, check=False, kernel=None, address_spaces=None):
-    """Run a recipe; returns the ``Scenario`` (``.steps``, ``.vm``, ``.results``).
-
-    ``variant``, ``kernel`` and ``address_spaces`` override the recipe's
-    (``recipe_kernel`` says which kernel a recipe without a ``kernel`` line
-    means); ``check=True`` runs the invariant checker after every event
-    (``scenario.notes``). A recipe written by another kvmviz version still
-    runs; ``scenario.version_note`` then says the trace may differ, and it
-    says which kernel an old recipe without a ``kernel`` line ran on.
-
-    >>> sc = replay_recipe("variant seed; call slot=1 gpa=0 size=0x1000 hva=0x7f0000000000", kernel="6.12")
-    >>> sc.results, sc.variant, sc.kernel, sc.version_note
-    ([0], 'seed', '6.12', '')
-    """
-    from . import __version__
-    parsed = parse_recipe(text)
-    try:
-        sc = Scenario(variant=variant or parsed.variant, check=check, kernel=recipe_kernel(parsed, kernel),
-                      address_spaces=address_spaces or parsed.address_spaces)
-    except ValueError as e:
-        raise RecipeError(f"recipe: {e}") from None
-    notes = []
-    if parsed.version and parsed.version != __version__:
-        notes.append(f"recipe written by kvmviz {parsed.version}, replayed by {__version__}: the trace may differ")
-    if kernel is None and parsed.kernel is None and parsed.written:
-        notes.append(f"the recipe names no kernel (it predates the 'kernel' line): replayed on Linux "
-                     f"{LEGACY_KERNEL}, the version it was written for")
-    sc.version_note = "; ".join(notes)
-    runners = {"call": sc.call, "begin": sc.begin, "step": sc.step, "finish": sc.finish,
-               "vcpu": sc.vcpu, "mn": sc.mn}
-    for n, (kind, args) in enumerate(parsed.actions, 1):
-        try:
-            runners[kind](*args)
-        except (TypeError, ValueError, RuntimeError) as e:
-            words = " ".join(_num(a) for a in args)
-            raise RecipeError(f"recipe action {n} ({kind} {words}): {e}") from None
-    return sc
-
-
-__all__ = ["text", "markdown", "diff", "diff_labels", "recipe", "replay_recipe", "parse_recipe",
-           "recipe_kernel", "Recipe", "Scenario", "RecipeError", "gen_text", "model_label", "check_model",
-           "LEGACY_KERNEL", "WIDTH"]
+__all__ = ["text", "markdown", "diff", "diff_labels", "wrap", "model_label", "WIDTH",
+           # the scenario language lives in the engine (kvmviz.engine.scenario); export keeps its names
+           "recipe", "replay_recipe", "parse_recipe", "recipe_kernel", "Recipe", "Scenario", "RecipeError",
+           "LEGACY_KERNEL", "RECIPE_WORDS"]

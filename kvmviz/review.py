@@ -17,7 +17,9 @@ CREATE: slot=0x1 flags=0x0 gpa=0x100000 size=0x10000 hva=0x7f0000000000
 import errno
 
 from . import __version__, export
-from .check import _call_words, explore
+from .check import explore
+from .engine.kernels import check_model
+from .engine.scenario import call_words
 from .variants.load import variant_name
 
 _HVA = 0x7F0000000000
@@ -41,12 +43,12 @@ def review(variant, kernel=None, readers=(1, 2), clock=None, budget=None):
     ``clock``) and says so.
     """
     name = variant_name(variant)
-    kernel = export.check_model(kernel, name)
+    kernel = check_model(kernel, name)
     lines = _wrap(f"kvmviz {__version__} review: variant {name} against merged, Linux {kernel} model")
     lines += _wrap(f"checks: every interleaving of the call with N vCPU readers (srcu_read_lock, access the "
                    "slot's first gfn, srcu_read_unlock, any number of times, anywhere); invariants in every state")
     for title, setup, call in CASES:
-        lines += [""] + _wrap(f"{title}: {_call_words(call)}") + _wrap(f"setup: {setup or 'none'}", 2)
+        lines += [""] + _wrap(f"{title}: {call_words(call)}") + _wrap(f"setup: {setup or 'none'}", 2)
         lines += _wrap(f"steps vs merged: {_diff_summary(name, kernel, setup, call)}", 2)
         for i, n in enumerate(readers):
             line, found = _check_line(name, kernel, setup, call, n, clock, budget if i else None)
@@ -62,10 +64,8 @@ def _diff_summary(name, kernel, setup, call):
     for variant in ("merged", name):
         sc = export.replay_recipe(setup, variant=variant, kernel=kernel) if setup else \
             export.Scenario(variant=variant, kernel=kernel)
-        upd = sc.begin(*call)
-        for _ in sc._advance(upd):
-            pass
-        runs.append(upd)
+        runs.append(sc.begin(*call))
+        sc.run()
     text = export.diff(*runs, labels=("merged", name))
     return " ".join(text[text.rindex("summary:"):].split()).removeprefix("summary: ")
 
@@ -94,4 +94,4 @@ def _command(name, setup, call, readers):
 
 
 def _wrap(line, indent=0):
-    return export._wrap(line, indent)
+    return export.wrap(line, indent)

@@ -18,10 +18,16 @@ def _run(argv, capsys, stdin=None, monkeypatch=None):
 
 
 @pytest.mark.parametrize("recipe, message", [
-    ("call slot=1 size=0x1000 fail-prepare=EFOO", "fail-prepare=EFOO: not an errno name"),
+    ("call slot=1 size=0x1000 fail-prepare=EFOO",
+     "fail-prepare: 'EFOO' is not an errno (a name such as ENOMEM or EINVAL, or its number)"),
+    ("call slot=1 size=0x1000 fail-prepare=4000", "fail-prepare: 4000 is no errno Linux names"),
     ("vcpu -1 lock", "vcpu: '-1' is not a number"),
     ("vcpu 100000 lock", "vcpu: 100000 is outside 0..1023"),
     ("mn start", "mn takes start|end, then the hva range"),
+    ("mmu start 0x2000 0x1000", "END must be above HVA (got 0x2000 0x1000)"),
+    ("vcpu0 access", "vcpu access takes gfn [write], got ''"),
+    ("writer now", "use 'writer' or 'writer run' (today spelled step and run)"),
+    ("run now", "run takes nothing, got 'now'"),
     ("variant", "takes one variant name, got 0 word(s)"),
     ("version", "takes one version, got 0 word(s)"),
     ("call slot=1 bogus", "'bogus' is not key=value"),

@@ -269,8 +269,9 @@ def _set_attr(obj, **values):
 
 def _mid_update(vm, call, until):
     upd = vm.begin_set_user_memory_region(*call)
-    while not until(vm):
-        next(upd)
+    if not until(vm):
+        upd.run_until(lambda step: until(vm))
+    assert until(vm), f"{call} never reached the state asked for"
     return upd
 
 

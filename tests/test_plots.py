@@ -12,15 +12,6 @@ from kvmviz.viz.figure import DIFFERS, EMPTY, INVALID, OKABE_ITO, SAME, png_byte
 from conftest import HVA, vm_with
 
 
-def run_until(vm, call, stop):
-    """Begin ``call`` and step until ``stop(step)`` is true; returns the update."""
-    upd = vm.begin_set_user_memory_region(*call)
-    for step in upd:
-        if stop(step):
-            return upd
-    raise AssertionError("stop condition never met")
-
-
 def facecolours(ax):
     """{(hex colour, hatch)} of every box collection on ``ax``."""
     out = set()
@@ -60,7 +51,8 @@ def test_at_rest_both_sets_same_and_active_marked():
 def test_mid_move_shows_invalid_copy_differing_slot_and_touched_node():
     vm = vm_with(2)
     # step to the replace of MOVE: the new #4 goes into the inactive set, the active one holds INVALID #5
-    run_until(vm, (1, 0, 0x1000000, 0x100000, 0x7f0010000000), lambda s: s.stage == "replace")
+    upd = vm.begin_set_user_memory_region(1, 0, 0x1000000, 0x100000, 0x7f0010000000)
+    assert upd.run_until(lambda s: s.stage == "replace")[-1].stage == "replace"
     fig = viz.plot_memslots(vm)
     active = fig.axes[vm.active_idx[0]]
     inactive = fig.axes[vm.active_idx[0] ^ 1]
@@ -89,7 +81,8 @@ def test_many_slots_are_aggregated_into_bins():
 
 def test_aggregated_view_marks_the_changing_slot():
     vm = vm_with(3000, history=False)
-    run_until(vm, (3000, 0, 0x100000000000, 0x1000, 0x7e0000000000), lambda s: s.stage == "replace")
+    upd = vm.begin_set_user_memory_region(3000, 0, 0x100000000000, 0x1000, 0x7e0000000000)
+    assert upd.run_until(lambda s: s.stage == "replace")[-1].stage == "replace"
     fig = viz.plot_memslots(vm)
     inactive = fig.axes[vm.active_idx[0] ^ 1]
     assert [t.get_text() for t in inactive.texts] == ["3000:#3001"]
@@ -114,7 +107,8 @@ def snapshot(vm):
 def test_plots_do_not_touch_the_vm():
     vm = vm_with(3)
     vm.gfn_to_memslot(0x10)
-    run_until(vm, (0, 0, 0x10000000, 0x100000, HVA), lambda s: s.function == "rcu_assign_pointer")
+    upd = vm.begin_set_user_memory_region(0, 0, 0x10000000, 0x100000, HVA)
+    assert upd.run_until("rcu_assign_pointer")[-1].function == "rcu_assign_pointer"
     v = vm.add_vcpu()
     v.srcu_read_lock()
     before = snapshot(vm)
@@ -125,7 +119,8 @@ def test_plots_do_not_touch_the_vm():
 
 def test_trees_show_order_intervals_hash_and_touched_nodes():
     vm = vm_with(3)
-    upd = run_until(vm, (7, 0, 0x4000000, 0x100000, HVA), lambda s: s.stage == "replace")
+    upd = vm.begin_set_user_memory_region(7, 0, 0x4000000, 0x100000, HVA)
+    assert upd.run_until(lambda s: s.stage == "replace")[-1].stage == "replace"
     fig = viz.plot_trees(vm)
     titles = [ax.get_title() for ax in fig.axes]
     inactive = vm.active_idx[0] ^ 1
@@ -164,8 +159,7 @@ def test_generations_draw_reader_lanes_with_pinned_set():
     v = vm.add_vcpu()
     v.srcu_read_lock()
     upd = vm.begin_set_user_memory_region(0, 0, 0, 0, 0)                 # DELETE waits for vcpu0
-    while not upd.blocked:
-        next(upd)
+    assert upd.run_until()[-1].waiting and upd.blocked
     next(upd)
     v.srcu_read_unlock()
     upd.run()
@@ -176,7 +170,8 @@ def test_generations_draw_reader_lanes_with_pinned_set():
 
 def test_step_picture_tells_stage_function_and_state():
     vm = vm_with(2)
-    run_until(vm, (1, 0, 0x1000000, 0x100000, 0x7f0010000000), lambda s: s.function == "rcu_assign_pointer")
+    upd = vm.begin_set_user_memory_region(1, 0, 0x1000000, 0x100000, 0x7f0010000000)
+    assert upd.run_until("rcu_assign_pointer")[-1].function == "rcu_assign_pointer"
     fig = viz.plot_step(vm)
     step = sets.current_step(vm)
     assert fig.get_suptitle().startswith(f"Linux {vm.kernel} model, event {step.index + 1} [invalidate] "
@@ -204,7 +199,8 @@ def _mid_move(kernel, **knobs):
     vm = kvmviz.VM(kernel=kernel, **knobs)
     for i in range(3):
         vm.set_user_memory_region(i, 0, i * 0x200000, 0x100000, HVA + i * 0x10000000)
-    run_until(vm, (1, 0, 0x1000000, 0x100000, 0x7f0010000000), lambda s: s.stage == "prepare")
+    upd = vm.begin_set_user_memory_region(1, 0, 0x1000000, 0x100000, 0x7f0010000000)
+    assert upd.run_until(lambda s: s.stage == "prepare")[-1].stage == "prepare"
     return vm
 
 

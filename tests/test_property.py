@@ -45,13 +45,11 @@ def layout(vm, as_id, which):
                   for s in vm.memslots(as_id, which))
 
 
-def run_checked(vm, call):
-    """Run one call step by step, checking invariants after each step."""
-    slot, flags, gpa, size, hva, fail = call
-    upd = vm.begin_set_user_memory_region(slot, flags, gpa, size, hva, fail_prepare=fail)
-    for step in upd:
-        problems = kvmviz.check_invariants(vm)
-        assert problems == [], f"after {step}: {problems}"
+def run_checked(vm, upd):
+    """Run ``upd`` to its end, checking invariants after each step (it stops at the first violation)."""
+    steps = upd.run_until(lambda step: kvmviz.check_invariants(vm))
+    problems = kvmviz.check_invariants(vm)
+    assert problems == [] and upd.result is not None, f"after {steps[-1]}: {problems}"
     return upd
 
 
@@ -74,7 +72,7 @@ def test_random_calls_match_reference(config, seq):
     vm = kvmviz.VM(**CONFIGS[config])
     ref = RefVM(vm.kernel, vm.address_spaces, vm.max_gfn if config == "6.12-no-smm" else None)
     for call in seq:
-        upd = run_checked(vm, call)
+        upd = run_checked(vm, vm.begin_set_user_memory_region(*call[:5], fail_prepare=call[5]))
         expected, change = ref.call(*call)
         assert upd.result == expected, (call, upd.steps[-1].text)
         if change is not None:
@@ -113,11 +111,9 @@ def test_guest_memfd_calls_match_reference(seq):
         assert vm.create_guest_memfd(size) == ref.create_guest_memfd(size)
     for *call, gmem in seq:
         if gmem is None:
-            upd = run_checked(vm, call)
+            upd = run_checked(vm, vm.begin_set_user_memory_region(*call[:5], fail_prepare=call[5]))
         else:
-            upd = vm.begin_set_user_memory_region2(*call[:5], gmem[0], gmem[1], fail_prepare=call[5])
-            for step in upd:
-                assert kvmviz.check_invariants(vm) == [], step
+            upd = run_checked(vm, vm.begin_set_user_memory_region2(*call[:5], gmem[0], gmem[1], fail_prepare=call[5]))
         expected, _ = ref.call(*call, gmem=gmem)
         assert upd.result == expected, (call, gmem, upd.steps[-1].text)
         check_against(ref, vm)

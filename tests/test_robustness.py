@@ -8,7 +8,7 @@ import pytest
 import kvmviz
 from kvmviz import KvmError, check_invariants
 from kvmviz.engine.history import StateError
-from kvmviz.engine.tree.memslots import ModelBug
+from kvmviz.engine.errors import ModelBug
 from conftest import HVA
 
 

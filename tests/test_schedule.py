@@ -94,15 +94,19 @@ def test_observer_sees_every_tick():
 
 
 @pytest.mark.parametrize("script, message", [
-    (["vcpu3 lock"], "unknown actor 'vcpu3'"),
-    (["vcpu0 jump"], "unknown action 'jump'"),
-    (["vcpu0 access"], "access takes a gfn"),
-    (["vcpu0 access 0x10 read"], "'write'"),
-    (["vcpu0 lookup zz"], "'zz' is not a number"),
-    (["mmu start 0x2000 0x1000"], "END must be above HVA"),
-    (["writer twice"], "use 'writer' or 'writer run'"),
-    (["vcpu0 smm maybe"], "'smm on' or 'smm off'"),
-    ([""], "empty"),
+    (["vcpu3 lock"], r"script line 2: 'vcpu3 lock': vcpu 3 does not exist \(this run has 1 vCPU\(s\); pass vcpus=N"),
+    (["vcpu 3 lock"], "script line 2: 'vcpu 3 lock': vcpu 3 does not exist"),
+    (["vcpu0 jump"], "unknown vcpu action 'jump'; use lock, unlock, lookup, access, smm"),
+    (["vcpu0 access"], r"vcpu access takes gfn \[write\], got ''"),
+    (["vcpu0 access 0x10 read"], "vcpu access takes a gfn and optionally 'write', not 'read'"),
+    (["vcpu0 lookup zz"], "gfn: 'zz' is not a number"),
+    (["mmu start 0x2000 0x1000"], r"END must be above HVA \(got 0x2000 0x1000\)"),
+    (["mn start 0x2000 0x1000"], r"END must be above HVA \(got 0x2000 0x1000\)"),
+    (["writer twice"], r"use 'writer' or 'writer run' \(today spelled step and run\)"),
+    (["step twice"], "step count: 'twice' is not a number"),
+    (["vcpu0 smm maybe"], "vcpu smm takes on or off, not 'maybe'"),
+    (["kernel 5.17"], "unknown action 'kernel'"),
+    ([""], "script line 2: '': empty"),
 ])
 def test_bad_scripts_are_clear_errors_and_leave_the_vm_alone(script, message):
     vm = _vm()

@@ -15,21 +15,13 @@ DELETE1 = (1, 0, 0x100000, 0, 0)
 SL, SAL, MNL = "slots_lock", "slots_arch_lock", "mn_invalidate_lock"
 
 
-def _until_blocked(upd, limit=100):
-    for _ in range(limit):
-        if upd.blocked:
-            return
-        next(upd)
-    raise AssertionError("the update never blocked")
-
-
 def _create_held_by_one_reader():
     """CREATE until it waits for vcpu0, which entered before the publish."""
     vm = kvmviz.VM()
     v = vm.add_vcpu()
     v.srcu_read_lock()
     upd = vm.begin_set_user_memory_region(*CREATE1)
-    _until_blocked(upd)
+    assert upd.run_until()[-1].waiting and upd.blocked
     return vm, v, upd
 
 
@@ -60,7 +52,7 @@ def test_grace_period_waits_only_for_readers_that_entered_before_publish():
     early, late = vm.add_vcpu(), vm.add_vcpu()
     early.srcu_read_lock()
     upd = vm.begin_set_user_memory_region(*CREATE1)
-    _until_blocked(upd)
+    assert upd.run_until()[-1].waiting and upd.blocked
     waiting = upd.steps[-1]
     assert waiting.waiting and waiting.function == "synchronize_srcu_expedited"
     assert upd.blocked == "SRCU readers still inside: vcpu0"
@@ -102,7 +94,7 @@ def test_mmu_notifier_holds_off_publish_then_releases_it():
     vm = kvmviz.VM()
     vm.mmu_notifier_invalidate_range_start(HVA, HVA + 0x1000)
     upd = vm.begin_set_user_memory_region(*CREATE1)
-    _until_blocked(upd)
+    assert upd.run_until()[-1].waiting and upd.blocked
     step = upd.steps[-1]
     assert step.waiting and step.function == "rcuwait_wait_event"
     assert "1 MMU-notifier invalidation" in upd.blocked and vm.active_idx[0] == 0

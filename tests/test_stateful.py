@@ -20,7 +20,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 import kvmviz
 from kvmviz import KvmError, check_invariants, variants
-from kvmviz.engine.tree.memslots import ModelBug
+from kvmviz.engine.errors import ModelBug
 from conftest import HVA
 
 SETUPS = [("5.15", "merged")] + [(k, v) for k in ("5.17", "6.12") for v in variants.names()]

@@ -6,7 +6,7 @@ import kvmviz
 from kvmviz import VM, check_invariants, variants
 from kvmviz.engine.constants import KVM_MEM_LOG_DIRTY_PAGES
 from kvmviz.engine.rules import RULES
-from kvmviz.engine.tree.memslots import ModelBug
+from kvmviz.engine.errors import ModelBug
 from kvmviz.variants.seed import SeedAsPostedProtocol
 from conftest import CREATE, DELETE, FLAGS_ON, HVA
 
@@ -20,10 +20,11 @@ def run_checked(vm, workload=WORKLOAD):
     """Run the workload; return (call number, step, violations) of the first violation, or None."""
     for n, (args, fail) in enumerate(workload):
         upd = vm.begin_set_user_memory_region(*args, fail_prepare=fail)
-        for step in upd:
-            found = check_invariants(vm)
-            if found:
-                return n, step, found
+        steps = upd.run_until(lambda step: check_invariants(vm))
+        found = check_invariants(vm)
+        if found:
+            return n, steps[-1], found
+        assert upd.result is not None, f"call {n} is blocked: {upd.blocked}"
     return None
 
 
@@ -231,9 +232,7 @@ def test_gen_before_publish_caught_at_publish_with_a_reader():
     vcpu = vm.add_vcpu()
     vcpu.srcu_read_lock()
     upd = vm.begin_set_user_memory_region(*CREATE)
-    for step in upd:
-        if step.function == "rcu_assign_pointer":
-            break
+    assert upd.run_until("rcu_assign_pointer")[-1].function == "rcu_assign_pointer"
     assert vm.generation(0) == 2                     # final value already visible, no |IP
     found = check_invariants(vm)
     assert [v.rule for v in found] == ["grace-period"]

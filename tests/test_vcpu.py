@@ -23,14 +23,6 @@ def _vm(*regions):
     return vm
 
 
-def _step_until(upd, pred, limit=200):
-    for _ in range(limit):
-        step = next(upd)
-        if pred(step):
-            return step
-    raise AssertionError("condition never met")
-
-
 def _sync_done(n):
     """Predicate: the n-th grace period of the update is over."""
     seen = []
@@ -66,7 +58,7 @@ def test_lock_pins_the_set_active_now_and_its_generation():
     v.srcu_read_lock()
     assert v.pinned == (1, 0) and v.pinned_gens == (2, 1)
     upd = vm.begin_set_user_memory_region(*DELETE1)
-    _step_until(upd, lambda s: s.function == "rcu_assign_pointer")
+    assert upd.run_until("rcu_assign_pointer")[-1].function == "rcu_assign_pointer"
     assert vm.active_idx[0] == 0                     # the writer published set 0 ...
     assert v.memslots().name == "as0/set1"            # ... vcpu0 still reads set 1
     assert v.gfn_to_memslot(0x100).label == "#1" and not v.gfn_to_memslot(0x100).invalid
@@ -148,7 +140,7 @@ def test_mmio_caches_refuse_while_bit_63_is_set():
     assert (v.mmio_gfn, v.mmio_gen) == (HOLE, 2)
     v.srcu_read_unlock()
     upd = vm.begin_set_user_memory_region(2, 0, 0x600000, 0x1000, HVA + 0x600000)
-    _step_until(upd, lambda s: s.waiting)
+    assert upd.run_until()[-1].waiting
     v.srcu_read_lock()                                 # enters after publish: generation 2|IP
     assert v.generation() == 2 | IP
     out = v.access(HOLE)
@@ -224,7 +216,8 @@ def test_window_before_swap_1_is_normal(change):
     vm = _vm(SLOT1)
     v = vm.add_vcpu()
     upd = vm.begin_set_user_memory_region(*(DELETE1 if change == "DELETE" else MOVE1))
-    _step_until(upd, lambda s: s.function == "kvm_replace_memslot")      # INVALID copy in the inactive set
+    # the INVALID copy goes into the inactive set
+    assert upd.run_until("kvm_replace_memslot")[-1].function == "kvm_replace_memslot"
     out = _fresh_access(vm, v, 0x101)
     assert (out.reason, out.hva, out.slot.label, out.generation) == ("ok", HVA + 0x1000, "#1", 2)
     assert upd.change == change
@@ -236,15 +229,15 @@ def test_window_between_the_swaps_retries_the_fault(change):
     v, old_reader = vm.add_vcpu(), vm.add_vcpu()
     old_reader.srcu_read_lock()
     upd = vm.begin_set_user_memory_region(*(DELETE1 if change == "DELETE" else MOVE1))
-    _step_until(upd, lambda s: s.function == "rcu_assign_pointer")
+    assert upd.run_until("rcu_assign_pointer")[-1].function == "rcu_assign_pointer"
     right_after = _fresh_access(vm, v, 0x101)
     assert (right_after.reason, right_after.hva, right_after.generation) == ("retry", None, 2 | IP)
     assert right_after.slot.invalid and right_after.exit_reason is None
     assert "RET_PF_RETRY" in right_after.notes[-1] and "e0c378684b65" in right_after.notes[-1]
     assert old_reader.access(0x101).reason == "ok"      # entered before swap #1: still the old set
     old_reader.srcu_read_unlock()
-    flush = _step_until(upd, lambda s: s.function == "kvm_arch_flush_shadow_memslot")
-    assert "is retried (RET_PF_RETRY" in flush.text and "before 5.13 it was handled like MMIO" in flush.text
+    flush = upd.run_until("kvm_arch_flush_shadow_memslot")[-1]
+    assert flush.function == "kvm_arch_flush_shadow_memslot" and "is retried (RET_PF_RETRY" in flush.text and "before 5.13 it was handled like MMIO" in flush.text
     after_flush = _fresh_access(vm, v, 0x101, write=True)
     assert (after_flush.reason, after_flush.generation, after_flush.exit_reason) == ("retry", 4, None)
     assert vm.mmio_sptes == () and (v.mmio_gfn, v.mmio_gen) == (None, None)   # no MMIO SPTE, nothing cached
@@ -259,7 +252,7 @@ def test_window_between_the_swaps_fails_hva_users_with_efault():
     v = vm.add_vcpu()
     ghc = v.gfn_to_hva_cache_init(GPA + 0x1008, 8)
     upd = vm.begin_set_user_memory_region(*DELETE1)
-    _step_until(upd, lambda s: s.function == "kvm_arch_flush_shadow_memslot")
+    assert upd.run_until("kvm_arch_flush_shadow_memslot")[-1].function == "kvm_arch_flush_shadow_memslot"
     v.srcu_read_lock()
     r = ghc.read()
     assert (r.reason, r.hva, ghc.hva, ghc.memslot) == ("efault", None, None, None)
@@ -275,7 +268,7 @@ def _after_swap_2(region):
     vm = _vm(SLOT1)
     v = vm.add_vcpu()
     upd = vm.begin_set_user_memory_region(*region)
-    _step_until(upd, _sync_done(2))
+    assert upd.run_until(_sync_done(2))[-1].function == "synchronize_srcu_expedited"
     return vm, v, upd
 
 
@@ -302,7 +295,7 @@ def test_window_after_a_revert_is_normal_again(region):
     v = vm.add_vcpu()
     zaps = vm.arch.zap_all_count
     upd = vm.begin_set_user_memory_region(*region, fail_prepare=True)
-    _step_until(upd, _sync_done(1))
+    assert upd.run_until(_sync_done(1))[-1].function == "synchronize_srcu_expedited"
     assert _fresh_access(vm, v, 0x101).reason == "retry"
     upd.run()
     assert upd.result < 0 and vm.arch.zap_all_count == zaps + 1     # shadow pages were zapped: refault
@@ -319,7 +312,7 @@ def test_pinned_old_set_counts_as_visible_for_in_place_writes():
         if pinned:
             v.srcu_read_lock()
         upd = vm.begin_set_user_memory_region(*DELETE1)
-        _step_until(upd, lambda s: s.function == "rcu_assign_pointer")
+        assert upd.run_until("rcu_assign_pointer")[-1].function == "rcu_assign_pointer"
         old = vm.inactive_set(0).id_to_memslot(1)
         old.flags = 4                          # write to the slot only the old set holds
         problems = kvmviz.check_invariants(vm)
@@ -375,7 +368,7 @@ def test_array_model_readers_pin_the_old_structure_and_cache_an_index():
     v.srcu_read_lock()
     assert v.access(0x101).reason == "ok" and v.last_used_slot == 0       # 5.15: an index, no generation
     upd = vm.begin_set_user_memory_region(*DELETE1)
-    _step_until(upd, lambda s: s.waiting)
+    assert upd.run_until()[-1].waiting
     assert v.access(0x101).reason == "ok"                                 # still the old array
     v.srcu_read_unlock()
     assert _fresh_access(vm, v, 0x101).reason == "retry"                 # 5.15 retries too (5.13+)

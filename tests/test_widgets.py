@@ -6,7 +6,7 @@ import pytest
 
 import kvmviz
 from kvmviz import viz
-from kvmviz.viz.widgets import PRESETS, InputError, Stepper, dry_run, parse_number
+from kvmviz.viz.widgets import PRESETS, InputError, Stepper, parse_number
 from conftest import HVA, vm_with
 
 
@@ -145,7 +145,9 @@ def test_presets_fill_a_valid_call_of_their_kind(preset, change):
     st.slot.value = "1"
     st.preset.value = preset
     args = st.read_form()
-    assert dry_run(st.vm, *args) == change
+    before = len(st.vm.history)
+    assert st.vm.dry_run(*args)[-1].change == change and st.vm.dry_run(*args)[-1].result == 0
+    assert len(st.vm.history) == before
     click(st.begin_button)
     st.last()
     assert st.upd.change == change and st.upd.result == 0

@@ -29,3 +29,14 @@ class KvmError(OSError):
     def errname(self):
         """The symbolic errno name, e.g. ``'EEXIST'``."""
         return _errno.errorcode.get(self.errno, str(self.errno))
+
+
+class ModelBug(RuntimeError):
+    """The model hit a kernel ``BUG()``/``WARN()`` (only broken variants do).
+
+    Not an errno: the kernel would oops and the ioctl never return. An
+    ``Update`` ends with a ``BUG``/``WARN`` step whose ``error`` is this.
+
+    >>> isinstance(ModelBug("BUG: double free of #3"), RuntimeError)
+    True
+    """

@@ -21,7 +21,7 @@ numbers), so a long history holds small tuples instead of sentences.
 import string
 from types import MappingProxyType
 
-from .constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
+from .fmt import gen_text
 
 #: The cost of an event that did no counted work (shared, read-only).
 NO_COST = MappingProxyType({})
@@ -32,7 +32,7 @@ class _TextFormatter(string.Formatter):
 
     def format_field(self, value, format_spec):
         if format_spec == "gen":
-            return f"{value & ~IP:#x}|IP" if value & IP else f"{value:#x}"
+            return gen_text(value)
         return format(value, format_spec)
 
 

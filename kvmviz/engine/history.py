@@ -26,6 +26,7 @@ event's entries.
 """
 
 from array import array
+from contextlib import contextmanager
 
 _ATTR = 0
 _OP = 1
@@ -163,6 +164,40 @@ class History:
             self.back()
         while self.cursor < n:
             self.forward()
+
+    @contextmanager
+    def preview(self):
+        """Run the ``with`` block, then undo everything it logged: a look ahead that leaves no trace.
+
+        Journaled state, the events and the cursor are as before the block,
+        and so are events recorded ahead of the cursor after a step back
+        (they are set aside, not truncated: nothing is abandoned). The
+        journal is on inside the block even when the history is off.
+        Non-journaled state (cost counters, call serials) is the caller's.
+
+        >>> h = History()
+        >>> class Box(Journaled):
+        ...     __slots__ = ("v",)
+        >>> b = Box(h, v=0); b.v = 1; _ = h.record("v=1"); _ = h.back()
+        >>> with h.preview():
+        ...     b.v = 5; _ = h.record("v=5")
+        >>> b.v, len(h), h.cursor, h.forward(), b.v
+        (0, 1, 0, 'v=1', 1)
+        """
+        cursor, enabled = self.cursor, self.enabled
+        base = len(self.entries) if self.at_frontier else self._base(cursor)   # loose entries stay
+        future = self.events[cursor:], self.bounds[cursor:], self.entries[base:]
+        del self.events[cursor:], self.bounds[cursor:], self.entries[base:]
+        self.enabled = True
+        try:
+            yield
+        finally:
+            self._apply(range(len(self.entries) - WIDTH, base - 1, -WIDTH), undo=True)
+            del self.events[cursor:], self.bounds[cursor:], self.entries[base:]
+            self.events += future[0]
+            self.bounds += future[1]
+            self.entries += future[2]
+            self.cursor, self.enabled = cursor, enabled
 
     def _undo_loose(self):
         """Drop mutations logged after the last event (e.g. a cache fill)."""

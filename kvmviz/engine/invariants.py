@@ -25,7 +25,7 @@ from .array import invariants as array_invariants
 from .constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
 from .rules import RULES, Violation
 from .tree import invariants as tree_invariants
-from .tree.protocol import _gen
+from .fmt import gen_text
 from .vcpu import snapshot
 
 __all__ = ["RULES", "Violation", "check_invariants"]
@@ -79,8 +79,8 @@ def check_generation(vm, as_id):
         out.append(Violation("generation", f"{where}: active generation {ga & ~IP:#x} is not {as_id} mod {n}"))
     expect = as_id + n * swaps - (n if ga & IP else 0)
     if ga & ~IP != expect:
-        out.append(Violation("generation", f"{where}: active generation {_gen(ga)} after {swaps} swap(s); "
-                                           f"expected {_gen(expect | (ga & IP))} ({as_id} + {n} per completed swap)"))
+        out.append(Violation("generation", f"{where}: active generation {gen_text(ga)} after {swaps} swap(s); "
+                                           f"expected {gen_text(expect | (ga & IP))} ({as_id} + {n} per completed swap)"))
     if ga & IP and vm.changing is None:
         out.append(Violation("generation", f"{where}: the in-progress bit is set but no update is running"))
     return out
@@ -219,7 +219,7 @@ def _check_caches(vm, vcpu):
             s = vcpu.memslots(as_id) if only_as is None else vm.active_set(as_id)
             if s.generation == gen and all(_same(x) is not _same(slot) for x in s.slots()):
                 out.append(Violation("stale-cache", f"{vcpu.name}'s {what} holds {slot.label} under generation "
-                                     f"{_gen(gen)}, which is current for {s.name}, but {s.name} does not hold "
+                                     f"{gen_text(gen)}, which is current for {s.name}, but {s.name} does not hold "
                                      f"{slot.label}: the stale entry would be used"))
     return out
 

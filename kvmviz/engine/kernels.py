@@ -113,3 +113,25 @@ def kernel_for(kernel=None, implementation=None):
         raise ValueError(f"kernel {kernel} uses the {k.implementation} design, not "
                          f"implementation={implementation!r}")
     return k
+
+
+def check_model(kernel=None, variant="merged"):
+    """The version name ``VM(kernel=kernel, variant=variant)`` runs; ``ValueError`` if they do not fit.
+
+    Variants are changes to the tree protocol (5.17 and later); the 5.15
+    array design has no inactive set to edit, so they do not apply there.
+
+    >>> check_model(None, "seed") in KERNELS, check_model("6.12", "no-catch-up")
+    (True, '6.12')
+    >>> check_model("5.15", "seed")
+    Traceback (most recent call last):
+    ...
+    ValueError: variant 'seed' changes the tree protocol of 5.17 and later; kernel 5.15 is the array design (one sorted array copied whole), where it does not apply: choose kernel 5.17 or 6.12, or variant merged
+    """
+    k = kernel_for(kernel)
+    if variant != "merged" and k.implementation != "tree":
+        trees = " or ".join(n for n, kk in KERNELS.items() if kk.implementation == "tree")
+        raise ValueError(f"variant {variant!r} changes the tree protocol of 5.17 and later; kernel {k.name} "
+                         "is the array design (one sorted array copied whole), where it does not apply: "
+                         f"choose kernel {trees}, or variant merged")
+    return k.name

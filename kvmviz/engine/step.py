@@ -15,7 +15,7 @@ generations of every set and which set was edited.
 
 from .events import NO_COST, HistoryEvent
 from .history import StateError
-from .tree.memslots import ModelBug
+from .errors import ModelBug
 
 STAGES = ("validate", "invalidate", "prepare", "replace", "activate", "commit")
 
@@ -167,6 +167,32 @@ class Update:
                 total[name] = total.get(name, 0) + value
         return total
 
+    def run_until(self, until=None):
+        """Take steps until ``until`` holds, the update ends or it waits for a reader; returns the steps taken.
+
+        ``until`` is a predicate on the step just taken (that step is the
+        last one returned), a kernel function name (up to its first step),
+        ``(function, n)`` (up to its ``n``-th step), or a number of steps;
+        None runs to the end or the wait. A writer that waits yields its
+        waiting step once and stops here (``blocked`` says why).
+
+        >>> from kvmviz import VM
+        >>> upd = VM().begin_set_user_memory_region(1, 0, 0, 0x1000, 0x100000)
+        >>> [s.function for s in upd.run_until(("kvm_swap_active_memslots", 2))][-3:]
+        ['kvm_swap_active_memslots', 'rcu_assign_pointer', 'kvm_swap_active_memslots']
+        >>> len(upd.run_until(2)), upd.run_until(lambda s: s.stage == "commit")[-1].function
+        (2, 'kvm_arch_commit_memory_region')
+        """
+        stop = _stop_rule(until)
+        steps = []
+        if until == 0 and not isinstance(until, bool):
+            return steps
+        for step in self:
+            steps.append(step)
+            if stop(steps):
+                break
+        return steps
+
     def run(self):
         """Run to the end; returns the steps. ``StateError`` if a reader blocks it."""
         for _ in self:
@@ -174,3 +200,19 @@ class Update:
         if self.result is None:
             raise StateError(f"update {self.call} is blocked: {self.blocked}; let the readers go on, then run it again")
         return self.steps
+
+
+def _stop_rule(until):
+    """``Update.run_until``'s ``until`` as a test on the steps taken so far."""
+    if until is None:
+        return lambda steps: False
+    if isinstance(until, int) and not isinstance(until, bool):
+        return lambda steps: len(steps) >= until
+    if isinstance(until, str):
+        until = (until, 1)
+    if isinstance(until, tuple):
+        function, n = until
+        return lambda steps: steps[-1].function == function and sum(s.function == function for s in steps) >= n
+    if callable(until):
+        return lambda steps: until(steps[-1])
+    raise TypeError(f"run_until takes a predicate, a function name, (function, n) or a step count, not {until!r}")

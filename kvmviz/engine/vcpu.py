@@ -36,6 +36,7 @@ from .array.memslots import ArraySlot
 from .constants import KVM_MEM_READONLY, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
 from .constants import GFN_LIMIT, PAGE_SHIFT
 from .dirty_log import mark_page_dirty_in_slot
+from .fmt import gen_text, result_text
 from .history import Journaled, StateError
 from .numbers import check_number
 from .memslot import OBSERVED_FIELDS
@@ -150,7 +151,7 @@ class Access:
         rw = "write" if self.write else "read"
         hva = f" hva {self.hva:#x}" if self.hva is not None else ""
         slot = f" ({self.slot.label})" if self.slot is not None else ""
-        return (f"{self.vcpu} {rw} gfn {self.gfn:#x} (as{self.as_id}, gen {_gen(self.generation)}): "
+        return (f"{self.vcpu} {rw} gfn {self.gfn:#x} (as{self.as_id}, gen {gen_text(self.generation)}): "
                 f"{self.reason}{slot}{hva}")
 
 
@@ -181,7 +182,7 @@ def check_mmio_spte(spte, gen):
     (True, False, False)
     """
     if gen & IP:
-        return False, f"the current generation {_gen(gen)} has the in-progress bit set"
+        return False, f"the current generation {gen_text(gen)} has the in-progress bit set"
     current = gen & MMIO_SPTE_GEN_MASK
     if spte.generation != current:
         return False, f"its generation {spte.generation:#x} differs from the current {current:#x}"
@@ -280,7 +281,7 @@ class Vcpu(Journaled):
         self.pinned_edits = tuple(getattr(s, "edits", 0) for s in sets)
         self.locked_at = len(vm.history)
         self.seen = {}
-        pins = ", ".join(f"{s.name} (gen {_gen(s.generation)})" for s in sets)
+        pins = ", ".join(f"{s.name} (gen {gen_text(s.generation)})" for s in sets)
         late = ""
         if vm.update is not None and vm.update.blocked and "SRCU" in vm.update.blocked:
             late = (" It enters after the pointer was published, so it sees the new set and the "
@@ -359,7 +360,7 @@ class Vcpu(Journaled):
         if gen != self.last_used_slot_gen:
             if self.last_used_slot is not None:
                 notes.append(f"the vCPU slot cache ({self.last_used_slot.label}, gen "
-                             f"{_gen(self.last_used_slot_gen)}) is stale: the generation is now {_gen(gen)}, "
+                             f"{gen_text(self.last_used_slot_gen)}) is stale: the generation is now {gen_text(gen)}, "
                              "so the cached pointer is dropped")
                 self.last_used_slot = None
             self.last_used_slot_gen = gen
@@ -464,16 +465,16 @@ class Vcpu(Journaled):
         spte = MmioSpte(as_id, gfn, gen & MMIO_SPTE_GEN_MASK, self.vm.arch.mmu_valid_gen, reason)
         self.vm.set_mmio_spte(spte)
         return (f"make_mmio_spte for gfn {gfn:#x} with MMIO generation {spte.generation:#x} "
-                f"(= {_gen(gen)} & 0x{MMIO_SPTE_GEN_MASK:x}; bit 63 is not stored)")
+                f"(= {gen_text(gen)} & 0x{MMIO_SPTE_GEN_MASK:x}; bit 63 is not stored)")
 
     def _cache_mmio_info(self, gfn):
         """``vcpu_cache_mmio_info``: refuses while bit 63 is set; returns a note."""
         gen = self.current_generation(0)      # x86 reads address space 0 here
         if gen & IP:
-            return (f"vcpu_cache_mmio_info refuses to cache gfn {gfn:#x}: generation {_gen(gen)} "
+            return (f"vcpu_cache_mmio_info refuses to cache gfn {gfn:#x}: generation {gen_text(gen)} "
                     "has the in-progress bit")
         self.mmio_gfn, self.mmio_gen = gfn, gen
-        return f"vcpu_cache_mmio_info caches gfn {gfn:#x} as MMIO under generation {_gen(gen)}"
+        return f"vcpu_cache_mmio_info caches gfn {gfn:#x} as MMIO under generation {gen_text(gen)}"
 
     def match_mmio_gfn(self, gfn):
         """``vcpu_match_mmio_gpa``: may the emulator treat ``gfn`` as MMIO from the cache?
@@ -493,9 +494,9 @@ class Vcpu(Journaled):
             ok, text = False, f"gfn {gfn:#x} is not in the MMIO info cache"
         elif self.mmio_gen != current:
             ok, text = False, (f"stale MMIO info for gfn {gfn:#x} rejected: cached under generation "
-                               f"{_gen(self.mmio_gen)}, now {_gen(current)}")
+                               f"{gen_text(self.mmio_gen)}, now {gen_text(current)}")
         else:
-            ok, text = True, f"gfn {gfn:#x} is MMIO per the cache (generation {_gen(current)} matches)"
+            ok, text = True, f"gfn {gfn:#x} is MMIO per the cache (generation {gen_text(current)} matches)"
         self.record("vcpu_match_mmio_gpa", text + ".", result=ok)
         return ok
 
@@ -512,7 +513,7 @@ class Vcpu(Journaled):
         r, notes = ghc.init()
         self.hva_caches = self.hva_caches + (ghc,)
         self.record("kvm_gfn_to_hva_cache_init", f"gpa {gpa:#x} len {length:#x}: "
-                                                 f"{'ok' if not r else _errname(r)}; {'; '.join(notes)}.", result=r)
+                                                 f"{'ok' if not r else result_text(r)}; {'; '.join(notes)}.", result=r)
         return ghc
 
 
@@ -561,7 +562,7 @@ class GfnToHvaCache(Journaled):
             gfn = slot.end_gfn
         if first == last:
             self.hva, self.memslot = hva0 + (self.gpa & ((1 << PAGE_SHIFT) - 1)), slot0
-            return 0, [f"cached hva {self.hva:#x} in {slot0.label} under generation {_gen(self.generation)}"]
+            return 0, [f"cached hva {self.hva:#x} in {slot0.label} under generation {gen_text(self.generation)}"]
         self.hva = hva0
         return 0, ["the range crosses a page: memslot = NULL, reads and writes use the slow path"]
 
@@ -588,7 +589,7 @@ class GfnToHvaCache(Journaled):
             notes.append(f"offset {offset:#x} + len {length:#x} exceeds the cached len {self.len:#x}")
         else:
             if gen != self.generation:
-                notes.append(f"stale cache: made under generation {_gen(self.generation)}, now {_gen(gen)}; "
+                notes.append(f"stale cache: made under generation {gen_text(self.generation)}, now {gen_text(gen)}; "
                              "init again")
                 r, more = self.init()
                 notes += more
@@ -614,11 +615,3 @@ class GfnToHvaCache(Journaled):
 def _key(slot):
     # an array-model slot is a fresh view per lookup; its identity is the entry it shows
     return id(getattr(slot, "entry", slot))
-
-
-def _gen(g):
-    return f"{g & ~IP:#x}|IP" if g & IP else f"{g:#x}"
-
-
-def _errname(r):
-    return f"-{errno.errorcode.get(-r, -r)}"

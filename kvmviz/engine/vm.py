@@ -19,17 +19,18 @@ kvmviz.engine.errors.KvmError: [Errno 17] EEXIST: gfns 0x80..0x80 overlap slot 0
 
 import errno
 from collections import Counter
+from contextlib import contextmanager
 from typing import NamedTuple
 
 from .arch import X86Arch
 from .constants import GFN_LIMIT, PAGE_SHIFT, PAGE_SIZE, U64_MAX
 from .dirty_log import get_dirty_log
 from .history import History, Journaled, StateError, append_item, set_item
-from .errors import KvmError
+from .errors import KvmError, ModelBug
 from .guest_memfd import create_guest_memfd
 from .kernels import KERNELS, has, kernel_for
 from .memslot import Allocation, Memslot
-from .tree.memslots import MemslotSet, ModelBug
+from .tree.memslots import MemslotSet
 from .numbers import check_number
 from .events import ReaderAction
 from .srcu import Srcu
@@ -177,17 +178,21 @@ class VM(Journaled):
         included) when validation fails (``KvmError``) or when a reader would
         block its swap (``StateError``): the one-call API cannot wait.
         """
-        fail = _fail_errno(fail_prepare)
-        self.guard("a new KVM_SET_USER_MEMORY_REGION")
-        if self.update is not None and self.history.at_frontier:
-            raise StateError(f"update {self.update.call} is still running (slots_lock is held); "
-                             "finish it first")
+        fail = fail_errno(fail_prepare)
+        self._check_idle()
         if whole:
             self._refuse_early(region, fail)
         self.history.truncate()
         upd = Update(self, region, lambda u: self.protocol.run(u, region, fail))
         object.__setattr__(self, "update", upd)
         return upd
+
+    def _check_idle(self):
+        """Refuse a new call inside a stepped-back update or while one runs (``StateError``)."""
+        self.guard("a new KVM_SET_USER_MEMORY_REGION")
+        if self.update is not None and self.history.at_frontier:
+            raise StateError(f"update {self.update.call} is still running (slots_lock is held); "
+                             "finish it first")
 
     def set_user_memory_region(self, slot, flags, guest_phys_addr, memory_size, userspace_addr,
                                fail_prepare=False):
@@ -213,6 +218,56 @@ class VM(Journaled):
                              guest_memfd_offset, guest_memfd, v2=True)
         return self._finish(self._begin(region, fail_prepare, whole=True))
 
+    def dry_run(self, slot, flags, guest_phys_addr, memory_size, userspace_addr, fail_prepare=False,
+                until=None, guest_memfd=None, guest_memfd_offset=0):
+        """A preview: the steps the call would take now; the VM and its history stay exactly as they were.
+
+        The call runs as ``begin_set_user_memory_region`` would (``_region2``
+        when ``guest_memfd`` is given) up to ``until`` (as in
+        ``Update.run_until``), its end, or a wait on a reader; then
+        everything is undone: state, history (events ahead of a stepped-back
+        cursor included), cost counters, the call serial, the running update
+        and its protocol. A refusal is the first step's ``error``; a value no
+        C caller could pass raises ``ValueError`` as ``begin`` does.
+
+        >>> vm = VM(); steps = vm.dry_run(1, 0, 0, 0x1000, 0x10000)
+        >>> steps[0].change, steps[-1].result, len(vm.history), vm.memslots(0), dict(vm.cost)
+        ('CREATE', 0, 0, [], {})
+        >>> vm.dry_run(1, 0, 0x1001, 0x1000, 0x10000)[0].error.errname
+        'EINVAL'
+        """
+        v2 = guest_memfd is not None
+        region = make_region(slot, flags, guest_phys_addr, memory_size, userspace_addr,
+                             guest_memfd_offset, guest_memfd or 0, v2=v2)
+        self._check_idle()
+        saved = self.calls, self.update, dict(vars(self.protocol))
+        with self.uncounted(), self.history.preview():
+            try:
+                object.__setattr__(self, "update", None)    # as begin abandons an update ahead of the cursor
+                return self._begin(region, fail_prepare).run_until(until)
+            finally:
+                object.__setattr__(self, "calls", saved[0])
+                object.__setattr__(self, "update", saved[1])
+                vars(self.protocol).clear()
+                vars(self.protocol).update(saved[2])
+
+    @contextmanager
+    def uncounted(self):
+        """Work done inside the ``with`` block is not charged to ``vm.cost`` (a look, not the model's work).
+
+        >>> vm = VM()
+        >>> with vm.uncounted():
+        ...     vm.id_to_memslot(1)
+        >>> dict(vm.cost)
+        {}
+        """
+        saved = dict(self.cost)
+        try:
+            yield
+        finally:
+            self.cost.clear()
+            self.cost.update(saved)
+
     def create_guest_memfd(self, size, flags=0):
         """``KVM_CREATE_GUEST_MEMFD`` (6.8+): the new file's fd (``kvmviz.engine.guest_memfd``)."""
         if not has(self.kernel, "guest_memfd"):
@@ -227,13 +282,9 @@ class VM(Journaled):
         the protocol who would block a swap. A call that would fail its
         prepare before the first swap is refused too while a reader blocks.
         """
-        cost = dict(self.cost)
-        try:
+        with self.uncounted():
             check_ioctl(region, self.kernel)
             plan = check_memory_region(self, region)
-        finally:
-            self.cost.clear()
-            self.cost.update(cost)
         blockers = self.protocol.swap_blockers() if plan.change != NONE else ()
         if blockers:
             raise StateError(f"this {plan.change} would be blocked at its swap ({'; '.join(blockers)}); nothing "
@@ -557,7 +608,12 @@ def _with(tup, i, value):
     return tup[:i] + (value,) + tup[i + 1:]
 
 
-def _fail_errno(fail_prepare):
+def fail_errno(fail_prepare):
+    """The errno a ``fail_prepare`` argument injects: True is ``ENOMEM``, False/None/0 none.
+
+    >>> fail_errno(True), fail_errno(False), fail_errno(22)
+    (12, 0, 22)
+    """
     if fail_prepare is True:
         return errno.ENOMEM
     if fail_prepare is False or fail_prepare is None or fail_prepare == 0:

@@ -30,7 +30,7 @@ from typing import NamedTuple
 from ..engine.constants import (KVM_MEM_LOG_DIRTY_PAGES as LOG, KVM_MEM_MAX_NR_PAGES, KVM_MEM_READONLY as RO,
                          KVM_USER_MEM_SLOTS, PAGE_SHIFT, PAGE_SIZE as P, TASK_SIZE_MAX, U64_MAX)
 from ..engine.errors import KvmError
-from ..export import result_text
+from ..engine.fmt import result_text
 from .guest import PROBE_LIMIT
 from .kvm import HostVM
 from .model import describe, host_capabilities, model_for_host

@@ -28,7 +28,10 @@ from dataclasses import dataclass
 from ..engine.constants import KVM_ADDRESS_SPACE_NUM as N
 from ..engine.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
 from ..engine.errors import KvmError
+from ..engine.fmt import gen_text
 from ..engine.invariants import RULES, check_invariants
+from ..engine.numbers import parse_number
+from ..engine.scenario import Scenario
 from ..engine.vm import VM
 
 HVA = 0x7F0000000000
@@ -47,17 +50,15 @@ def _text(answer):
 
 
 def parse_int(answer):
-    """Read an integer written in decimal or ``0x`` hex.
+    """Read an integer written in decimal or ``0x`` hex, ``-1`` too (``kvmviz.engine.numbers``).
 
-    >>> parse_int("0x10"), parse_int(" 16 "), parse_int(3)
-    (16, 16, 3)
+    >>> parse_int("0x10"), parse_int(" 16 "), parse_int(3), parse_int("-1")
+    (16, 16, 3, -1)
     """
-    if isinstance(answer, int) and not isinstance(answer, bool):
-        return answer
-    text = _text(answer).lower().replace("_", "")
+    text = answer if isinstance(answer, int) else _text(answer)
     try:
-        return int(text, 0)
-    except ValueError:
+        return parse_number(text, "answer", signed=True)
+    except (TypeError, ValueError):
         raise AnswerError(f"{answer!r} is not a number (write 12 or 0xc).") from None
 
 
@@ -74,7 +75,7 @@ def parse_generation(answer):
     nums = [p for p in parts if p != "IP"]
     if len(nums) != 1:
         raise AnswerError(f"{answer!r}: write a generation as 4, 0x4 or 0x4|IP.")
-    return parse_int(nums[0].lower()) | ip
+    return parse_int(nums[0]) | ip
 
 
 def parse_set(answer):
@@ -117,15 +118,6 @@ def parse_errno(answer):
     return text
 
 
-def fmt_generation(g):
-    """A generation as the steps print it: ``0x4`` or ``0x4|IP``.
-
-    >>> fmt_generation(4 | IP)
-    '0x4|IP'
-    """
-    return f"{g & ~IP:#x}|IP" if g & IP else f"{g:#x}"
-
-
 # -- situations ------------------------------------------------------------------
 
 
@@ -142,47 +134,35 @@ class Situation:
     old: object = None
 
 
-def run_to(upd, run):
-    """Take steps of ``upd``: a count, ``"end"``, or up to and including the
-    ``n``-th step of a function, given as ``(function, n)`` or ``function``.
-
-    >>> upd = VM().begin_set_user_memory_region(1, 0, 0, 0x1000, HVA)
-    >>> run_to(upd, ("kvm_swap_active_memslots", 1))[-1].function
-    'kvm_swap_active_memslots'
-    """
-    if run == "end":
-        return list(upd)
-    if isinstance(run, int):
-        return [next(upd) for _ in range(run)]
-    function, n = (run, 1) if isinstance(run, str) else run
-    steps = []
-    while sum(s.function == function for s in steps) < n:
-        steps.append(next(upd))
-    return steps
-
-
 def situation(calls=(), begin=None, run=0, fail_prepare=False, before=None, **vm_args):
     """Return a function that builds a fresh ``Situation`` each time it is called.
 
-    ``calls`` are finished ``set_user_memory_region`` argument tuples;
-    ``before(vm)`` may then act (a reader, a notifier); ``begin`` starts one
-    more call and ``run`` says how far it goes (see ``run_to``).
+    A ``Scenario`` (``kvmviz.engine.scenario``) on ``VM(**vm_args)`` makes
+    the ``calls`` (argument tuples, run to the end); ``before`` then acts:
+    scenario lines (``"vcpu 0 lock"``, ``"mn start HVA END"``) or a function
+    of the VM (to break it on purpose); ``begin`` starts one more call and
+    ``run`` says how far it goes (``"end"``, or ``Update.run_until``'s
+    step count, function name or ``(function, n)``).
 
-    >>> sit = situation([(1, 0, 0x100000, 0x10000, HVA)], begin=(1, 0, 0, 0, 0), run=2)()
-    >>> sit.upd.change, len(sit.steps), sit.vm.generation(0)
-    ('DELETE', 2, 2)
+    >>> sit = situation([(1, 0, 0x100000, 0x10000, HVA)], before="vcpu 0 lock", begin=(1, 0, 0, 0, 0),
+    ...                 run="end")()
+    >>> sit.upd.change, sit.upd.blocked, gen_text(sit.vm.generation(0))
+    ('DELETE', 'SRCU readers still inside: vcpu0', '0x2|IP')
     """
     def build():
-        vm = VM(**vm_args)
+        sc = Scenario(VM(**vm_args))
         for call in calls:
-            vm.set_user_memory_region(*call)
-        if before is not None:
-            before(vm)
+            sc.call(*call)
+        if callable(before):
+            before(sc.vm)
+        elif before:
+            sc.play(before)
+        vm = sc.vm
         if begin is None:
             return Situation(vm)
         old = vm.id_to_memslot(begin[0] & 0xFFFF, begin[0] >> 16) if begin[0] >> 16 < vm.address_spaces else None
-        upd = vm.begin_set_user_memory_region(*begin, fail_prepare=fail_prepare)
-        return Situation(vm, upd, tuple(run_to(upd, run)), old)
+        upd = sc.begin(*begin, fail_prepare=fail_prepare)
+        return Situation(vm, upd, tuple(upd.run_until(None if run == "end" else run)), old)
     return build
 
 
@@ -358,14 +338,13 @@ class PredictState(Exercise):
     def solve(self, sit):
         """Advance the situation and probe it."""
         if sit.upd is not None:
-            todo = list(sit.upd) if self.advance == "end" else [next(sit.upd) for _ in range(self.advance)]
-            sit.steps = sit.steps + tuple(todo)
+            sit.steps += tuple(sit.upd.run_until(None if self.advance == "end" else self.advance))
         return self.probe(sit)
 
     def format(self, value):
         """Generations as the steps print them, sets as ``set1``."""
         if self.answer_type == "generation":
-            return fmt_generation(value)
+            return gen_text(value)
         if self.answer_type == "set":
             return f"set{value}"
         if self.answer_type == "address":
@@ -493,10 +472,9 @@ class SpotInvariant(Exercise):
 
     def solve(self, sit):
         """Step until ``check_invariants`` reports; the rule of its first violation."""
+        if sit.upd is not None and not check_invariants(sit.vm):
+            sit.steps += tuple(sit.upd.run_until(lambda step: check_invariants(sit.vm)))
         self._violations = check_invariants(sit.vm)
-        while not self._violations and sit.upd is not None and sit.upd.result is None:
-            sit.steps = sit.steps + (next(sit.upd),)
-            self._violations = check_invariants(sit.vm)
         if not self._violations:
             raise RuntimeError(f"exercise {self.key}: no invariant is broken")
         return self._violations[0].rule

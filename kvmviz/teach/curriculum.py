@@ -9,13 +9,12 @@ module only says which situation to build and what to look at.
 [True, True, True, True, True]
 """
 
-import errno
 from functools import lru_cache
 
 from ..engine.constants import KVM_MEM_LOG_DIRTY_PAGES as LOG, KVM_MEM_READONLY as RO
-from .answers import (HVA, ChooseErrno, PickStep, PredictState, SpotInvariant, fmt_generation, situation,
-                      slot_in)
+from .answers import HVA, ChooseErrno, PickStep, PredictState, SpotInvariant, situation, slot_in
 from ..engine.errors import KvmError
+from ..engine.fmt import gen_text, result_text
 
 GIB = 1 << 30
 
@@ -85,10 +84,6 @@ def _grow_in_place(vm):
     vm.memslots(0)[0].npages += 0x10
 
 
-def _reader_inside(vm):
-    vm.add_vcpu().srcu_read_lock()
-
-
 #: What ``Vcpu.access`` can report for a read (reference §2.3): a fault on an INVALID copy is retried.
 REASONS = ("ok", "no-slot", "retry", "readonly")
 
@@ -104,8 +99,10 @@ def _access(gfn, fresh=False):
     return probe
 
 
-def _notifier_running(vm):
-    vm.mmu_notifier_invalidate_range_start(HVA, HVA + 0x1000)
+#: A vCPU inside its SRCU read section since before the update.
+READER_INSIDE = "vcpu 0 lock"
+#: An MMU-notifier invalidation of the first page of ``HVA`` in progress.
+NOTIFIER_RUNNING = f"mn start {HVA:#x} {HVA + 0x1000:#x}"
 
 
 def _slot_of(gfn):
@@ -117,7 +114,7 @@ def _slot_of(gfn):
 
 def _generations(*as_ids):
     return lambda sit: [f"as{a}: {[s.label for s in sit.vm.memslots(a)]}, generation "
-                        f"{fmt_generation(sit.vm.generation(a))}" for a in as_ids]
+                        f"{gen_text(sit.vm.generation(a))}" for a in as_ids]
 
 
 def _steps_of(function):
@@ -171,7 +168,7 @@ L02 = (
                  hint="Only the active set's generation is kept up to date (reference §3.1).",
                  explain="only the set being published gets a new generation; set0 keeps its stale 0x0 "
                          "until the next swap publishes it.",
-                 show=lambda sit: [f"set{s.node_idx}: generation {fmt_generation(s.generation)}"
+                 show=lambda sit: [f"set{s.node_idx}: generation {gen_text(s.generation)}"
                                    for s in sit.vm.sets[0]]),
     PredictState("02.5", "A fresh VM, then three CREATEs (slots 1, 2, 3). What is the generation of as0?",
                  situation([SLOT1, SLOT2, (3, 0, 0x300000, 0x1000, HVA + 0x20000)]),
@@ -292,33 +289,33 @@ L05 = (
 
 L06 = (
     PickStep("06.1", "vcpu0 entered an SRCU read-side section before the CREATE of slot 1 began. At which "
-             "step does the writer first have to wait?", situation(before=_reader_inside, begin=SLOT1),
+             "step does the writer first have to wait?", situation(before=READER_INSIDE, begin=SLOT1),
              lambda sit: bool(sit.upd.blocked),
              explain="synchronize_srcu_expedited, after the publish: vcpu0 may still use the old set."),
     PredictState("06.2", "In 06.1, while the writer waits for vcpu0, which set of as0 is active?",
-                 situation(before=_reader_inside, begin=SLOT1, run=("synchronize_srcu_expedited", 1)),
+                 situation(before=READER_INSIDE, begin=SLOT1, run=("synchronize_srcu_expedited", 1)),
                  lambda sit: sit.vm.active_idx[0], "set", advance=0,
                  hint="The grace period starts after the pointer is published (reference §3.4).",
                  explain="the publish came first; the grace period waits only for readers of the old set0.",
                  show=lambda sit: [str(sit.steps[-1])]),
     PredictState("06.3", "Same moment. What generation does a reader that enters now see?",
-                 situation(before=_reader_inside, begin=SLOT1, run=("synchronize_srcu_expedited", 1)),
+                 situation(before=READER_INSIDE, begin=SLOT1, run=("synchronize_srcu_expedited", 1)),
                  lambda sit: sit.vm.generation(0), "generation", advance=0,
                  explain="the swap is between publish and final store: the old generation with bit 63 set.",
                  show=_generations(0)),
     PickStep("06.4", "An MMU-notifier invalidation is running (invalidate_range_start was called, not yet "
              "end) when the CREATE of slot 1 begins. At which step does the writer first have to wait?",
-             situation(before=_notifier_running, begin=SLOT1), lambda sit: bool(sit.upd.blocked),
+             situation(before=NOTIFIER_RUNNING, begin=SLOT1), lambda sit: bool(sit.upd.blocked),
              explain="the swap waits before publishing, so that range_start and range_end see the same slots."),
     PredictState("06.5", "Slot 1 exists; vcpu0 entered SRCU, then a DELETE of slot 1 began. The writer now waits "
                  "for vcpu0 after swap #1. vcpu0 reads gfn 0x100: what is the outcome?",
-                 situation([SLOT1], before=_reader_inside, begin=DELETE1, run=("synchronize_srcu_expedited", 1)),
+                 situation([SLOT1], before=READER_INSIDE, begin=DELETE1, run=("synchronize_srcu_expedited", 1)),
                  _access(0x100), "choice", advance=0, choices=REASONS,
                  hint="vcpu0 still uses the set it loaded at srcu_read_lock (reference §2.3, §3.4).",
                  explain="vcpu0 loaded the old set before swap #1; that set still holds the valid slot.",
                  show=lambda sit: [str(sit.vm.vcpus[0].access(0x100))]),
     PredictState("06.6", "Same moment. A new vCPU enters SRCU now and reads gfn 0x100: what is the outcome?",
-                 situation([SLOT1], before=_reader_inside, begin=DELETE1, run=("synchronize_srcu_expedited", 1)),
+                 situation([SLOT1], before=READER_INSIDE, begin=DELETE1, run=("synchronize_srcu_expedited", 1)),
                  _access(0x100, fresh=True), "choice", advance=0, choices=REASONS,
                  hint="A reader that enters after the publish sees the newly published set, which holds the "
                       "INVALID copy; what does the x86 fault path do with it (reference §2.3)?",
@@ -428,7 +425,7 @@ L09 = (
                           "under the final generation."),
     SpotInvariant("09.7", "Variant no-srcu-wait, with vcpu0 inside SRCU since before the CREATE of slot 1. "
                   "Which invariant breaks first?",
-                  situation(before=_reader_inside, begin=SLOT1, variant="no-srcu-wait"),
+                  situation(before=READER_INSIDE, begin=SLOT1, variant="no-srcu-wait"),
                   explain="the swap finishes while vcpu0, which entered before the publish, may still use the "
                           "old set."),
 )
@@ -507,7 +504,7 @@ L10 = (
 
 
 def _errname(r):
-    return errno.errorcode[-r].lower() if r else "0"
+    return result_text(r).lstrip("-").lower()
 
 
 def _guest_writes(*gfns):
@@ -538,7 +535,7 @@ L11 = (
                  explain="one swap adds kvm_arch_nr_memslot_as_ids(kvm) = 1: 0x0 + 1.", show=_generations(0)),
     PredictState("11.2", "A READONLY slot at gpa 0 (one page). The guest WRITES gfn 0. What does the model's fault "
                  "path report (the real kernel turns it into a KVM_EXIT_MMIO with is_write = 1)?",
-                 situation([(0, RO, 0, 0x1000, HVA)], before=_reader_inside, **NO_SMM),
+                 situation([(0, RO, 0, 0x1000, HVA)], before=READER_INSIDE, **NO_SMM),
                  lambda sit: sit.vm.vcpus[0].access(0, write=True).reason, "choice", advance=0, choices=REASONS,
                  hint="The slot exists and is found; what does a READONLY slot refuse (docs/kernel-6.12.md §4.7)?",
                  explain="the lookup finds the slot, but a write to a READONLY slot gets no writable page: KVM "

@@ -18,7 +18,7 @@ the real code next to the model (kvmviz copies none of it).
 import html
 
 from ..engine.errors import KvmError
-from .answers import fmt_generation
+from ..engine.fmt import gen_text
 
 ELIXIR = "https://elixir.bootlin.com/linux/{version}/A/ident/"
 
@@ -102,7 +102,7 @@ def steps_markdown(steps, as_id=0, start=1, version=None):
     for i, s in enumerate(steps, start):
         wait = " (waiting)" if s.waiting else ""
         rows.append(f"| {i} | {s.stage} | {kernel_link(s.function, version)}{wait} | {_cell(s.text)} | "
-                    f"{_cell(fmt_generation(s.generation(as_id)))} |")
+                    f"{_cell(gen_text(s.generation(as_id)))} |")
     return "\n".join(rows)
 
 
@@ -136,7 +136,7 @@ def locks_markdown(steps, as_id=0, start=1):
         cells = ["take" if lock in s.locks and lock not in held else "█" if lock in s.locks
                  else "release" if lock in held else "" for lock in LOCKS]
         rows.append(f"| {i} | {kernel_link(s.function)} | " + " | ".join(cells) +
-                    f" | {_srcu_note(s)} | {_cell(fmt_generation(s.generation(as_id)))} |")
+                    f" | {_srcu_note(s)} | {_cell(gen_text(s.generation(as_id)))} |")
         held = s.locks
     return "\n".join(rows)
 
@@ -169,10 +169,10 @@ def describe_call(vm, slot, flags, guest_phys_addr, memory_size, userspace_addr,
         return f"not a valid call: {e}"
     as_id, change = slot >> 16, steps[-1].change
     if change == "NONE":
-        return f"returns 0: nothing to change; as{as_id} generation stays {fmt_generation(vm.generation(as_id))}"
+        return f"returns 0: nothing to change; as{as_id} generation stays {gen_text(vm.generation(as_id))}"
     swaps = sum(s.function == "rcu_assign_pointer" for s in steps)
     return (f"returns 0: {change} of slot {slot & 0xFFFF} (as{as_id}), {swaps} swap(s); "
-            f"as{as_id} generation now {fmt_generation(vm.generation(as_id))}")
+            f"as{as_id} generation now {gen_text(vm.generation(as_id))}")
 
 
 def html_text(text):

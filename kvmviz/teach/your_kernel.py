@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from ..engine.constants import KVM_MEM_LOG_DIRTY_PAGES as LOG, KVM_MEM_READONLY as RO, PAGE_SHIFT
-from ..export import result_text
+from ..engine.fmt import result_text
 from ..host.check import Call, expected_access, fmt_outcome, model_call
 from ..host.guest import GuestAccess
 from ..host.kvm import Capabilities, HostVM, available

@@ -40,14 +40,14 @@ could block midway.
 
 import errno
 from collections import Counter
-from contextlib import contextmanager
+from functools import partial
 from importlib import resources
 from typing import NamedTuple
 
-from ..engine.constants import KVM_MEM_GUEST_MEMFD, KVM_MEM_READONLY, flag_names
-from ..engine.errors import KvmError
+from ..engine.constants import KVM_MEM_READONLY, flag_names
+from ..engine.fmt import result_text
 from ..engine.kernels import KERNELS, has
-from ..engine.validate import CHANGES, DELETE, check_ioctl, check_memory_region, make_region
+from ..engine.validate import CHANGES, DELETE
 from ..engine.vm import VM
 from .qemu import MemoryCall, QemuTrace, parse_qemu
 
@@ -88,8 +88,8 @@ class ReplayedCall:
 
     def __repr__(self):
         what = self.outside and "OUTSIDE" or self.change or "refused"
-        return (f"<call {self.number} line {self.call.line}: {what}, logged {_ret(self.call.ret)}, "
-                f"model {_ret(self.modelled)}>")
+        return (f"<call {self.number} line {self.call.line}: {what}, logged {_rc(self.call.ret)}, "
+                f"model {_rc(self.modelled)}>")
 
 
 class ReplayReport:
@@ -148,7 +148,7 @@ class ReplayReport:
         for a, slots in self.layout().items():
             lines.append(f"as{a}: {len(slots)} slots at the end, generation {self.vm.generation(a):#x}")
         lines.append(f"mismatches: {len(self.mismatches)}")
-        lines += [f"  line {m.line} (call {m.number}): logged {_ret(m.logged)}, model {_ret(m.modelled)}: "
+        lines += [f"  line {m.line} (call {m.number}): logged {_rc(m.logged)}, model {_rc(m.modelled)}: "
                   f"{m.why}" for m in self.mismatches]
         lines += [f"  line {u.line} unparsed ({u.reason}): {_cut(u.text.strip())}"
                   for u in self.unparsed[:UNPARSED_SHOWN]]
@@ -159,17 +159,6 @@ class ReplayReport:
     def __repr__(self):
         return (f"<ReplayReport: {len(self.calls)} calls, {len(self.mismatches)} mismatches, "
                 f"{len(self.unparsed)} unparsed, peak {self.peak_slots} slots>")
-
-
-@contextmanager
-def _uncounted(vm):
-    """Look at the VM without charging the lookups to its cost counters."""
-    saved = dict(vm.cost)
-    try:
-        yield
-    finally:
-        vm.cost.clear()
-        vm.cost.update(saved)
 
 
 #: How many unparsed lines ``summary`` lists (each cut to ``LINE_SHOWN`` characters).
@@ -195,19 +184,13 @@ def like(vm, history=False):
 def _span(vm, as_id, id):
     if as_id >= vm.address_spaces:
         return None
-    with _uncounted(vm):
+    with vm.uncounted():
         slot = vm.id_to_memslot(id, as_id)
     return None if slot is None else (slot.base_gfn, slot.npages, slot.flags)
 
 
 def _gens(vm):
     return tuple(vm.generation(a) for a in range(vm.address_spaces))
-
-
-def _ret(r):
-    if r is None:
-        return "none"
-    return "0" if r == 0 else f"{r} ({errno.errorcode.get(-r, '?')})"
 
 
 class _Replayer:
@@ -262,18 +245,13 @@ class _Replayer:
 
     def logged_failure(self, rc):
         c = rc.call
-        try:
-            region = make_region(*c.args, *self.gmem_args(c))
-            with _uncounted(self.vm):
-                check_ioctl(region, self.vm.kernel)
-                plan = check_memory_region(self.vm, region)
-        except KvmError:
-            self.ioctl(rc, c.args)       # refused by the checks: the VM stays as it is
+        extra = self.gmem_args(c)
+        gmem = {"guest_memfd": extra[1], "guest_memfd_offset": extra[0]} if extra else {}
+        checks = self.vm.dry_run(*c.args, until=_past_the_checks, **gmem)
+        if checks[-1].result:
+            self.ioctl(rc, c.args)       # refused by the checks or kvm_gmem_bind: the VM stays as it is
             return
-        if region.flags & KVM_MEM_GUEST_MEMFD and _gmem_refuses(self.vm, region, plan.npages):
-            self.ioctl(rc, c.args)       # kvm_gmem_bind refuses it, after the checks: nothing changes
-            return
-        rc.change, rc.modelled = plan.change, 0
+        rc.change, rc.modelled = checks[-1].change, 0
         self.counts[FAILED] += 1
 
     def gmem_args(self, call):
@@ -298,9 +276,13 @@ class _Replayer:
         self.counts[upd.change if upd.result == 0 else FAILED] += 1
 
 
-def _gmem_refuses(vm, region, npages):
-    gmem = vm.gmem_files.get(region.guest_memfd)
-    return gmem is None or gmem.bind_error(region.guest_memfd_offset, npages) is not None
+#: A return code as the report prints it: ``-22 (EINVAL)``, ``none`` when the model did not run the call.
+_rc = partial(result_text, none="none", number=True)
+
+
+def _past_the_checks(step):
+    """The call has passed ``__kvm_set_memory_region``'s checks and ``kvm_gmem_bind``, or ended."""
+    return step.stage != "validate" or step.result is not None
 
 
 def _why(rc, address_spaces):
@@ -324,7 +306,7 @@ def _why(rc, address_spaces):
                 "that ran had a check the model lacks, or failed after the checks (e.g. -ENOMEM, arch prepare, "
                 "reference §4.4); the replay follows the log and leaves the VM unchanged")
     return (f"kernel and model both refuse the call, with different errnos "
-            f"(kernel {_ret(c.ret)}, model: {rc.error.message})")
+            f"(kernel {_rc(c.ret)}, model: {rc.error.message})")
 
 
 def replay(text_or_calls, vm=None, *, keep_steps=True):
@@ -381,11 +363,11 @@ def explain(report, number):
                      "its kvm_set_user_memory_region first deleted the slot with an untraced memory_size-0 "
                      "call; the steps below start with that DELETE.")
     if not steps:
-        lines.append(f"The model did not run it: the kernel refused it ({_ret(c.ret)}) and the replay "
+        lines.append(f"The model did not run it: the kernel refused it ({_rc(c.ret)}) and the replay "
                      f"follows the log (the model would have classified it as {rc.change}).")
     lines += [f"  {i:2}. {step}" for i, step in enumerate(steps, 1)]
     verdict = "match" if rc.mismatch is None else f"MISMATCH: {rc.mismatch.why}"
-    lines.append(f"Result: logged {_ret(c.ret)}, model {_ret(rc.modelled)} ({verdict}).")
+    lines.append(f"Result: logged {_rc(c.ret)}, model {_rc(rc.modelled)} ({verdict}).")
     gens = ", ".join(f"as{a} {b:#x} -> {g:#x}" for a, (b, g) in enumerate(zip(rc.gens_before, rc.gens_after)))
     lines.append(f"Generations: {gens}.")
     return "\n".join(lines)

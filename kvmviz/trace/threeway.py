@@ -29,9 +29,10 @@ kernel behaviour the model lacks).
 {'agree': 1, 'explained': 1, 'not run': 0, 'UNEXPLAINED': 0}
 """
 
-import errno
+from functools import partial
 from typing import NamedTuple
 
+from ..engine.fmt import result_text
 from ..engine.validate import DELETE
 from .replay import GMEM_FILE_SIZE
 
@@ -50,10 +51,8 @@ class HostCall(NamedTuple):
     why: str
 
 
-def _ret(r):
-    if r is None:
-        return "-"
-    return "0" if r == 0 else f"-{errno.errorcode.get(-r, '?')}"
+#: A return code in the report: ``-EINVAL``, ``-`` for a side that did not run the call.
+_rc = partial(result_text, none="-")
 
 
 class ThreeWay:
@@ -73,8 +72,8 @@ class ThreeWay:
 
     def table(self):
         """One line per call: logged, model and host return codes and the verdict."""
-        return "\n".join(f"call {c.number:4} line {c.line:5}: logged {_ret(c.logged):7} model {_ret(c.model):7} "
-                         f"host {_ret(c.host):7} {c.verdict}" for c in self.calls)
+        return "\n".join(f"call {c.number:4} line {c.line:5}: logged {_rc(c.logged):7} model {_rc(c.model):7} "
+                         f"host {_rc(c.host):7} {c.verdict}" for c in self.calls)
 
     def summary(self):
         """The counts, then each call that is not an agreement with its reason."""
@@ -90,8 +89,8 @@ class ThreeWay:
 def _verdict(rc, host):
     c = rc.call
     if rc.modelled != host:
-        return "UNEXPLAINED", (f"the model returned {_ret(rc.modelled)}, this kernel {_ret(host)} "
-                               f"(logged {_ret(c.ret)}): the model differs from a real kernel here")
+        return "UNEXPLAINED", (f"the model returned {_rc(rc.modelled)}, this kernel {_rc(host)} "
+                               f"(logged {_rc(c.ret)}): the model differs from a real kernel here")
     if host == c.ret:
         return "agree", ""
     why = f"{rc.mismatch.why}; this kernel agrees with the model"

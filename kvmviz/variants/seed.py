@@ -34,7 +34,7 @@ its work the second chain ends in ``BUG()``.
 
 from ..engine.constants import KVM_MEMSLOT_INVALID
 from ..engine.memslot import Memslot, kvm_copy_memslot
-from ..engine.tree.memslots import ModelBug
+from ..engine.errors import ModelBug
 from ..engine.tree.protocol import SAL, SL, MergedProtocol
 from ..engine.validate import CREATE, DELETE, FLAGS_ONLY, MOVE
 

@@ -23,7 +23,6 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
 
-from ..engine.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
 from ..export import model_label
 
 #: The Okabe-Ito colour-blind-safe palette.
@@ -98,15 +97,6 @@ def clear_artists(fig):
             ax.legend_.remove()
     for legend in list(fig.legends):
         legend.remove()
-
-
-def gen_text(gen):
-    """A generation as the kernel's value reads: hex, ``|IP`` for bit 63.
-
-    >>> gen_text(2), gen_text(2 | IP)
-    ('0x2', '0x2|IP')
-    """
-    return f"{gen & ~IP:#x}|IP" if gen & IP else f"{gen:#x}"
 
 
 #: Average width of a character of a 10-point title at ``DPI``, in pixels (DejaVu Sans, measured).

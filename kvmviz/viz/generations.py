@@ -19,7 +19,8 @@ from matplotlib.ticker import MaxNLocator
 
 from ..engine.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
 from ..engine.step import Step
-from .figure import C, LOCK_COLOURS, MIN_FONT, PANE_PX, SET_COLOURS, clear_artists, gen_text, new_figure, titled, width_px
+from ..engine.fmt import gen_text
+from .figure import C, LOCK_COLOURS, MIN_FONT, PANE_PX, SET_COLOURS, clear_artists, new_figure, titled, width_px
 
 
 def timeline(vm, first=None, last=None):

@@ -21,7 +21,8 @@ from matplotlib.patches import FancyBboxPatch, Patch
 
 from ..engine.constants import flag_names
 from ..engine.step import Step
-from .figure import C, DIFFERS, INVALID, MIN_FONT, PANE_PX, SAME, SET_COLOURS, gen_text, new_figure
+from ..engine.fmt import gen_text
+from .figure import C, DIFFERS, INVALID, MIN_FONT, PANE_PX, SAME, SET_COLOURS, new_figure
 from .sets import current_step
 
 #: Rows of slot objects that fit the object picture; more and the Stepper shows the gfn bands.

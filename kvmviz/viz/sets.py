@@ -19,9 +19,10 @@ import numpy as np
 from matplotlib.patches import Patch
 
 from ..engine.constants import flag_names
+from ..engine.fmt import gen_text
 from ..engine.step import Step
 from .figure import (C, DIFFERS, EMPTY, INVALID, LABEL_BOX, SAME, Bands, boxes, clear_artists, frame_axes,
-                     gen_text, new_figure, titled, width_px)
+                     new_figure, titled, width_px)
 
 #: Above this many slots in a set, slots are aggregated into gfn bins.
 MAX_DRAWN = 64

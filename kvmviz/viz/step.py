@@ -10,7 +10,8 @@ import textwrap
 from matplotlib.patches import Rectangle
 
 from ..engine.step import STAGES, Step
-from .figure import C, gen_text, new_figure, titled, width_px
+from ..engine.fmt import gen_text
+from .figure import C, new_figure, titled, width_px
 from .generations import draw_generations, readers_by_event, timeline
 from .sets import current_step, draw_sets, legend_handles, state_summary
 

@@ -26,7 +26,6 @@ False
 """
 
 import html
-from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,13 +36,13 @@ from ..check import replay
 from ..engine import numbers
 from ..engine.constants import KVM_MEM_LOG_DIRTY_PAGES, U64_MAX, flag_names
 from ..engine.errors import KvmError
-from ..export import check_model, model_label, result_text
-from ..engine.kernels import KERNELS
-from ..engine.validate import check_ioctl, check_memory_region, make_region
+from ..engine.fmt import gen_text, result_text
+from ..export import model_label
+from ..engine.kernels import KERNELS, check_model
 from ..engine.step import STAGES, Step
 from ..engine.vm import VM
 from .player_html import page
-from .figure import OKABE_ITO, PANE_PX, gen_text, to_svg
+from .figure import OKABE_ITO, PANE_PX, to_svg
 from .generations import plot_call, with_cursor
 from .objects import plot_objects
 from .sets import plot_memslots
@@ -81,27 +80,6 @@ def parse_number(name, text):
         return numbers.parse_number(text, name)
     except (TypeError, ValueError) as e:
         raise InputError(str(e)) from None
-
-
-def dry_run(vm, slot, flags, gpa, size, hva):
-    """Run every check of the ioctl without changing ``vm``; return the change type.
-
-    Models the checks of ``kvm_vm_ioctl_set_memory_region`` and
-    ``__kvm_set_memory_region`` (reference §4.1-4.3); raises ``KvmError``
-    with the kernel's errno, or ``ValueError`` for a value no C caller could
-    pass. The cost counters are put back, so even they do not move.
-
-    >>> vm = VM(); dry_run(vm, 1, 0, 0, 0x1000, 0x10000), len(vm.history)
-    ('CREATE', 0)
-    """
-    region = make_region(slot, flags, gpa, size, hva)
-    saved = Counter(vm.cost)
-    try:
-        check_ioctl(region, vm.kernel)
-        return check_memory_region(vm, region).change
-    finally:
-        vm.cost.clear()
-        vm.cost.update(saved)
 
 
 def _text(value, cls, tooltip):
@@ -481,13 +459,13 @@ class Stepper:
             for n in ("slot", "flags"):
                 wrapped[n] &= 0xFFFFFFFF
         try:
-            dry_run(vm, *wrapped.values())
-        except KvmError as e:
+            e = vm.dry_run(*wrapped.values(), until=1)[0].error     # the checks of reference §4.1-4.3
+        except ValueError as bad:
+            return f"<b>not sent to the kernel</b>: {html.escape(str(bad))}."
+        if isinstance(e, KvmError):
             return f"<b>{e.errname}</b> (errno {e.errno}): {html.escape(e.message)}" + \
                    (f" (reference §{e.rule})" if e.rule else "") + (f". Note: {note}" if note else "") + \
                    ". The ioctl would fail: nothing was changed."
-        except ValueError as e:
-            return f"<b>not sent to the kernel</b>: {html.escape(str(e))}."
         if negative:
             return f"<b>not sent to the kernel</b>: {note}."
         return None

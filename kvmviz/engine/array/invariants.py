@@ -22,7 +22,7 @@ value of the structure an install replaced (reference §3.1).
 
 from ..constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
 from ..rules import Violation
-from ..tree.protocol import _gen
+from ..fmt import gen_text
 from .memslots import AS, ARCH, BASE, BITMAP, ID, NPAGES, UID
 
 
@@ -107,6 +107,6 @@ def check_other_generation(vm, as_id):
     allowed = {ga & ~IP} if ga & IP else {ga, ga | IP} | ({ga - n} if vm.swaps[as_id] else set())
     if gi in allowed:
         return []
-    return [Violation("generation", f"as{as_id}: scratch {scratch.name} has generation {_gen(gi)}; expected one of "
-                                    f"{', '.join(map(_gen, sorted(allowed)))} (a copy of the active one, marked in "
+    return [Violation("generation", f"as{as_id}: scratch {scratch.name} has generation {gen_text(gi)}; expected one of "
+                                    f"{', '.join(map(gen_text, sorted(allowed)))} (a copy of the active one, marked in "
                                     "progress, or the stale value of the replaced structure)")]

@@ -31,7 +31,8 @@ by ``kvm_arch_guest_memory_reclaimed``.
 
 from ..constants import KVM_MEMSLOT_INVALID, SIZEOF_KVM_MEMORY_SLOT
 from .memslots import FLAGS, UID, ArraySlot, kvm_memslots_size, new_entry
-from ..tree.protocol import SAL, MergedProtocol, _gen, _label
+from ..fmt import gen_text
+from ..tree.protocol import SAL, MergedProtocol, _label
 from ..validate import CREATE, DELETE, FLAGS_ONLY, MOVE
 
 
@@ -161,7 +162,7 @@ class ArrayProtocol(MergedProtocol):
                    f"{2 * vm.address_spaces} although no slot changed")
         else:
             vm.unlock(SAL)
-            how = f"release slots_arch_lock; nothing was installed, the generation stays {_gen(vm.generation(as_id))}"
+            how = f"release slots_arch_lock; nothing was installed, the generation stays {gen_text(vm.generation(as_id))}"
         yield self.kvfree(as_id, f"prepare failed: {how}.")
 
     def update_memslots(self, as_id, old, new, change):

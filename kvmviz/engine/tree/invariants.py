@@ -26,7 +26,8 @@ data in the window. The checker accepts exactly that write (field ``arch``,
 from ..constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
 from ..rules import Violation
 from .memslots import hash_32
-from .protocol import SAL, _gen
+from ..fmt import gen_text
+from .protocol import SAL
 
 
 def check_structure(vm):
@@ -194,9 +195,9 @@ def check_other_generation(vm, as_id):
         if gi & IP and vm.changing is None:
             out.append(Violation("generation", f"{where}: {inactive.name} carries the in-progress bit at rest"))
     if not ok:
-        out.append(Violation("generation", f"{where}: inactive {inactive.name} has generation {_gen(gi)}, expected "
-                                           f"the stale {_gen(ga - n if swaps else ga)} or {_gen(ga | IP)} while a "
-                                           f"swap is being prepared (active {active.name}: {_gen(ga)})"))
+        out.append(Violation("generation", f"{where}: inactive {inactive.name} has generation {gen_text(gi)}, expected "
+                                           f"the stale {gen_text(ga - n if swaps else ga)} or {gen_text(ga | IP)} while a "
+                                           f"swap is being prepared (active {active.name}: {gen_text(ga)})"))
     return out
 
 

@@ -20,12 +20,9 @@ from collections import Counter
 from sortedcontainers import SortedDict
 
 from ..constants import GOLDEN_RATIO_32, ID_HASH_BITS
+from ..errors import ModelBug
 from ..history import MISSING, Journaled, set_item
 from .interval_tree import IntervalTree
-
-
-class ModelBug(RuntimeError):
-    """The model hit a kernel ``BUG()``/``WARN()`` (only broken variants do)."""
 
 
 def hash_32(val, bits=ID_HASH_BITS):

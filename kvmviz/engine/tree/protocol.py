@@ -19,6 +19,7 @@ import errno
 from ..constants import (KVM_MEM_GUEST_MEMFD, KVM_MEM_LOG_DIRTY_PAGES, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS,
                         KVM_MEMSLOT_INVALID, PAGE_SHIFT, SIZEOF_KVM_MEMORY_SLOT)
 from ..errors import KvmError
+from ..fmt import gen_text, result_text
 from ..guest_memfd import FIRST_FD
 from ..kernels import FEATURES, has
 from ..memslot import kvm_copy_memslot
@@ -36,10 +37,6 @@ def dirty_bitmap_bytes(npages):
     (8, 16)
     """
     return (npages + 63) // 64 * 8
-
-
-def _gen(g):
-    return f"{g & ~IP:#x}|IP" if g & IP else f"{g:#x}"
 
 
 class MergedProtocol:
@@ -152,14 +149,14 @@ class MergedProtocol:
                 vm.unlock(SL)
                 vm.changing = None
                 yield self.step("__kvm_set_memory_region", f"{text}release slots_lock; the ioctl returns "
-                                                           f"{_ret(-error.errno)}.", result=-error.errno, error=error)
+                                                           f"{result_text(-error.errno)}.", result=-error.errno, error=error)
                 return
         r = yield from self.kvm_set_memslot(plan.old, new, plan.change, fail)
         freed = self.drop_new(new) if r and new is not None else ""
         vm.unlock(SL)
         vm.changing = None
         yield self.step("kvm_set_memory_region",
-                        f"{freed}release slots_lock; the ioctl returns {_ret(r)}.", result=r,
+                        f"{freed}release slots_lock; the ioctl returns {result_text(r)}.", result=r,
                         error=KvmError(-r, f"kvm_prepare_memory_region failed for {region.where()} "
                                            f"({upd.change}; {_revert_note(upd.change, vm.address_spaces)})"
                                            f"{_prepare_reason(upd.steps)}", rule="4.4", slot=region.id) if r else None)
@@ -236,7 +233,7 @@ class MergedProtocol:
             if invalid is None:
                 vm.unlock(SAL)
                 yield self.step("kvm_set_memslot", f"prepare failed: release slots_arch_lock; no swap "
-                                                   f"happened, so the generation stays at {_gen(vm.generation(as_id))}.")
+                                                   f"happened, so the generation stays at {gen_text(vm.generation(as_id))}.")
                 return r
             self.stage = "activate"
             yield from self.kvm_activate_memslot(invalid, old)
@@ -335,7 +332,7 @@ class MergedProtocol:
         warn = " WARN: the active generation already had the in-progress bit!" if gen & IP else ""
         inactive.generation = gen | IP
         yield self.step(self.swap_function,
-                        f"mark {inactive.name} in progress: generation {_gen(gen | IP)}.{warn}",
+                        f"mark {inactive.name} in progress: generation {gen_text(gen | IP)}.{warn}",
                         touched=((as_id, inactive.node_idx, "gen", "gen"),))
         vm.lock(MNL)
         while vm.mn_active_invalidate_count:
@@ -349,7 +346,7 @@ class MergedProtocol:
         gp = self.publish(as_id, inactive)
         yield self.step("rcu_assign_pointer",
                         f"publish {inactive.name} as the active set of as{as_id} (no MMU-notifier invalidation "
-                        f"is running). New SRCU readers see it and generation {_gen(inactive.generation)}.")
+                        f"is running). New SRCU readers see it and generation {gen_text(inactive.generation)}.")
         vm.unlock(MNL)
         vm.unlock(SAL)
         yield self.step(self.swap_function,
@@ -361,7 +358,7 @@ class MergedProtocol:
         inactive.generation = final
         yield self.step(self.swap_function,
                         f"store the final generation {final:#x} (= {gen:#x} + {vm.address_spaces}) in "
-                        f"{inactive.name}; {active.name} is now inactive with stale generation {_gen(active.generation)}.",
+                        f"{inactive.name}; {active.name} is now inactive with stale generation {gen_text(active.generation)}.",
                         touched=((as_id, inactive.node_idx, "gen", "gen"),))
 
     def publish(self, as_id, new_active):
@@ -484,10 +481,6 @@ def _label(slot):
 
 def _list(objs):
     return ", ".join(o.label for o in objs) if objs else "nothing else"
-
-
-def _ret(r):
-    return "0" if not r else f"-{errno.errorcode.get(-r, -r)}"
 
 
 def _prepare_reason(steps):
