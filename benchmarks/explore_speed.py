@@ -8,8 +8,8 @@ wall time, states per second and the verdict: "ok" (no violation within the
 bound) or the shortest counterexample's length and rule ("setup" when the
 setup CREATE already breaks the variant). States/s is the figure to compare
 between runs on one machine; the state counts are exact and the same on any
-machine. The time of the first row (merged, CREATE, no reader) is the unit
-the ``x`` column divides by, measured in the same run.
+machine; the last line gives the spread of states/s over the rows with
+readers, measured in the same run.
 
     .venv/bin/python benchmarks/explore_speed.py [--readers 0,1,2] [--variants merged,seed] [--changes DELETE,MOVE]
 """
@@ -21,11 +21,11 @@ from kvmviz import variants
 from kvmviz.check import explore
 from kvmviz.review import CASES
 
-HEAD = f"{'variant':<19} {'change':<19} {'r':>1} {'states':>7} {'trans':>8} {'s':>6} {'st/s':>6} {'x':>6}  verdict"
+HEAD = f"{'variant':<19} {'change':<19} {'r':>1} {'states':>7} {'trans':>8} {'s':>6} {'st/s':>6}  verdict"
 
 
-def row(variant, title, setup, call, readers, unit):
-    """One line of the table; returns it and the wall time."""
+def row(variant, title, setup, call, readers):
+    """One line of the table; returns it and the states per second."""
     start = time.perf_counter()
     r = explore([call], setup or None, variant=variant, readers=readers)
     took = time.perf_counter() - start
@@ -34,7 +34,7 @@ def row(variant, title, setup, call, readers, unit):
                else f"{cx.length} actions, {cx.rule}")
     rate = r.states / took if took else 0
     return (f"{variant:<19} {title[:19]:<19} {readers:>1} {r.states:>7} {r.transitions:>8} {took:>6.2f} "
-            f"{rate:>6.0f} {took / (unit or took):>6.1f}  {verdict}"), took
+            f"{rate:>6.0f}  {verdict}"), rate
 
 
 def main():
@@ -46,15 +46,18 @@ def main():
     args = parser.parse_args()
     wanted = args.changes.split(",")
     print(HEAD)
-    unit = None
+    rates = []
     for variant in args.variants.split(","):
         for title, setup, call in CASES:
             if title not in wanted:
                 continue
             for readers in map(int, args.readers.split(",")):
-                line, took = row(variant, title, setup, call, readers, unit)
-                unit = unit or took
+                line, rate = row(variant, title, setup, call, readers)
+                rates += [rate] if readers and rate else []
                 print(line, flush=True)
+    if rates:
+        print(f"states/s with readers: {min(rates):.0f} to {max(rates):.0f} (fastest / slowest = "
+              f"{max(rates) / min(rates):.1f})")
 
 
 if __name__ == "__main__":

@@ -56,7 +56,8 @@ def explore(calls, setup=None, *, variant="merged", kernel=None, address_spaces=
     ``path/file.py:Class`` (the file is run, see ``kvmviz.variants.load``)
     or a ``MergedProtocol`` subclass. ``readers``: vCPUs; ``gfns``: what
     they access (default: the first gfn of the changing slot, as it was
-    or as created); ``mmu``: MMU-notifier invalidations of the slot's hva range that
+    or as created; readers run in SMM when the first call changes address
+    space 1); ``mmu``: MMU-notifier invalidations of the slot's hva range that
     may run at once. Bounds: ``max_states`` distinct states, and ``stop()``
     returning a reason (a string) to end early; ``Exploration.bound`` then
     says which bound was hit.
@@ -227,8 +228,9 @@ class _Explorer:
         self.readers, self.mmu = readers, mmu
         self.base = self._scenario(check=False)
         self.vm = vm = self.base.vm
-        self.h0 = len(vm.history)
+        self.h0, self.calls_at_h0 = len(vm.history), vm.calls
         self.changes, self.gfns, self.hva = _targets(vm, self.calls)
+        self.smm = self.calls[0][0] >> 16 == 1       # readers of address space 1 run in SMM
         if gfns is not None:
             self.gfns = tuple(gfns)
         self.path, self.marks, self.last_writer = [], [self.h0], -1
@@ -264,7 +266,9 @@ class _Explorer:
             self.last_writer = len(self.path)
         elif kind == "vcpu":
             while len(vm.vcpus) <= action[1]:
-                vm.add_vcpu()
+                vcpu = vm.add_vcpu()
+                if self.smm:
+                    vcpu.set_smm(True)
             v = vm.vcpus[action[1]]
             {"lock": v.srcu_read_lock, "unlock": v.srcu_read_unlock, "access": v.access}[action[2]](*action[3:])
         else:
@@ -290,6 +294,7 @@ class _Explorer:
             h = self.vm.history
             h.goto(self.h0)
             h.truncate()                    # abandons the running update
+            object.__setattr__(self.vm, "calls", self.calls_at_h0)     # call serials are not journaled
             self.path, self.marks, self.last_writer = [], [self.h0], -1
             self.next_call, self.done_steps = 0, 0
             c = 0
@@ -381,6 +386,8 @@ class _Explorer:
                     sc.begin(*next(calls))
                 sc.step(1)
             elif action[0] == "vcpu":
+                for n in range(len(sc.vm.vcpus), action[1] + 1) if self.smm else ():
+                    sc.vcpu(n, "smm", "on")
                 sc.vcpu(*action[1:])
             else:
                 sc.mn(*action[1:])

@@ -133,6 +133,14 @@ def test_a_class_passed_directly_is_named_by_its_file():
     assert cx.length == 11 and "wrong_srcu.py:WrongSrcu" in cx.recipe
 
 
+def test_the_array_design_and_smm_readers():
+    r = explore([DELETE], SETUP, kernel="5.15", readers=1)
+    assert (r.states, r.counterexample) == (135, None)           # call serials restored: a finite space
+    setup = SETUP.replace("slot=1", "slot=0x10001")
+    cx = explore([(0x10001,) + DELETE[1:]], setup, variant=WRONG_SRCU, readers=1).counterexample
+    assert cx.length == 11 and "vcpu 0x0 smm on" in cx.recipe   # readers of as1 run in SMM
+
+
 def test_bounds_stop_with_the_figures_so_far():
     r = explore([MOVE], SETUP, readers=2, max_states=50)
     assert r.states == 50 and r.counterexample is None and "max_states=50" in r.bound
