@@ -300,7 +300,7 @@ def test_scaling_plot_is_log_log_with_both_designs():
         assert (ax.get_xscale(), ax.get_yscale()) == ("log", "log") and ax.get_title()
     colours = {line.get_color() for line in fig.axes[0].get_lines()}
     assert colours == {scaling.OKABE_ITO["vermillion"], scaling.OKABE_ITO["blue"]}
-    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["array (5.10-5.15)", "tree (5.17+)",
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["array (5.10-5.15)", "tree (5.17+)",
                                                                                    "sampled, scaled up"]
     with pytest.raises(ValueError):
         scaling.plot_scaling(metric="seconds")

@@ -40,7 +40,7 @@ def test_at_rest_both_sets_same_and_active_marked():
     assert fig.get_suptitle() == (f"Linux {vm.kernel} model, as0 at rest: both sets hold the same 3 slots; "
                                   "set1 active, generation 0x6")
     assert "ACTIVE" in set1.get_title() and "inactive" in set0.get_title()
-    assert facecolours(set0) == facecolours(set1) == {(SAME.upper(), None), ("#FFFFFF", "..")}
+    assert facecolours(set0) == facecolours(set1) == {(SAME.upper(), None), ("#FFFFFF", None)}
     labels = [t.get_text() for t in set0.texts]
     assert "id 2 #3 -\n0x100 pages" in labels and "empty" in labels
     assert set0.get_ylabel().startswith("gfn") and set0.get_yticklabels()[0].get_text() == "0x0"
@@ -66,7 +66,7 @@ def test_mid_move_shows_invalid_copy_differing_slot_and_touched_node():
 def test_empty_vm_and_second_address_space():
     fig = viz.plot_memslots(kvmviz.VM(), as_id=1)
     assert fig.axes[0].get_title().startswith("as1/set0 (ACTIVE, generation 0x1)")
-    assert facecolours(fig.axes[0]) == {("#FFFFFF", "..")}
+    assert facecolours(fig.axes[0]) == {("#FFFFFF", None)}
 
 
 def test_many_slots_are_aggregated_into_bins():
@@ -85,7 +85,7 @@ def test_aggregated_view_marks_the_changing_slot():
     assert upd.run_until(lambda s: s.stage == "replace")[-1].stage == "replace"
     fig = viz.plot_memslots(vm)
     inactive = fig.axes[vm.active_idx[0] ^ 1]
-    assert [t.get_text() for t in inactive.texts] == ["3000:#3001"]
+    assert [t.get_text() for t in inactive.texts] == ["id 3000 #3001"]
     fig.canvas.draw()
 
 
@@ -124,10 +124,12 @@ def test_trees_show_order_intervals_hash_and_touched_nodes():
     fig = viz.plot_trees(vm)
     titles = [ax.get_title() for ax in fig.axes]
     inactive = vm.active_idx[0] ^ 1
-    assert titles[3 * inactive] == f"as0/set{inactive} gfn tree: 4 nodes in base_gfn order"
-    assert titles[3 * inactive + 1] == f"as0/set{inactive} hva interval tree: 4 ranges"
-    assert titles[3 * inactive + 2] == f"as0/set{inactive} id hash: 4 entries, 128 buckets"
+    assert titles[3 * inactive] == f"as0/set{inactive} gfn tree: 4 nodes"
+    assert titles[3 * inactive + 1] == f"as0/set{inactive} hva tree: 4 ranges"
+    assert titles[3 * inactive + 2] == f"as0/set{inactive} id hash: 4 ids"
     gfn_ax, hva_ax, hash_ax = fig.axes[3 * inactive: 3 * inactive + 3]
+    assert gfn_ax.get_xlabel() == "in base_gfn order" and hva_ax.get_xlabel().startswith("hva - 0x7f0000000000")
+    assert sorted(t.get_text() for t in hash_ax.texts) == ["0", "1", "2", "7"]          # one id per bucket
     assert [t.get_text() for t in gfn_ax.texts if t.get_text()] == ["0x0\n#1", "0x200\n#2", "0x400\n#3", "0x4000\n#4"]
     assert max(p.get_linewidth() for p in gfn_ax.patches) == 3
     assert max(p.get_linewidth() for p in hash_ax.patches) == 2.5           # the new id's bucket

@@ -12,11 +12,13 @@ One module per picture: ``figure`` (palette, figure making, PNG/SVG),
 ['plot_generations', 'plot_memslots', 'plot_step', 'plot_trees']
 """
 
-from .figure import OKABE_ITO, png_bytes
+from .figure import OKABE_ITO, png_bytes, show_in_ipython
 from .generations import plot_generations
 from .sets import plot_memslots
 from .step import plot_step
 from .trees import plot_trees
+
+show_in_ipython()
 
 
 def __getattr__(name):

@@ -20,7 +20,8 @@ from matplotlib.ticker import MaxNLocator
 from ..engine.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
 from ..engine.step import Step
 from ..engine.fmt import gen_text
-from .figure import C, LOCK_COLOURS, MIN_FONT, PANE_PX, SET_COLOURS, clear_artists, new_figure, titled, width_px
+from .figure import (C, LOCK_COLOURS, MIN_FONT, PANE_PX, SET_COLOURS, axes_px, clear_artists, new_figure, spaced,
+                     titled, width_px)
 
 
 def timeline(vm, first=None, last=None):
@@ -110,11 +111,14 @@ def reader_spans(snaps, as_id):
 def draw_generations(ax, lanes_ax, rows, as_ids, readers=None):
     """Generations per set (lines), in-progress periods, swaps; lock and reader lanes.
 
+    Returns the number of swaps and the legend handles (the caller puts the
+    legend outside the axes, where it covers no data).
+
     >>> import kvmviz
     >>> vm = kvmviz.VM(); _ = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x10000)
     >>> fig = new_figure(6, 4); a, b = fig.subplots(2, 1, sharex=True)
-    >>> draw_generations(a, b, timeline(vm), (0,))
-    1
+    >>> swaps, handles = draw_generations(a, b, timeline(vm), (0,)); swaps, len(handles)
+    (1, 5)
     """
     xs = np.array([r[0] + 1 for r in rows] or [0])
     swaps = 0
@@ -138,40 +142,48 @@ def draw_generations(ax, lanes_ax, rows, as_ids, readers=None):
             if prev != cur:
                 swaps += 1
                 ax.axvline(x, color="black", linestyle=":", linewidth=1.5)
-                ax.annotate(f"swap: set{cur} active", (x, 0.02), xycoords=("data", "axes fraction"),
-                            fontsize=7, rotation=90, va="bottom", ha="right")
+                ax.annotate(f"swap: set{cur} active", (x, 0.03), xycoords=("data", "axes fraction"),
+                            fontsize=MIN_FONT, rotation=90, va="bottom", ha="right")
     handles, _ = ax.get_legend_handles_labels()
     handles += [Patch(color=C["purple"], alpha=0.25, label="in progress (bit 63 set)"),
                 ax.plot([], [], color="black", linestyle=":", label="swap of the active pointer")[0]]
-    ax.legend(handles=handles, fontsize=7, loc="upper left", ncol=2)
-    ax.set_ylabel("generation (bit 63 shaded)", fontsize=8)
-    ax.yaxis.get_major_locator().set_params(integer=True)
+    values = sorted({r[1][a][node] & ~IP for r in rows for a in as_ids for node in (0, 1)})
+    ax.set_ylim(values[0] - 0.5, values[-1] + 0.5)
+    keep = spaced(values, ax.get_position().height * ax.figure.bbox.height / (len(values) and values[-1] - values[0] + 1),
+                  1.5 * MIN_FONT)
+    ax.set_yticks([values[i] for i in keep], [gen_text(values[i]) for i in keep], fontsize=MIN_FONT)
+    ax.set_ylabel("generation", fontsize=MIN_FONT)
+    ax.tick_params(labelsize=MIN_FONT)
     _draw_lanes(lanes_ax, rows, xs, readers, as_ids[0])
-    return swaps
+    return swaps, handles
 
 
 def _draw_lanes(ax, rows, xs, readers, as_id):
     names = list(LOCK_COLOURS)
     for lane, name in enumerate(names):
         held = [(x, 1) for x, r in zip(xs, rows) if name in r[2]]
-        ax.broken_barh(held, (lane + 0.15, 0.7), facecolors=LOCK_COLOURS[name])
+        ax.broken_barh(held, (lane + 0.1, 0.8), facecolors=LOCK_COLOURS[name])
     labels = list(names)
     spans = reader_spans(readers, as_id) if readers else {}
     for k, (name, runs) in enumerate(sorted(spans.items())):
         lane = len(names) + k
         for start, end, idx in runs:
             colour = SET_COLOURS[idx] if idx is not None else "0.5"
-            ax.broken_barh([(xs[start], end - start)], (lane + 0.15, 0.7), facecolors=colour,
-                           hatch="//", edgecolor="black")
-            ax.text(xs[start] + 0.1, lane + 0.5, f"pins set{idx}" if idx is not None else "inside",
-                    fontsize=7, va="center")
+            ax.broken_barh([(xs[start], end - start)], (lane + 0.1, 0.8), facecolors=colour, edgecolor="black")
+            ax.text(xs[start] + 0.2, lane + 0.5, f"pins set{idx}" if idx is not None else "inside",
+                    fontsize=MIN_FONT, va="center", color="white" if idx is not None else "black")
         labels.append(f"reader {name}")
-    ax.set_yticks([i + 0.5 for i in range(len(labels))], labels, fontsize=7)
+    ax.set_yticks([i + 0.5 for i in range(len(labels))], labels, fontsize=MIN_FONT)
     ax.set_ylim(len(labels), 0)
-    ax.set_xlabel("history event (step number in vm.history)", fontsize=8)
+    ax.set_xlabel("history event (step number in vm.history)", fontsize=MIN_FONT, labelpad=2)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.tick_params(labelsize=MIN_FONT)
     if len(xs):
         ax.set_xlim(xs[0], xs[-1] + 1)
+
+
+#: Height of a lock or reader lane, in px.
+LANE_PX = 18
 
 
 def plot_generations(vm, as_id=None, first=None, last=None, fig=None):
@@ -193,17 +205,22 @@ def plot_generations(vm, as_id=None, first=None, last=None, fig=None):
     readers = readers_by_event(vm, rows)
     if fig is None:
         n_lanes = len(LOCK_COLOURS) + (len(reader_spans(readers, as_ids[0])) if readers else 0)
-        fig = new_figure(9, 4 + 0.3 * n_lanes)
-        ax, lanes = fig.subplots(2, 1, sharex=True, gridspec_kw={
-            "height_ratios": (3, max(1.2, 0.4 * n_lanes)), "left": 0.17, "right": 0.98, "top": 0.92,
-            "bottom": 0.12, "hspace": 0.08})
+        legend_px = 20 * (2 if len(as_ids) == 1 else 3)
+        height = 24 + legend_px + 160 + 8 + LANE_PX * n_lanes + 40
+        fig = new_figure(9, height / 72)
+        ax = axes_px(fig, 130, 24 + legend_px, 506, 160)
+        lanes = axes_px(fig, 130, 24 + legend_px + 168, 506, LANE_PX * n_lanes)
+        lanes.sharex(ax)
+        ax.tick_params(labelbottom=False)
     else:
         clear_artists(fig)
         ax, lanes = fig.axes
-    swaps = draw_generations(ax, lanes, rows, as_ids, readers)
-    ax.relim()
-    ax.autoscale_view()
-    ax.set_title(titled(vm, _gen_title(vm, rows, as_ids, swaps), width_px(fig, ax)), fontsize=10)
+    swaps, handles = draw_generations(ax, lanes, rows, as_ids, readers)
+    ax.set_title(titled(vm, _gen_title(vm, rows, as_ids, swaps), width_px(fig)), fontsize=MIN_FONT,
+                 x=-124 / 506, ha="left", pad=8 + 20 * (2 if len(as_ids) == 1 else 3))
+    fig.legend(handles=handles, loc="upper left", bbox_to_anchor=(130 / fig.bbox.width, 1 - 22 / fig.bbox.height),
+               ncol=3, fontsize=MIN_FONT, frameon=False, borderaxespad=0,
+               columnspacing=1.2, handletextpad=0.5, borderpad=0)
     return fig
 
 
@@ -212,8 +229,6 @@ def _gen_title(vm, rows, as_ids, swaps):
     now = ", ".join(f"as{a} generation {gen_text(vm.generation(a))} (set{vm.active_idx[a]} active)"
                     for a in as_ids)
     return f"generations over {span}: {now}, {swaps} swap(s)"
-
-
 
 
 def plot_call(vm, as_id, base, end):

@@ -12,24 +12,23 @@ flag changes, moves, mismatches and calls outside the model.
 'call number (logged order)'
 """
 
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter
 
 from ..engine.constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY
 from ..export import model_label
-from .figure import OKABE_ITO as C
+from .figure import MIN_FONT, OKABE_ITO as C, new_figure
 
 BAR_COLOURS = {"RAM": C["sky"], "READONLY": C["yellow"], "LOG_DIRTY_PAGES": C["blue"]}
 MARKERS = {  # change type: (marker, colour, legend label)
     "CREATE": ("^", C["green"], "CREATE"),
     "DELETE": ("v", C["vermillion"], "DELETE"),
-    "FLAGS_ONLY": ("D", C["purple"], "FLAGS_ONLY (dirty logging on/off)"),
+    "FLAGS_ONLY": ("D", C["purple"], "FLAGS_ONLY (dirty log on/off)"),
     "MOVE": (">", C["orange"], "MOVE"),
 }
-MISMATCH = ("x", C["black"], "mismatch: model's ret differs from the log")
-OUTSIDE = ("+", C["black"], "guest_memfd call, outside the model")
+MISMATCH = ("x", C["black"], "mismatch: the model's ret differs")
+OUTSIDE = ("+", C["black"], "guest_memfd, outside the model")
 
 
 def _bar_colour(flags):
@@ -94,11 +93,21 @@ def plot_replay(report, as_id=0, name="trace", yscale="symlog"):
     >>> fig.axes[0].get_title().endswith(f"; replayed on the Linux {DEFAULT_KERNEL} model")
     True
     """
-    fig = Figure(figsize=(10, 5.5), dpi=72)
-    ax = fig.add_axes((0.13, 0.12, 0.55, 0.76))
-    for x0, x1, base, npages, flags in _lifetimes(report, as_id):
-        ax.broken_barh([(x0, x1 - x0)], (base, npages), facecolors=_bar_colour(flags),
-                       edgecolors=C["black"], linewidth=0.3)
+    fig = new_figure(10, 5.5)
+    ax = fig.add_axes((0.13, 0.12, 0.52, 0.76))
+    bars = _lifetimes(report, as_id)
+    if yscale == "symlog":
+        ax.set_yscale("symlog", base=16, linthresh=0x100, linscale=0.5)
+    else:
+        ax.set_yscale(yscale)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{int(v):#x}"))
+    ax.set_xlim(0.5, len(report.calls) + 1)
+    top = max([base + npages for *_x, base, npages, _f in bars] + [0x100])
+    ax.set_ylim(0, top * 2)
+    for x0, x1, base, npages, flags in bars:
+        y0, y1 = _visible(ax, base, base + npages)
+        ax.broken_barh([(x0, x1 - x0)], (y0, y1 - y0), facecolors=_bar_colour(flags),
+                       edgecolors=C["black"], linewidth=0.5)
     handles = [Patch(facecolor=c, edgecolor=C["black"], label=f"slot: {k}") for k, c in BAR_COLOURS.items()]
     marks = _marks(report, as_id)
     styles = {**MARKERS, "MISMATCH": MISMATCH, "OUTSIDE": OUTSIDE}
@@ -107,18 +116,26 @@ def plot_replay(report, as_id=0, name="trace", yscale="symlog"):
             xs, ys = marks[kind]
             ax.scatter(xs, ys, marker=marker, color=colour, s=36, zorder=3, linewidths=1.2)
         handles.append(Line2D([], [], marker=marker, color=colour, linestyle="none", label=label))
-    if yscale == "symlog":
-        ax.set_yscale("symlog", base=16, linthresh=0x100, linscale=0.5)
-    else:
-        ax.set_yscale(yscale)
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{int(v):#x}"))
-    ax.set_xlim(0.5, len(report.calls) + 1)
-    ax.set_ylim(bottom=0)
-    ax.set_xlabel("call number (logged order)")
-    ax.set_ylabel(f"guest frame number (gfn, {yscale} scale)")
-    ax.set_title(_title(report, as_id, name), fontsize=10)
-    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    ax.set_xlabel("call number (logged order)", fontsize=MIN_FONT)
+    ax.set_ylabel(f"guest frame number (gfn, {yscale} scale)", fontsize=MIN_FONT)
+    ax.tick_params(labelsize=MIN_FONT)
+    ax.set_title(_title(report, as_id, name), fontsize=MIN_FONT)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=MIN_FONT, frameon=False)
     return fig
+
+
+#: The thinnest a slot's bar is drawn, in px: a few pages next to GiBs must still show (and its colour).
+MIN_BAR_PX = 5
+
+
+def _visible(ax, start, end):
+    """``(start, end)`` in gfns, widened around its middle to at least ``MIN_BAR_PX`` on screen."""
+    to_px, to_gfn = ax.transData.transform, ax.transData.inverted().transform
+    y0, y1 = (to_px((0, v))[1] for v in (start, end))
+    if y1 - y0 >= MIN_BAR_PX:
+        return start, end
+    mid = (y0 + y1) / 2
+    return tuple(max(0.0, to_gfn((0, mid + d))[1]) for d in (-MIN_BAR_PX / 2, MIN_BAR_PX / 2))
 
 
 def _title(report, as_id, name):

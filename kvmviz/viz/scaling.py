@@ -16,11 +16,12 @@ scanned, shifted or probed, and slot structs copied.
 """
 
 import json
+import textwrap
 from pathlib import Path
 
 from matplotlib.lines import Line2D
 
-from .figure import OKABE_ITO, new_figure
+from .figure import MIN_FONT, OKABE_ITO, new_figure
 
 COSTS_JSON = Path(__file__).with_name("scaling_costs.json")
 #: Workloads in plotting order, with the titles the panels get.
@@ -46,7 +47,7 @@ def plot_scaling(rows=None, metric="work"):
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {sorted(METRICS)}, not {metric!r}")
     rows = load_costs() if rows is None else rows
-    fig = new_figure(13, 3.4)
+    fig = new_figure(13, 3.8)
     axes = fig.subplots(1, len(PANELS))
     for ax, (test, title) in zip(axes, PANELS):
         for design, style in STYLE.items():
@@ -60,15 +61,18 @@ def plot_scaling(rows=None, metric="work"):
                         markerfacecolor="white" if sampled else style["color"])
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("memslots (N)")
+        ax.set_title(textwrap.fill(title, 26), fontsize=MIN_FONT)
+        ax.set_xlabel("memslots (N)", fontsize=MIN_FONT)
+        ax.tick_params(labelsize=MIN_FONT)
         ax.grid(True, which="major", alpha=0.3)
-    axes[0].set_ylabel(METRICS[metric])
+    axes[0].set_ylabel(METRICS[metric], fontsize=MIN_FONT)
     handles = [Line2D([], [], color=st["color"], marker=st["marker"], label=st["label"]) for st in STYLE.values()]
     handles.append(Line2D([], [], color=OKABE_ITO["black"], marker="o", linestyle="none",
                           markerfacecolor="white", label="sampled, scaled up"))
-    axes[0].legend(handles=handles, fontsize=8, loc="upper left")
+    # above the panels, never over a curve
+    fig.legend(handles=handles, fontsize=MIN_FONT, loc="upper center", ncol=3, frameon=False,
+               bbox_to_anchor=(0.5, 1 - 22 / fig.bbox.height))
     fig.suptitle(f"Linux 5.15 array vs 5.17+ tree models: {METRICS[metric]} grows O(n) or O(n^2) for the "
-                 "array, O(log n) per call for the tree", fontsize=10)
-    fig.subplots_adjust(left=0.05, right=0.99, bottom=0.16, top=0.82, wspace=0.3)
+                 "array, O(log n) per call for the tree", fontsize=MIN_FONT)
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=0.15, top=1 - 84 / fig.bbox.height, wspace=0.32)
     return fig

@@ -21,8 +21,8 @@ from matplotlib.patches import Patch
 from ..engine.constants import flag_names
 from ..engine.fmt import gen_text
 from ..engine.step import Step
-from .figure import (C, DIFFERS, EMPTY, INVALID, LABEL_BOX, SAME, Bands, boxes, clear_artists, frame_axes,
-                     new_figure, titled, width_px)
+from .figure import (C, DIFFERS, EMPTY, INVALID, LABEL_BOX, MIN_FONT, SAME, Bands, boxes, clear_artists, frame_axes,
+                     new_figure, spaced, titled, width_px)
 
 #: Above this many slots in a set, slots are aggregated into gfn bins.
 MAX_DRAWN = 64
@@ -89,10 +89,14 @@ def slot_colour(slot, other_uids):
     return (SAME, None) if slot.uid in other_uids else (DIFFERS, None)
 
 
-def _slot_text(slot, short=False):
-    if short:
-        return f"{slot.id}:{slot.label}"
-    return f"id {slot.id} {slot.label} {flag_names(slot.flags)}\n{slot.npages:#x} pages"
+def _slot_text(slot, room_px):
+    """The label of ``slot`` that fits ``room_px`` of height: two lines, one, or none ('')."""
+    flags = flag_names(slot.flags & 0xFFFF)
+    if room_px >= 2.6 * MIN_FONT:
+        return f"id {slot.id} {slot.label} {flags}\n{slot.npages:#x} pages"
+    if room_px >= 1.3 * MIN_FONT:
+        return f"id {slot.id} {slot.label} {flags}"
+    return ""
 
 
 def _set_title(vm, st, alias=False):
@@ -103,13 +107,15 @@ def _set_title(vm, st, alias=False):
     return f"{st.name} ({role}, generation {gen_text(st.generation)})\n{what}"
 
 
-def _draw_set_bands(ax, vm, st, other_uids, bands, touched):
-    """Draw each slot of ``st`` as a box over its gfn band; gaps hatched."""
-    slots = st.slots()
-    short = len(bands.edges) > 24
+def _draw_set_bands(ax, st, other_uids, bands, touched, band_px):
+    """Draw each slot of ``st`` as a box over its gfn band; gaps hatched.
+
+    A label is drawn where it fits (``band_px`` pixels per band); a slot too
+    thin for one that the update changed is named beside the sets' middle.
+    """
     groups = {None: ([], [], []), "xx": ([], [], [])}
     covered = []
-    for slot in slots:
+    for slot in st.slots():
         y0, y1 = bands(slot.base_gfn), bands(slot.end_gfn)
         colour, hatch = slot_colour(slot, other_uids)
         hit = slot.label == touched
@@ -117,16 +123,20 @@ def _draw_set_bands(ax, vm, st, other_uids, bands, touched):
         rects.append((0.05, y0, 0.9, y1 - y0))
         colours.append(colour)
         widths.append(3 if hit else 0.8)
-        ax.text(0.5, (y0 + y1) / 2, _slot_text(slot, short) + ("  (touched)" if hit and not short else ""),
-                ha="center", va="center", fontsize=7 if short else 10,
-                fontweight="bold" if hit else "normal", bbox=LABEL_BOX if slot.invalid else None)
+        text = _slot_text(slot, (y1 - y0) * band_px)
+        if hit and "\n" in text:
+            text += "  (touched)"
+        if text or hit or colour != SAME:
+            ax.text(0.5, (y0 + y1) / 2, text or f"id {slot.id} {slot.label}", ha="center", va="center",
+                    fontsize=MIN_FONT, fontweight="bold" if hit else "normal",
+                    bbox=LABEL_BOX if slot.invalid or not text else None)
         covered.append((y0, y1))
     edges = [0.0] + [y for pair in covered for y in pair] + [bands.pos[-1]]
     gaps = [(0.05, y0, 0.9, y1 - y0) for y0, y1 in zip(edges[::2], edges[1::2]) if y1 - y0 > 1e-9]
-    boxes(ax, gaps, EMPTY, 0.5, "0.6", "..")
-    if not short:
-        for _, y0, _, h in gaps:
-            ax.text(0.5, y0 + h / 2, "empty", ha="center", va="center", fontsize=10, color="0.3",
+    boxes(ax, gaps, EMPTY, 0.6, "0.6")          # no hatch: it doubled the SVG drawing time
+    for _, y0, _, h in gaps:
+        if h * band_px >= 1.6 * MIN_FONT:
+            ax.text(0.5, y0 + h / 2, "empty", ha="center", va="center", fontsize=MIN_FONT, color="0.3",
                     bbox=LABEL_BOX)
     for hatch, (rects, colours, widths) in groups.items():
         boxes(ax, rects, colours, widths, hatch=hatch)
@@ -158,7 +168,7 @@ def _coverage(slots, edges):
     return np.diff(cum) / np.diff(edges)
 
 
-def _draw_set_binned(ax, vm, st, other_uids, top, touched):
+def _draw_set_binned(ax, st, other_uids, top, touched):
     """Many slots: coverage of gfn bins, with the slots that differ marked."""
     slots = st.slots()
     edges = np.linspace(0, top, BINS + 1)
@@ -169,17 +179,18 @@ def _draw_set_binned(ax, vm, st, other_uids, top, touched):
     for slot in odd[:8]:
         colour, _ = slot_colour(slot, other_uids)
         y = (slot.base_gfn + slot.end_gfn) / 2
-        ax.plot([0.5], [y], marker="D", markersize=9, color=colour, markeredgecolor="black",
+        ax.plot([0.3], [y], marker="D", markersize=9, color=colour, markeredgecolor="black", clip_on=False,
                 markeredgewidth=2.5 if slot.label == touched else 1)
-        ax.annotate(_slot_text(slot, short=True), (0.5, y), xytext=(8, 0), textcoords="offset points",
-                    fontsize=8, va="center", fontweight="bold")
+        ax.annotate(f"id {slot.id} {slot.label}", (0.3, y), xytext=(8, 0), textcoords="offset points",
+                    fontsize=MIN_FONT, va="center", fontweight="bold", bbox=LABEL_BOX)
     ax.set_xlim(0, 1)
     ax.set_xticks([])
 
 
-def _hex_ticks(ax, bands, limit=24):
-    step = max(1, -(-len(bands.edges) // limit))
-    ax.set_yticks(bands.pos[::step], [f"{e:#x}" for e in bands.edges[::step]], fontsize=10 if limit <= 24 and len(bands.edges) <= 16 else 7)
+def _hex_ticks(ax, values, positions, px_per_unit):
+    """gfn ticks in hex, as many as fit ``MIN_FONT`` text one above the other."""
+    keep = spaced(positions, px_per_unit, 2 * MIN_FONT)
+    ax.set_yticks([positions[i] for i in keep], [f"{int(values[i]):#x}" for i in keep], fontsize=MIN_FONT)
 
 
 def draw_sets(axes, vm, as_id=0, step=None):
@@ -198,25 +209,27 @@ def draw_sets(axes, vm, as_id=0, step=None):
     binned = max(len(st) for st in sets) > MAX_DRAWN
     bands = None if binned else _bands_for(vm, as_id)
     top = max((s.end_gfn for st in sets for s in st.slots()[-1:]), default=0x100)
+    axis_px = axes[0].get_position().height * axes[0].figure.bbox.height
     for j, (ax, st) in enumerate(zip(axes, sets)):
         new = touched.get(st.node_idx, (None, None))[1]
         other = uids[st.node_idx ^ 1]
         if binned:
-            _draw_set_binned(ax, vm, st, other, top, new)
+            _draw_set_binned(ax, st, other, top, new)
         else:
-            _draw_set_bands(ax, vm, st, other, bands, new)
-        ax.set_title(_set_title(vm, st, alias=j == 1 and sets[1] is sets[0]), fontsize=10,
+            _draw_set_bands(ax, st, other, bands, new, axis_px / bands.pos[-1])
+        ax.set_title(_set_title(vm, st, alias=j == 1 and sets[1] is sets[0]), fontsize=MIN_FONT,
                      color=C["green"] if vm.active_idx[as_id] == st.node_idx else "black")
         frame_axes(ax, vm.active_idx[as_id] == st.node_idx)
+    axes[1].tick_params(left=False, labelleft=False)        # the shared gfn axis is labelled once
     if binned:
         axes[0].set_ylim(top, 0)
         ticks = np.linspace(0, top, 6)
-        axes[0].set_yticks(ticks, [f"{int(t):#x}" for t in ticks], fontsize=7)
-        axes[0].set_ylabel(f"gfn (linear; {BINS} bins, shade = fraction of the bin in a slot)", fontsize=8)
+        _hex_ticks(axes[0], ticks, ticks, axis_px / top)
+        axes[0].set_ylabel("gfn (linear, in bins; shade: part in a slot)", fontsize=MIN_FONT)
     else:
         axes[0].set_ylim(bands.pos[-1], 0)
-        _hex_ticks(axes[0], bands)
-        axes[0].set_ylabel("gfn (one band per slot or gap; not to scale)", fontsize=10)
+        _hex_ticks(axes[0], bands.edges, bands.pos, axis_px / bands.pos[-1])
+        axes[0].set_ylabel("gfn (one band per slot or gap; not to scale)", fontsize=MIN_FONT)
     return binned
 
 
@@ -231,12 +244,12 @@ def legend_handles(binned):
                Patch(facecolor=INVALID, hatch="xx", edgecolor="black", label="INVALID copy"),
                Patch(facecolor="white", edgecolor="black", linewidth=3, label="touched by this step")]
     if not binned:
-        handles.append(Patch(facecolor=EMPTY, hatch="..", edgecolor="0.6", label="empty gfn range"))
+        handles.append(Patch(facecolor=EMPTY, edgecolor="0.6", label="empty gfn range"))
     handles.append(Patch(facecolor="white", edgecolor=C["green"], linewidth=3, label="active set"))
     return handles
 
 
-def plot_memslots(vm, as_id=0, step=None, fig=None):
+def plot_memslots(vm, as_id=0, step=None, fig=None, width=576, title=True):
     """Both memslot sets of ``as_id`` side by side: slots at their gfn ranges.
 
     Each slot shows its id, object label and flags; objects in only one set
@@ -244,7 +257,9 @@ def plot_memslots(vm, as_id=0, step=None, fig=None):
     colour or hatching; the active set is framed. Above ``MAX_DRAWN`` slots
     the sets are drawn as gfn bins. ``step`` (default: the current one)
     highlights what it touched. ``fig``, a figure this function returned
-    before, is redrawn in place instead of building a new one.
+    before, is redrawn in place instead of building a new one; ``width`` is
+    its width in px (the Stepper's pane: ``PANE_PX``); ``title=False``
+    leaves out the one-line summary of the state (the Stepper says it beside).
 
     >>> import kvmviz
     >>> vm = kvmviz.VM(); upd = vm.begin_set_user_memory_region(3, 1, 0, 0x4000, 0x10000)
@@ -256,15 +271,18 @@ def plot_memslots(vm, as_id=0, step=None, fig=None):
     """
     step = current_step(vm) if step is None else step
     if fig is None:
-        fig = new_figure(8, 5.5)
-        axes = fig.subplots(1, 2, sharey=True, gridspec_kw={"left": 0.13, "right": 0.98, "top": 0.86,
-                                                            "bottom": 0.15, "wspace": 0.06})
+        fig = new_figure(width / 72, 5.5)
+        top = (56 if title else 34) / (5.5 * 72)          # the title, then two lines of set title
+        axes = fig.subplots(1, 2, sharey=True, gridspec_kw={"left": 78 / width, "right": 1 - 8 / width,
+                                                            "top": 1 - top, "bottom": 0.15, "wspace": 0.06})
     else:
         clear_artists(fig)
         axes = fig.axes
     binned = draw_sets(axes, vm, as_id, step)
-    fig.suptitle(titled(vm, state_summary(vm, as_id), width_px(fig)), fontsize=10)
-    fig.legend(handles=legend_handles(binned), loc="lower center", ncol=3, fontsize=10, frameon=False)
+    if title:
+        fig.suptitle(titled(vm, state_summary(vm, as_id), width_px(fig)), fontsize=MIN_FONT)
+    fig.legend(handles=legend_handles(binned), loc="lower center", ncol=3, fontsize=MIN_FONT, frameon=False,
+               columnspacing=1.0, handletextpad=0.5)
     return fig
 
 

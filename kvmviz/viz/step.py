@@ -11,9 +11,13 @@ from matplotlib.patches import Rectangle
 
 from ..engine.step import STAGES, Step
 from ..engine.fmt import gen_text
-from .figure import C, new_figure, titled, width_px
-from .generations import draw_generations, readers_by_event, timeline
+from .figure import C, LOCK_COLOURS, MIN_FONT, axes_px, new_figure, titled
+from .generations import LANE_PX, draw_generations, reader_spans, readers_by_event, timeline
 from .sets import current_step, draw_sets, legend_handles, state_summary
+
+
+#: Characters of ``MIN_FONT`` monospace text per line under the stage bar (6.02 px each).
+_TEXT_CHARS = 112
 
 
 def _draw_stage_bar(ax, step):
@@ -22,9 +26,9 @@ def _draw_stage_bar(ax, step):
     ax.set_ylim(0, 1)
     for i, stage in enumerate(STAGES):
         current = step is not None and step.stage == stage
-        ax.add_patch(Rectangle((i + 0.04, 0.66), 0.92, 0.32, facecolor=C["yellow"] if current else "white",
+        ax.add_patch(Rectangle((i + 0.04, 0.7), 0.92, 0.28, facecolor=C["yellow"] if current else "white",
                                edgecolor="black", linewidth=2.5 if current else 0.6))
-        ax.text(i + 0.5, 0.82, stage, ha="center", va="center", fontsize=9,
+        ax.text(i + 0.5, 0.84, stage, ha="center", va="center", fontsize=MIN_FONT,
                 fontweight="bold" if current else "normal")
     if step is None:
         text = "before the call: nothing has happened yet"
@@ -32,8 +36,8 @@ def _draw_stage_bar(ax, step):
         wait = " (waiting)" if step.waiting else ""
         text = f"{step.function}{wait}: {step.text}"
     # three lines of the monospace text fit under the bar; the Stepper's text box has it all
-    ax.text(0, 0.58, textwrap.fill(text, 120, max_lines=3, placeholder=" [...]"), ha="left", va="top",
-            fontsize=8, family="monospace")
+    ax.text(0, 0.6, textwrap.fill(text, _TEXT_CHARS, max_lines=3, placeholder=" [...]"), ha="left", va="top",
+            fontsize=MIN_FONT, family="monospace")
 
 
 def plot_step(vm, step=None, as_id=None, first=None):
@@ -51,24 +55,31 @@ def plot_step(vm, step=None, as_id=None, first=None):
     step = current_step(vm) if step is None else step
     if as_id is None:
         as_id = _step_as(vm, step)
-    fig = new_figure(10, 7.5)
-    head = "before the call" if step is None else f"event {step.index + 1} [{step.stage}] {step.function}"
-    title = titled(vm, f"{head}: {state_summary(vm, as_id)}", width_px(fig))
-    grid = fig.add_gridspec(4, 2, height_ratios=(1.25, 3.2, 1.5, 0.8), left=0.15, right=0.98,
-                            top=0.95 - 0.025 * title.count("\n"), bottom=0.1, hspace=0.4, wspace=0.05)
-    _draw_stage_bar(fig.add_subplot(grid[0, :]), step)
-    left = fig.add_subplot(grid[1, 0])
-    right = fig.add_subplot(grid[1, 1], sharey=left)
-    right.tick_params(labelleft=False)
-    binned = draw_sets((left, right), vm, as_id, step)
-    gen_ax = fig.add_subplot(grid[2, :])
-    lanes = fig.add_subplot(grid[3, :], sharex=gen_ax)
     rows = timeline(vm, _update_start(vm, step) if first is None else first)
-    draw_generations(gen_ax, lanes, rows, (as_id,), readers_by_event(vm, rows))
+    readers = readers_by_event(vm, rows)
+    n_lanes = len(LOCK_COLOURS) + (len(reader_spans(readers, as_id)) if readers else 0)
+    width = 720
+    head = "before the call" if step is None else f"event {step.index + 1} [{step.stage}] {step.function}"
+    title = titled(vm, f"{head}: {state_summary(vm, as_id)}", width)
+    y = 16 + 14 * title.count("\n")
+    heights = (72, 36, 220, 30, 120, 6, LANE_PX * n_lanes, 40, 44)     # bar, set titles, sets, ..., legend
+    fig = new_figure(width / 72, (y + sum(heights)) / 72)
+    _draw_stage_bar(axes_px(fig, 12, y, width - 24, heights[0]), step)
+    y += heights[0] + heights[1]
+    left, right = axes_px(fig, 110, y, 296, heights[2]), axes_px(fig, 416, y, 296, heights[2])
+    right.sharey(left)
+    binned = draw_sets((left, right), vm, as_id, step)
+    y += heights[2] + heights[3]
+    gen_ax = axes_px(fig, 130, y, 582, heights[4])
+    lanes = axes_px(fig, 130, y + heights[4] + heights[5], 582, heights[6])
+    lanes.sharex(gen_ax)
+    gen_ax.tick_params(labelbottom=False)
+    _swaps, handles = draw_generations(gen_ax, lanes, rows, (as_id,), readers)
     gen_ax.set_title(f"as{as_id} generation {gen_text(vm.generation(as_id))} (set{vm.active_idx[as_id]} "
-                     f"active); locks held: {', '.join(sorted(vm.locks)) or 'none'}", fontsize=9)
-    fig.suptitle(title, fontsize=10)
-    fig.legend(handles=legend_handles(binned), loc="lower center", ncol=6, fontsize=7)
+                     f"active); locks held: {', '.join(sorted(vm.locks)) or 'none'}", fontsize=MIN_FONT, pad=3)
+    fig.suptitle(title, fontsize=MIN_FONT, y=1 - 4 / fig.bbox.height, va="top")
+    fig.legend(handles=legend_handles(binned) + handles[:2] + handles[-2:], loc="lower center", ncol=5,
+               fontsize=MIN_FONT, frameon=False, columnspacing=1.0, handletextpad=0.5, borderaxespad=0.3)
     return fig
 
 

@@ -635,7 +635,8 @@ class Stepper:
         if self.view.value == "objects":
             return plot_objects(self.vm, self.as_id, step=self.current)
         key = ("sets", self.as_id, self.vm.kernel)        # redrawn in place: no axes rebuilt per step
-        self._figs[key] = plot_memslots(self.vm, self.as_id, step=self.current, fig=self._figs.get(key))
+        self._figs[key] = plot_memslots(self.vm, self.as_id, step=self.current, fig=self._figs.get(key),
+                                        width=PANE_PX, title=False)
         return self._figs[key]
 
     def _count(self):
