@@ -631,7 +631,7 @@ class Stepper:
 
     def _draw_figure(self):
         if self.view.value == "trees":
-            return plot_trees(self.vm, self.as_id, step=self.current)
+            return plot_trees(self.vm, self.as_id, step=self.current, width=PANE_PX, title=False)
         if self.view.value == "objects":
             return plot_objects(self.vm, self.as_id, step=self.current)
         key = ("sets", self.as_id, self.vm.kernel)        # redrawn in place: no axes rebuilt per step
