@@ -17,6 +17,7 @@ step it belongs to.
 import errno
 
 from .constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, MMIO_SPTE_GEN_BITS
+from .fmt import result_text
 from .history import Journaled
 from .kernels import FEATURES, has
 
@@ -46,8 +47,7 @@ class X86Arch(Journaled):
         kvmviz.engine.errors.KvmError: [Errno 22] EINVAL: kvm_prepare_memory_region failed for slot 1, as 0 (CREATE; no swap happened, the generation is unchanged): x86 refuses #1: its last gfn 0x100000 is above kvm_mmu_max_gfn() = 0xfffff, the highest gfn the host's MMU can map, and returns -EINVAL (6.12+: arch/x86/kvm/x86.c kvm_arch_prepare_memory_region; "KVM: x86/mmu: Do not create SPTEs for GFNs that exceed host.MAXPHYADDR" (86931ff7207b)). (reference §4.4)
         """
         if fail:
-            return -fail, (f"x86 prepare fails with -{errno.errorcode.get(fail, fail)} "
-                           "(injected failure)")
+            return -fail, f"x86 prepare fails with {result_text(-fail)} (injected failure)"
         if change in ("CREATE", "MOVE") and self.vm.max_gfn is not None and new.end_gfn - 1 > self.vm.max_gfn:
             return -errno.EINVAL, (f"x86 refuses {new.label}: its last gfn {new.end_gfn - 1:#x} is above "
                                    f"kvm_mmu_max_gfn() = {self.vm.max_gfn:#x}, the highest gfn the host's MMU "

@@ -23,6 +23,7 @@ import struct
 from typing import NamedTuple
 
 from ..engine.constants import U32_MAX, U64_MAX
+from ..engine.fmt import result_text
 from ..engine.validate import make_region
 from .guest import Guest, free_place
 from .ioctl import (CAPS, KVM_CHECK_EXTENSION, KVM_CREATE_GUEST_MEMFD, KVM_CREATE_VM, KVM_GET_API_VERSION,
@@ -46,7 +47,7 @@ def available(path="/dev/kvm"):
     try:
         vm = ioctl(fd, KVM_CREATE_VM, 0)
         if vm < 0:
-            return False, f"KVM_CREATE_VM failed: {errno.errorcode.get(-vm, vm)}"
+            return False, f"KVM_CREATE_VM failed: {result_text(vm)}"
         os.close(vm)
         return True, os.uname().release
     finally:
