@@ -18,8 +18,7 @@ MMIO SPTEs (19 generation bits) and MMIO info cache, and ``gfn_to_hva_cache``.
 >>> vm = VM(); _ = vm.set_user_memory_region(1, 0, 0x100000, 0x2000, 0x7f0000000000)
 >>> v = vm.add_vcpu(); v.srcu_read_lock()
 >>> upd = vm.begin_set_user_memory_region(1, 0, 0x100000, 0, 0)      # DELETE
->>> while not upd.blocked: _ = next(upd)
->>> upd.blocked
+>>> _ = upd.run_until(); upd.blocked                                # the writer waits for vcpu0
 'SRCU readers still inside: vcpu0'
 >>> v.access(0x100).reason         # vcpu0 still uses the set it pinned
 'ok'

@@ -98,7 +98,7 @@ def check_other_generation(vm, as_id):
 
     >>> from kvmviz import VM
     >>> vm = VM(implementation="array"); upd = vm.begin_set_user_memory_region(1, 0, 0, 0x1000, 0x100000)
-    >>> while vm.sets[0][1] is vm.sets[0][0]: _ = next(upd)
+    >>> _ = upd.run_until(lambda step: vm.sets[0][1] is not vm.sets[0][0])     # kvm_dup_memslots made the copy
     >>> vm.sets[0][1].generation = 6; check_other_generation(vm, 0)
     ['as0: scratch as0/memslots@1 has generation 0x6; expected one of 0x0, 0x0|IP (a copy of the active one, marked in progress, or the stale value of the replaced structure)']
     """
