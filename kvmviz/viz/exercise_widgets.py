@@ -3,8 +3,9 @@
 Thin glue: checking is ``Progress.check`` / ``Exercise.check`` from
 ``kvmviz.teach.exercises``; the widgets only collect the answer and show the
 ``Feedback``. An exercise shows its question and its worked answer as plain HTML
-outputs around the widget, and the other widgets offer a ``text/html`` rendering,
-for pages without a widget manager (``make html``). Stable CSS hooks for browser tests: ``kvmviz-exercise``,
+outputs around the widget, for pages without a widget manager (``make html``: nbconvert
+prefers a widget view to the ``text/html`` the other widgets also carry, so those show
+nothing there). Stable CSS hooks for browser tests: ``kvmviz-exercise``,
 ``t-answer``, ``t-check``, ``t-feedback``, ``t-progress``, ``t-call``, ``t-result``.
 
 >>> from kvmviz.teach.exercises import Progress
