@@ -99,13 +99,13 @@ class Exploration:
 
     def text(self, seconds=None, markdown=False):
         """The report: scenario, bound, figures, verdict and any counterexample (<= 78 columns)."""
-        wrap = (lambda line: [line]) if markdown else (lambda line: export.wrap(line, 0))
+        wrap = (lambda line: [f"- {line}"]) if markdown else (lambda line: export.wrap(line, 0))
         calls = "; ".join(f"{c} {call_words(call)}" for c, call in zip(self.changes, self.calls))
         rate = f", {seconds:.1f} s ({self.states / seconds:,.0f} states/s)" if seconds else ""
         model = self.model if "variant" in self.model else f"{self.model}, variant {self.variant}"
-        lines = []
-        for line in (f"kvmviz {__version__} check: {model}",
-                     f"scenario: {'setup ' + repr(self.setup) + ', then ' if self.setup else ''}{calls}",
+        title = f"kvmviz {__version__} check: {model}"
+        lines = [f"**{title}**", ""] if markdown else export.wrap(title, 0)
+        for line in (f"scenario: {'setup ' + repr(self.setup) + ', then ' if self.setup else ''}{calls}",
                      f"bound: {self.bound_text()}",
                      f"explored: {self.states:,} distinct states, {self.transitions:,} transitions (writer steps "
                      f"and reader actions tried), longest interleaving {self.depth} actions{rate}",

@@ -210,6 +210,7 @@ def test_check_markdown_and_then_and_bounds():
     code, out = run("check", "--slot", "1", "--size", "0x10000", "--gpa", "0x100000", "--hva", hex(HVA),
                     "--then", "slot=1 size=0", "--readers", "0", "--markdown")
     assert code == 0 and "CREATE slot=0x1" in out and "then slot=0x1" in out
+    assert out.startswith("**kvmviz 0.1.0 check: Linux") and "\n- verdict: no violation within the bound" in out
     code, out = run("check", "--slot", "1", "--size", "0", "--setup", SETUP, "--readers", "2",
                     "--max-states", "20")
     assert code == 0 and "the exploration is incomplete" in out and "max_states=20" in out
