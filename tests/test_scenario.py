@@ -19,12 +19,12 @@ kernel 5.17
 address-spaces 2
 variant merged
 call slot=0x1 flags=0x0 gpa=0x100000 size=0x10000 hva={HVA:#x}
-vcpu 0x0 lock
-vcpu 0x0 access 0x100
+vcpu 0 lock
+vcpu 0 access 0x100
 begin slot=0x1 flags=0x0 gpa=0x0 size=0x0 hva=0x0
-step 0x3
+step 3
 run
-vcpu 0x0 unlock
+vcpu 0 unlock
 finish
 mn start {HVA:#x} {HVA + 0x1000:#x}
 begin slot=0x2 flags=0x0 gpa=0x200000 size=0x1000 hva={HVA:#x}
@@ -38,10 +38,10 @@ call slot=0x3 flags=0x0 gpa=0x300000 size=0x1000 hva={HVA + 0x200000:#x} fail-pr
 OLD_FORMS = {
     "no kernel line (written before it existed)": TODAY.replace("kernel 5.17\naddress-spaces 2\n", ""),
     "Schedule spellings vcpu0/mmu/writer": (
-        TODAY.replace("vcpu 0x0 ", "vcpu0 ").replace("mn ", "mmu ").replace("step 0x3", "writer\nwriter\nwriter")
+        TODAY.replace("vcpu 0 ", "vcpu0 ").replace("mn ", "mmu ").replace("step 3", "writer\nwriter\nwriter")
         .replace("\nrun\n", "\nwriter run\n")),
-    "decimal numbers, errno by number": (
-        TODAY.replace("vcpu 0x0", "vcpu 0").replace("step 0x3", "step 3").replace("slot=0x1", "slot=1")
+    "hex vCPU and step numbers (as saved before), decimal slot, errno by number": (
+        TODAY.replace("vcpu 0 ", "vcpu 0x0 ").replace("step 3", "step 0x3").replace("slot=0x1", "slot=1")
         .replace("fail-prepare=ENOMEM", f"fail-prepare={errno.ENOMEM}")),
     "one line, comments, lower-case errno": (
         TODAY.replace("\n", "; ").replace("kvmviz-recipe 1; ", "kvmviz-recipe 1 # saved by hand\n")
@@ -67,7 +67,7 @@ def test_every_old_form_replays_to_the_same_result(form):
     ref = replay_recipe(TODAY)
     old = replay_recipe(OLD_FORMS[form])
     assert _outcome(old) == _outcome(ref)
-    assert old.to_recipe() == TODAY         # saved again, it is in today's spelling (writer x3 = step 0x3)
+    assert old.to_recipe() == TODAY         # saved again, it is in today's spelling (writer x3 = step 3)
 
 
 def test_a_fragment_without_header_runs_on_the_kernel_it_is_given():
@@ -107,7 +107,7 @@ def test_a_bad_line_runs_nothing_and_a_bad_action_names_itself():
     assert sc.actions == [] and len(sc.vm.history) == 0
     with pytest.raises(RecipeError, match=r"script action 1 \(finish\): no call is running: begin one first"):
         sc.play("finish")
-    with pytest.raises(RecipeError, match=r"script action 3 \(vcpu 0x0 unlock\): vcpu0 is not inside"):
+    with pytest.raises(RecipeError, match=r"script action 3 \(vcpu 0 unlock\): vcpu0 is not inside"):
         sc.play("vcpu 0 lock; vcpu 0 unlock; vcpu 0 unlock")
 
 
@@ -120,7 +120,7 @@ def test_a_begin_that_ran_to_its_end_is_saved_as_a_call():
     sc.finish()
     assert sc.to_recipe().splitlines()[5:] == [
         f"call slot=0x1 flags=0x0 gpa=0x0 size=0x1000 hva={HVA:#x}",
-        f"begin slot=0x2 flags=0x0 gpa=0x1000 size=0x1000 hva={HVA:#x} fail-prepare=ENOMEM", "step 0x2", "finish"]
+        f"begin slot=0x2 flags=0x0 gpa=0x1000 size=0x1000 hva={HVA:#x} fail-prepare=ENOMEM", "step 2", "finish"]
     assert _outcome(replay_recipe(sc.to_recipe())) == _outcome(sc)
 
 

@@ -44,10 +44,10 @@ kernel 6.12
 address-spaces 2
 variant merged
 call slot=0x1 flags=0x0 gpa=0x100000 size=0x1000 hva=0x7f0000000000
-vcpu 0x0 lock
+vcpu 0 lock
 begin slot=0x1 flags=0x0 gpa=0x0 size=0x0 hva=0x0
 run
-vcpu 0x0 unlock
+vcpu 0 unlock
 run
 """
 
@@ -310,8 +310,13 @@ def recipe_kernel(parsed, kernel=None):
     return LEGACY_KERNEL if parsed.written else None
 
 
-def _num(v):
-    return f"{v:#x}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+def _words(verb, args):
+    """An action as recipe words: vCPU numbers and step counts in decimal, addresses in hex."""
+    def word(i, v):
+        if not isinstance(v, int) or isinstance(v, bool):
+            return str(v)
+        return str(v) if i == 0 and verb in ("vcpu", "step") else f"{v:#x}"
+    return " ".join([verb] + [word(i, a) for i, a in enumerate(args)])
 
 
 def check_call(call, where="call"):
@@ -546,7 +551,7 @@ class Scenario:
             try:
                 self.do(verb, args)
             except (TypeError, ValueError, RuntimeError) as e:
-                raise RecipeError(f"{what} action {n} ({' '.join([verb] + [_num(a) for a in args])}): {e}") from None
+                raise RecipeError(f"{what} action {n} ({_words(verb, args)}): {e}") from None
 
     def to_recipe(self):
         """The recipe text: versions, model and one action per line (see the module doc)."""
@@ -557,7 +562,7 @@ class Scenario:
             if verb in ("call", "begin"):
                 lines.append(f"{verb} {call_words(args)}")
             else:
-                lines.append(" ".join([verb] + [_num(a) for a in args]))
+                lines.append(_words(verb, args))
         return "\n".join(lines)
 
     # -- what happened -------------------------------------------------------------

@@ -25,7 +25,7 @@ start``, ``writer`` and ``writer run`` still read.
 >>> print(tl[10])
   10 vcpu0        kvm_mmu_page_fault: vcpu0 read gfn 0x100 (as0, gen 0x2): ok (#1) hva 0x7f0000000000
 >>> sched.scenario.to_recipe().splitlines()[5:]
-['vcpu 0x0 lock', 'begin slot=0x1 flags=0x0 gpa=0x100000 size=0x0 hva=0x0', 'run', 'vcpu 0x0 access 0x100', 'vcpu 0x0 unlock', 'run']
+['vcpu 0 lock', 'begin slot=0x1 flags=0x0 gpa=0x100000 size=0x0 hva=0x0', 'run', 'vcpu 0 access 0x100', 'vcpu 0 unlock', 'run']
 """
 
 import random
