@@ -199,6 +199,34 @@ class History:
             self.entries += future[2]
             self.cursor, self.enabled = cursor, enabled
 
+    def peek(self, k):
+        """The state right after ``k`` events, read from the journal: nothing is applied, nothing moves.
+
+        Returns a ``Peek`` whose ``attr``/``item``/``items`` answer as the
+        objects would after ``goto(k)``; the cursor and every object stay as
+        they are. Container operations logged as two callables (``log_op``)
+        cannot be read this way: state that pictures need is kept readable
+        (the trees' id hash, the array's contents).
+
+        >>> h = History()
+        >>> class Box(Journaled):
+        ...     __slots__ = ("v",)
+        >>> b = Box(h, v=0); d = {}
+        >>> b.v = 1; set_item(h, d, "k", "x"); _ = h.record("one")
+        >>> b.v = 2; set_item(h, d, "k", MISSING); _ = h.record("two")
+        >>> p = h.peek(1); p.attr(b, "v"), p.items(d), b.v, d, h.cursor
+        (1, {'k': 'x'}, 2, {}, 2)
+        >>> h.goto(0); h.peek(2).attr(b, "v"), b.v
+        (2, 0)
+        """
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(self.events):
+            raise HistoryRangeError(f"peek at event {k!r}: outside 0..{len(self.events)}")
+        now = len(self.entries) if self.at_frontier else self._base(self.cursor)
+        at = self._base(k)
+        if at < now:               # back in time: the oldest entry after ``at`` holds the value then
+            return Peek(self.entries, range(now - WIDTH, at - 1, -WIDTH), 3)
+        return Peek(self.entries, range(now, at, WIDTH), 4)
+
     def _undo_loose(self):
         """Drop mutations logged after the last event (e.g. a cache fill)."""
         end = self.bounds[-1] if self.bounds else 0
@@ -231,6 +259,54 @@ class History:
 
     def __getitem__(self, k):
         return self.events[k]
+
+
+class Peek:
+    """Values of journaled attributes and items at another point of the history (``History.peek``).
+
+    Built from the journal entries between the current state and that
+    point, without applying them; values nothing changed in between are
+    read from the objects themselves.
+    """
+
+    def __init__(self, entries, indexes, column):
+        self._attrs, self._items, self._objs = {}, {}, set()
+        for i in indexes:
+            kind, target, key, value = entries[i], entries[i + 1], entries[i + 2], entries[i + column]
+            if kind == _ATTR:
+                self._attrs[id(target), key] = value
+                self._objs.add(id(target))
+            elif kind == _ITEM:
+                self._items.setdefault(id(target), {})[key] = value
+
+    def attr(self, obj, name):
+        """``getattr(obj, name)`` then."""
+        value = self._attrs.get((id(obj), name), MISSING)
+        return getattr(obj, name) if value is MISSING else value
+
+    def changed(self, obj):
+        """True when some attribute of ``obj`` had another value then."""
+        return id(obj) in self._objs
+
+    def item(self, container, key, default=None):
+        """``container[key]`` then (``default`` if absent)."""
+        value = self._items.get(id(container), {}).get(key, _UNREAD)
+        if value is _UNREAD:
+            return container.get(key, default) if isinstance(container, dict) else container[key]
+        return default if value is MISSING else value
+
+    def items(self, container):
+        """The dict ``container`` then, as a new dict."""
+        out = dict(container)
+        for key, value in self._items.get(id(container), {}).items():
+            if value is MISSING:
+                out.pop(key, None)
+            else:
+                out[key] = value
+        return out
+
+
+_UNREAD = object()
 
 
 def _set_item(container, key, value):

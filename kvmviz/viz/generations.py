@@ -18,6 +18,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from ..engine.constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
+from ..engine.snapshot import state_at
 from ..engine.step import Step
 from ..engine.fmt import gen_text
 from .figure import (C, LOCK_COLOURS, MIN_FONT, PANE_PX, SET_COLOURS, axes_px, clear_artists, new_figure, spaced,
@@ -55,38 +56,24 @@ def timeline(vm, first=None, last=None):
     return rows or [(last - 1, vm.generations(), vm.locks, None)]
 
 
-def _reader_snapshot(vm):
-    """``((name, pinned node_idx per address space or None), ...)`` of readers inside now."""
-    out = []
-    for reader, _seq in getattr(vm.srcu, "readers", ()):
-        pinned = getattr(reader, "pinned", None)
-        out.append((str(getattr(reader, "name", reader)), tuple(pinned) if pinned is not None else None))
-    return tuple(out)
-
-
 def readers_by_event(vm, rows):
-    """Readers inside after each event (``_reader_snapshot``), or None if none ever ran.
+    """Readers inside after each event of ``rows`` (``VmState.readers``), or None if none was inside.
 
-    Readers only change through reader events, so a window of writer steps
-    with no reader inside now has none; otherwise the history is replayed over
-    the window and put back where it was.
+    Read from the history (``kvmviz.engine.snapshot.state_at``): the VM and
+    its cursor do not move. Readers change only through reader events, so
+    the state is read again only after one.
+
+    >>> import kvmviz
+    >>> vm = kvmviz.VM(); v = vm.add_vcpu(); v.srcu_read_lock(); v.srcu_read_unlock()
+    >>> readers_by_event(vm, timeline(vm)), vm.history.cursor
+    ([(), (('vcpu0', (0, 0)),), ()], 3)
     """
-    now = _reader_snapshot(vm)
-    if not now and all(isinstance(r[3], Step) for r in rows):
-        return None
-    h = vm.history
-    loose = len(h.entries) > (h.bounds[-1] if h.bounds else 0)
-    if loose and h.at_frontier:
-        # replaying would drop mutations logged after the last event
-        return [now if r[0] == h.cursor - 1 else () for r in rows]
-    cursor, out = h.cursor, []
-    try:
-        for row in rows:
-            h.goto(row[0] + 1)
-            out.append(_reader_snapshot(vm))
-    finally:
-        h.goto(cursor)
-    return out
+    out, readers = [], None
+    for row in rows:
+        if readers is None or not isinstance(row[3], Step):
+            readers = state_at(vm, row[0] + 1).readers
+        out.append(readers)
+    return out if any(out) else None
 
 
 def reader_spans(snaps, as_id):

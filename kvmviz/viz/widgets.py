@@ -39,6 +39,7 @@ from ..engine.errors import KvmError
 from ..engine.fmt import gen_text, result_text
 from ..export import model_label
 from ..engine.kernels import KERNELS, check_model
+from ..engine.snapshot import state_at
 from ..engine.step import STAGES, Step
 from ..engine.vm import VM
 from .player_html import page
@@ -564,7 +565,6 @@ class Stepper:
 
     def _render(self):
         vm, h = self.vm, self.vm.history
-        event = self.current
         n = self._count()
         k = h.cursor - self.base if self.upd is not None else 0
         self._syncing = True
@@ -574,23 +574,30 @@ class Stepper:
         finally:
             self._syncing = False
         self.header.value = _header_html(vm)
-        self.position.value = self._position_text(k, n)
-        self.stage.value = _stage_html(None if event is None else event.stage, self._skipped(n))
-        self.text.value = f"<div style='line-height:1.35'>{self._event_html(event)}</div>"
-        self.gen.value = "<div style='line-height:1.35'>" + "<br>".join(
-            f"as{a}: generation <b>{gen_text(vm.generation(a))}</b> (set{vm.active_idx[a]} active; "
-            f"set0 {gen_text(vm.sets[a][0].generation)}, set1 {gen_text(vm.sets[a][1].generation)})"
-            for a in range(vm.address_spaces)) + "</div>"
+        frame = self._frame(k, n, vm, self.current, self.view.value)
+        self.position.value, self.stage.value, self.text.value, self.gen.value, self.figure.value = (
+            frame[key] for key in ("position", "stage", "text", "gen", "figure"))
         note = self._note or (HINT if self.upd is not None and k == 0 else "")
         self.hint.value = f"<div style='line-height:1.35;color:#444'>{note}</div>" if note else ""
         self._note = ""
         at_start, done = k <= 0, self.finished
         self.first_button.disabled = self.back_button.disabled = at_start
         self.next_button.disabled = self.last_button.disabled = done
-        self.figure.value = self._cached(self._figure_key(), self._draw_figure)
         self.timeline.value = self._timeline_svg(k, n)
         if self._static is not None:
             self._static.update(self._static_bundle(), raw=True)
+
+    def _frame(self, k, n, vm, event, view):
+        """What the Stepper shows at step ``k`` of ``n``: ``vm`` (the VM, or ``state_at`` it) after ``event``."""
+        gen = "<br>".join(
+            f"as{a}: generation <b>{gen_text(vm.generation(a))}</b> (set{vm.active_idx[a]} active; "
+            f"set0 {gen_text(vm.sets[a][0].generation)}, set1 {gen_text(vm.sets[a][1].generation)})"
+            for a in range(vm.address_spaces))
+        return {"k": k, "position": self._position_text(k, n),
+                "stage": _stage_html(None if event is None else event.stage, self._skipped(n)),
+                "text": f"<div style='line-height:1.35'>{self._event_html(event)}</div>",
+                "gen": f"<div style='line-height:1.35'>{gen}</div>",
+                "figure": self._cached(self._figure_key(vm, event, view), lambda: self._draw_figure(vm, event, view))}
 
     def _skipped(self, n):
         """Stages the current call never enters (known once its steps are), for the stage bar."""
@@ -621,22 +628,20 @@ class Stepper:
         wait = " <i>(waiting)</i>" if event.waiting else ""
         return f"<b><code>{html.escape(event.function)}</code></b>{wait}: {html.escape(event.text)}"
 
-    def _figure_key(self):
-        event = self.current
-        sets = self.vm.sets[self.as_id]
+    def _figure_key(self, vm, event, view):
+        sets = vm.sets[self.as_id]
         content = tuple(tuple((s.uid, s.flags, s.base_gfn, s.invalid) for s in st.slots()) for st in sets)
-        shown = None if event is None else event.index if self.view.value == "objects" else event.touched
-        return (self.view.value, self.as_id, shown, self.vm.generations()[self.as_id],
-                self.vm.active_idx[self.as_id], content)
+        shown = None if event is None else event.index if view == "objects" else event.touched
+        return (view, self.as_id, shown, vm.generations()[self.as_id], vm.active_idx[self.as_id], content)
 
-    def _draw_figure(self):
-        if self.view.value == "trees":
-            return plot_trees(self.vm, self.as_id, step=self.current, width=PANE_PX, title=False)
-        if self.view.value == "objects":
-            return plot_objects(self.vm, self.as_id, step=self.current)
-        key = ("sets", self.as_id, self.vm.kernel)        # redrawn in place: no axes rebuilt per step
-        self._figs[key] = plot_memslots(self.vm, self.as_id, step=self.current, fig=self._figs.get(key),
-                                        width=PANE_PX, title=False)
+    def _draw_figure(self, vm, event, view):
+        if view == "trees":
+            return plot_trees(vm, self.as_id, step=event, width=PANE_PX, title=False)
+        if view == "objects":
+            return plot_objects(vm, self.as_id, step=event)
+        key = ("sets", self.as_id, vm.kernel)        # redrawn in place: no axes rebuilt per step
+        self._figs[key] = plot_memslots(vm, self.as_id, step=event, fig=self._figs.get(key), width=PANE_PX,
+                                        title=False)
         return self._figs[key]
 
     def _count(self):
@@ -656,9 +661,7 @@ class Stepper:
         key = ("timeline", self.as_id, self.base, n, id(self.upd))
         drawn = self._cache.get(key)
         if drawn is None:
-            cursor = self.vm.history.cursor
             fig = plot_call(self.vm, self.as_id, self.base, self.base + n)
-            self.vm.history.goto(cursor)
             drawn = self._cache[key] = (to_svg(fig), fig.kv_cursor)
         return drawn
 
@@ -719,25 +722,18 @@ class Stepper:
     def frames(self):
         """Every step of the call as the Stepper shows it: dicts of position, stage, text, gen, figure, k.
 
-        The VM is put back where it was. For the HTML player.
+        Each frame is drawn from the history (``kvmviz.engine.snapshot.state_at``):
+        the VM does not move. The trees are read from the live VM only, so a
+        Stepper showing them gives the object picture here. For the HTML player.
 
         >>> st = Stepper(); _ = st.begin(1, 0, 0, 0x1000, 0x10000); fs = st.frames()
-        >>> len(fs), fs[0]["position"], st.vm.history.cursor
-        (16, 'step 0 of 15', 0)
+        >>> len(fs), fs[0]["position"], ["slot 1 #1" in f["figure"] for f in fs[:3]], st.vm.history.cursor
+        (16, 'step 0 of 15', [False, False, True], 0)
         """
-        h = self.vm.history
-        cursor, out = h.cursor, []
-        n = self._count()
-        try:
-            for k in range(n + 1):
-                h.goto(self.base + k)
-                self._render()
-                out.append({"k": k, "position": self.position.value, "stage": self.stage.value,
-                            "text": self.text.value, "gen": self.gen.value, "figure": self.figure.value})
-        finally:
-            h.goto(cursor)
-            self._render()
-        return out
+        n, events = self._count(), self.vm.history.events
+        view = "objects" if self.view.value == "trees" else self.view.value
+        return [self._frame(k, n, state_at(self.vm, self.base + k), events[self.base + k - 1] if k else None, view)
+                for k in range(n + 1)]
 
     def save_html(self, path):
         """Write the call as one self-contained HTML player (``kvmviz.viz.player``); returns the path."""

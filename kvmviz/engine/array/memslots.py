@@ -30,6 +30,8 @@ from collections import Counter
 from ..constants import KVM_MEM_SLOTS_NUM, KVM_MEMSLOT_INVALID, PAGE_SHIFT, SIZEOF_KVM_MEMORY_SLOT, flag_names
 from ..history import Journaled
 
+#: The journal's key for a structure's whole contents (``ArrayMemslots[CONTENTS]``).
+CONTENTS = "contents"
 #: Fields of an entry record, in the order the record stores them.
 BASE, NPAGES, FLAGS, HVA, ID, AS, BITMAP, ARCH, UID = range(9)
 
@@ -199,20 +201,32 @@ class ArrayMemslots(Journaled):
         self.cost["bytes_copied"] += kvm_memslots_size(src.used_slots)
 
     def _edit(self, change):
-        """Run ``change`` on the containers, journaling before/after snapshots."""
+        """Run ``change`` on the containers, journaling before/after snapshots as one item, ``CONTENTS``.
+
+        An item, not a pair of callables, so ``History.peek`` can read what
+        the structure held at any event.
+        """
         h = self._history
         if h is None or not h.enabled:
             change()
             return
         before = self._containers()
         change()
-        after = self._containers()
-        h.log_op(lambda: self._restore(before), lambda: self._restore(after))
+        h.log_item(self, CONTENTS, before, self._containers())
 
     def _containers(self):
         return tuple(tuple(e) for e in self.memslots), self.id_to_index.tobytes()
 
-    def _restore(self, state):
+    def __getitem__(self, key):
+        """``self[CONTENTS]``: the entries and ``id_to_index`` as immutable values (for the journal)."""
+        if key != CONTENTS:
+            raise KeyError(key)
+        return self._containers()
+
+    def __setitem__(self, key, state):
+        """``self[CONTENTS] = state``: restore a snapshot (the journal's undo and redo)."""
+        if key != CONTENTS:
+            raise KeyError(key)
         entries, index = state
         object.__setattr__(self, "memslots", [list(e) for e in entries])
         restored = array("h")
