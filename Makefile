@@ -42,9 +42,10 @@ clean:
 # Static HTML of every notebook, executed (step images inline), under build/html, for
 # reading without a kernel. Execution happens on copies in a temporary directory, so
 # the committed notebooks keep their cleared outputs. Widget state is not stored: the
-# page shows each widget's static rendering (text and PNG) instead of an empty box.
+# page shows each widget's static rendering instead of an empty box, and where a
+# notebook shows a Stepper that is the HTML player of its call (KVMVIZ_HTML_PLAYER).
 html: $(VENV)/.test
 	rm -rf build/html && mkdir -p build/html
 	tmp=$$(mktemp -d) && cp notebooks/*.ipynb "$$tmp"/ && \
-	$(VENV)/bin/jupyter nbconvert --to html --execute --ExecutePreprocessor.timeout=600 \
+	KVMVIZ_HTML_PLAYER=1 $(VENV)/bin/jupyter nbconvert --to html --execute --ExecutePreprocessor.timeout=600 \
 	  --ExecutePreprocessor.store_widget_state=False --output-dir build/html "$$tmp"/*.ipynb; status=$$?; rm -rf "$$tmp"; exit $$status

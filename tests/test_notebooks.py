@@ -105,3 +105,20 @@ def test_problems_sees_errors_stderr_and_warnings():
                     nbformat.v4.new_output("error", ename="ValueError", evalue="bad", traceback=[])]
     nb.cells.append(cell)
     assert [p.split(":")[1].strip() for p in problems(nb)] == ["stderr", "warning", "ValueError"]
+
+
+@pytest.mark.notebook
+def test_make_html_pages_embed_the_player(workdir, monkeypatch):
+    """Under ``make html`` (KVMVIZ_HTML_PLAYER) the exported page of 00 holds the MOVE's player, all 28 steps."""
+    import html as html_lib
+    from nbconvert import HTMLExporter
+    monkeypatch.setenv("KVMVIZ_HTML_PLAYER", "1")
+    nb = nbformat.read(workdir / "00-start-here.ipynb", as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(workdir)}}).execute()
+    page, _ = HTMLExporter().from_notebook_node(nb)
+    frames = re.findall(r'<iframe srcdoc="(.*?)" title="HTML player', page, flags=re.S)
+    assert len(frames) == 1 and "static copy (for readers without a kernel)" not in page
+    player = html_lib.unescape(frames[0])
+    assert player.startswith("<!DOCTYPE html>") and "step 28 of 28: the ioctl returned 0" in player
+    assert "<script src" not in player and "http" not in player.split("<script>")[1]

@@ -492,3 +492,19 @@ def test_a_broken_variant_ends_the_call_with_bug_not_a_crash():
         st.step()
     n = len(st.upd.steps)
     assert st.upd.result == "BUG" and st._position_text(n, n) == f"step {n} of {n}: the model hit BUG"
+
+
+def test_a_variant_whose_steps_end_without_a_result_ends_in_bug_not_stopiteration():
+    """Issue 14 finding 8: the Stepper showed "StopIteration:" when a variant's protocol returned early."""
+    class Truncated(kvmviz.MergedProtocol):
+        def run(self, upd, region, fail):
+            yield self.step("__kvm_set_memory_region", "checked, then forgot to finish")
+
+    st = Stepper(kvmviz.VM(variant=Truncated))
+    assert st.begin(1, 0, 0x100000, 0x1000, HVA)
+    st.last()
+    assert st.error.value == "" and "StopIteration" not in st.text.value
+    assert st.upd.result == "BUG" and st.position.value == "step 2 of 2: the model hit BUG"
+    assert "ended without a last step that returns a result" in st.text.value
+    assert st.vm.locks == frozenset() and kvmviz.VM(variant=Truncated).begin_set_user_memory_region(
+        1, 0, 0, 0x1000, HVA).run()[-1].result == "BUG"

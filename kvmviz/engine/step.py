@@ -105,6 +105,9 @@ class Update:
             step = next(self._gen)
         except ModelBug as e:
             step = self._crash(e)
+        except StopIteration:          # a variant's protocol returned without its last, result-bearing step
+            step = self._crash(ModelBug("BUG: the update's steps ended without a last step that returns a "
+                                        "result (the variant's protocol returned early)"))
         except Exception as e:
             self._finish_step(self._crash(e), before)
             raise

@@ -13,6 +13,7 @@ True
 
 import html
 import json
+import re
 
 _JS = r"""
 var F = JSON.parse(document.getElementById('kv-frames').textContent), k = 0, timer = null;
@@ -60,6 +61,30 @@ _CSS = ("body{font:14px sans-serif;margin:12px;color:#222}#kv-main{display:flex;
 
 def page(stepper):
     """The HTML player of ``stepper``'s current call, as one self-contained page (a string)."""
+    return _page(stepper)[0]
+
+
+def iframe(stepper):
+    """The player inside an ``<iframe srcdoc>``, to sit in a notebook's exported page (``make html``).
+
+    A page in the page: the player's ids, styles and keys stay its own, so
+    several Steppers of one notebook each get a working player. Its height
+    fits the tallest picture of the call.
+
+    >>> import kvmviz
+    >>> from kvmviz.viz.widgets import Stepper
+    >>> st = Stepper(); _ = st.begin(1, 0, 0, 0x1000, 0x10000); frame = iframe(st)
+    >>> frame.startswith("<iframe srcdoc=") and "kv-frames" in frame and "&lt;!DOCTYPE html&gt;" in frame
+    True
+    """
+    doc, height = _page(stepper)
+    title = html.escape(f"HTML player: {stepper.title()}", quote=True)
+    return (f"<iframe srcdoc=\"{html.escape(doc, quote=True)}\" title=\"{title}\" "
+            f"style='width:100%;max-width:1000px;height:{height}px;border:1px solid #ccc'></iframe>")
+
+
+def _page(stepper):
+    """(the page, the px height its content needs)."""
     frames = stepper.frames()
     figures, index, rows = [], {}, []
     for f in frames:
@@ -81,4 +106,11 @@ def page(stepper):
             "no network needed.</p></div>"
             f"<div id='kv-right'><div id='kv-figure'></div><div id='kv-timeline'>{timeline}</div></div></div>"
             f"<script type='application/json' id='kv-frames'>{data}</script><script>{_JS}</script></body></html>\n")
-    return html_page
+    right = max(map(_svg_height, figures), default=0) + _svg_height(timeline)
+    return html_page, int(max(right, 430) + 80)       # the title, margins; the left pane is about 430 px
+
+
+def _svg_height(markup):
+    """Height in px of the first ``<svg>`` in ``markup`` (0 if none)."""
+    found = re.search(r'<svg [^>]*?height="([\d.]+)px"', markup)
+    return float(found.group(1)) if found else 0.0

@@ -1,13 +1,15 @@
 """The Stepper: run ``KVM_SET_USER_MEMORY_REGION`` one step at a time in Jupyter.
 
-Stock ipywidgets 8 only (no front-end extension), figures as PNG ``Image``
-widgets. Every widget a test or lesson needs carries a stable CSS class
-(``t-next``, ``t-stage``, ``t-gen``, ...). Each rendering is also published
-as a plain display output (PNG and a short text), updated in place, so a
-notebook saved with outputs or exported to HTML still shows the last step
-without a kernel. The header names the modelled kernel version; the form's
-kernel choice (``t-kernel``, over ``kvmviz.KERNELS``) starts a new VM of
-another version.
+Stock ipywidgets 8 only (no front-end extension), figures as inline SVG in
+``HTML`` widgets, drawn at the size they are shown. Every widget a test or
+lesson needs carries a stable CSS class (``t-next``, ``t-stage``, ``t-gen``,
+...). Each rendering is also published as a plain display output (SVG and a
+short text), updated in place, so a notebook saved with outputs or exported
+to HTML still shows the last step without a kernel; with
+``KVMVIZ_HTML_PLAYER`` set (``make html``) that output is the HTML player of
+the call instead, all its steps inline. The header names the modelled
+kernel version; the form's kernel choice (``t-kernel``, over
+``kvmviz.KERNELS``) starts a new VM of another version.
 
 >>> import kvmviz
 >>> st = Stepper(kvmviz.VM())
@@ -26,6 +28,7 @@ False
 """
 
 import html
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -42,7 +45,7 @@ from ..engine.kernels import KERNELS, check_model
 from ..engine.snapshot import state_at
 from ..engine.step import STAGES, Step
 from ..engine.vm import VM
-from .player_html import page
+from .player_html import iframe, page
 from .figure import OKABE_ITO, PANE_PX, to_svg
 from .generations import plot_call, with_cursor
 from .objects import plot_objects
@@ -57,6 +60,8 @@ SPEEDS = (("slow (1 s)", 1000), ("normal (0.5 s)", 500), ("fast (0.2 s)", 200))
 _CACHE_LIMIT = 256
 HINT = "press <b>next ▶</b> or <b>→</b> (after a click on the Stepper) to run the first step"
 LEFT_PX = 380
+#: Set (by ``make html``) to make a displayed Stepper leave the HTML player of its call as its static output.
+PLAYER_ENV = "KVMVIZ_HTML_PLAYER"
 
 
 class InputError(ValueError):
@@ -252,6 +257,9 @@ class Stepper:
 
     def _ipython_display_(self):
         display(self.widget)
+        if os.environ.get(PLAYER_ENV):
+            display({"text/plain": self.summary(), "text/html": iframe(self)}, raw=True)
+            return
         self._static = display(self._static_bundle(), raw=True, display_id=True)
 
     # -- the form --------------------------------------------------------------------
