@@ -204,6 +204,25 @@ def test_stepper_in_jupyterlab(browser_exe, lab, tmp_path):
             assert stage.locator(".kv-skipped").count() == 0          # a DELETE runs every stage
             assert page.evaluate(MIN_TEXT_PX) >= 9.99
 
+            # every view of the Stepper, and the lesson figure above it, at >= 10 px on screen
+            smallest = {"objects + pointer": page.evaluate(MIN_TEXT_PX)}
+            for view in ("gfn ranges", "trees"):
+                old = figure.inner_html()
+                page.locator(".t-view button", has_text=view).click()
+                page.wait_for_function("(old) => document.querySelector('.t-figure').innerHTML !== old", arg=old)
+                smallest[view] = page.evaluate(MIN_TEXT_PX)
+                stepper.screenshot(path=shots / f"4-view-{view.replace(' ', '-')}.png")
+            box = stepper.bounding_box()
+            print(f"smallest figure text per Stepper view: {smallest}; with the trees: "
+                  f"{box['width']:.0f} x {box['height']:.0f} px")
+            assert min(smallest.values()) >= 9.99, smallest
+            # lesson figures are PNGs at twice their size, shown at their size: scale 1, so their
+            # text is the size kvmviz.viz.figure.legibility checks (>= 10 px, tests/test_legibility.py)
+            scales = page.evaluate("""() => [...document.querySelectorAll('.jp-OutputArea-output img')]
+                .filter(i => i.getBoundingClientRect().width > 0)
+                .map(i => i.getBoundingClientRect().width / (i.naturalWidth / 2))""")
+            assert scales and all(abs(s - 1) < 0.01 for s in scales), scales
+
             # the HTML player of the same MOVE, from file://, shows the same step texts
             path = tmp_path / "move.html"
             _start_here_stepper().save_html(path)
@@ -217,9 +236,24 @@ def test_stepper_in_jupyterlab(browser_exe, lab, tmp_path):
             assert seen == texts
             assert player.evaluate(MIN_TEXT_PX) >= 9.99
             player.screenshot(path=shots / "3-player.png")
+
+            # the same player as make html embeds it: in an iframe of a page, keys go to it once clicked
+            from kvmviz.viz.player_html import iframe
+            framed = tmp_path / "framed.html"
+            framed.write_text(f"<!DOCTYPE html><html><body><p>a notebook page</p>{iframe(_start_here_stepper())}"
+                              "</body></html>", encoding="utf-8")
+            outer = browser.new_page(viewport={"width": 1200, "height": 900})
+            outer.goto(framed.as_uri())
+            inner = outer.frame_locator("iframe")
+            expect(inner.locator("#kv-pos")).to_have_text("step 0 of 28")
+            inner.locator("#kv-pos").click()
+            outer.keyboard.press("ArrowRight")
+            expect(inner.locator("#kv-pos")).to_have_text("step 1 of 28")
+            outer.screenshot(path=shots / "5-player-in-a-page.png")
         finally:
             browser.close()
-    assert {"1-first-view-1400x900.png", "2-step-7.png", "3-player.png"} <= {p.name for p in shots.glob("*.png")}
+    assert {"1-first-view-1400x900.png", "2-step-7.png", "3-player.png", "4-view-trees.png",
+            "5-player-in-a-page.png"} <= {p.name for p in shots.glob("*.png")}
     print(f"screenshots in {shots}")
 
 
