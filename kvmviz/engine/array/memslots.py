@@ -7,13 +7,19 @@ One allocated structure per address space holds a header (``generation``,
 whole structure (``kvm_dup_memslots``), edits the copy (``update_memslots``,
 which re-sorts by shifting entries) and installs it.
 
-Entries are value records (``list``s indexed by the ``BASE``..``UID``
-constants), copied entry by entry on every duplication, as the kernel's
-``memcpy`` copies each 88-byte struct; ``ArraySlot`` is a read/write view of
-one record for the public API (``.id``, ``.base_gfn``, ``.label``, ...).
-A value has no identity: compare views with ``.values()``, not ``is``. The
-``label`` (``#uid``) names the update that wrote the value, so a learner can
-follow an entry as it is shifted and copied.
+Entries inside a structure are immutable value records (``tuple``s indexed
+by the ``BASE``..``UID`` constants). A structure never changes a record in
+place, it stores a new one, so copying the array's references is a copy of
+the values: ``kvm_dup_memslots`` and the shifts of ``update_memslots`` run as
+C-level slice copies, at the speed of the kernel's ``memcpy``/``memmove``,
+while the cost counters still count every slot copied and every entry
+shifted (the O(n) work of 5.15). The scans (overlap check, hva walk) are
+real O(n) loops. The value being written (``new`` on the kernel's stack, the
+``old`` copy) is a ``list`` record that the protocol fills in.
+``ArraySlot`` is a view of one record for the public API (``.id``,
+``.base_gfn``, ``.label``, ...). A value has no identity: compare views with
+``.values()``, not ``is``. The ``label`` (``#uid``) names the update that
+wrote the value, so a learner can follow an entry as it is shifted and copied.
 
 >>> s = ArrayMemslots(as_id=0)
 >>> for uid, gfn in ((1, 0x100000), (2, 0xc0000), (3, 0x0), (4, 0x80000)):
@@ -25,6 +31,7 @@ follow an entry as it is shifted and copied.
 """
 
 from array import array
+from bisect import bisect_left, bisect_right
 from collections import Counter
 
 from ..constants import KVM_MEM_SLOTS_NUM, KVM_MEMSLOT_INVALID, PAGE_SHIFT, SIZEOF_KVM_MEMORY_SLOT, flag_names
@@ -55,7 +62,7 @@ def kvm_memslots_size(nslots):
 
 
 def new_entry(*, uid=0, id=0, as_id=0, base_gfn=0, npages=0, flags=0, userspace_addr=0):
-    """A fresh slot value record (a zeroed ``struct kvm_memory_slot`` filled in).
+    """A fresh, writable slot value record (a zeroed ``struct kvm_memory_slot`` filled in).
 
     >>> ArraySlot(new_entry(uid=7, id=2, base_gfn=0x10, npages=1))
     #7(id=2 as=0 gfn=0x10..0x10 hva=0x0 flags=-)
@@ -68,15 +75,24 @@ def _field(i, doc):
         return self.entry[i]
 
     def put(self, value):
+        if isinstance(self.entry, tuple):
+            raise TypeError(f"#{self.entry[UID]} is a value inside a memslots array: 5.15 writes it through "
+                            "its structure (set_flags, update_memslots), never through a pointer")
         self.entry[i] = value
     return property(get, put, doc=doc)
+
+
+def _neg_base(entry):
+    """Sort key of the descending array as an ascending sequence (for ``bisect``)."""
+    return -entry[BASE]
 
 
 class ArraySlot:
     """A view of one slot value (``struct kvm_memory_slot`` inside the array).
 
-    Reads and writes go to the record it wraps; the protocol only writes
-    records that no reader can reach (the stack ``new``, the scratch copy).
+    Reads and writes go to the record it wraps; only a ``list`` record (the
+    stack ``new``, the ``old`` copy) can be written: entries inside a
+    structure change only through the structure.
 
     >>> v = ArraySlot(new_entry(uid=1, id=3, base_gfn=0x100, npages=2, flags=KVM_MEMSLOT_INVALID))
     >>> v.end_gfn, v.invalid, v.values()
@@ -139,12 +155,12 @@ class ArrayMemslots(Journaled):
     ``memslots`` holds exactly ``used_slots`` records, highest ``base_gfn``
     first; ``id_to_index`` is an ``array('h')`` of 32767 shorts (-1: absent).
     Container edits are journaled as before/after snapshots when the VM keeps
-    history (O(n) per edit, teaching sizes only; benchmarks turn history off).
+    history (O(n) per edit, at C speed: the records are immutable and shared).
 
     >>> s = ArrayMemslots(as_id=0)
     >>> _ = s.update_memslots(new_entry(uid=1, id=5, base_gfn=0x10, npages=4), "CREATE")
     >>> dup = s.kvm_dup_memslots(seq=2, change="MOVE")
-    >>> dup.name, dup.memslots == s.memslots, dup.memslots[0] is s.memslots[0]
+    >>> dup.name, dup.memslots == s.memslots, dup.memslots is s.memslots
     ('as0/memslots@2', True, False)
     >>> s.cost["bytes_copied"] - 2 * 88, s.cost["slots_copied"]      # header + one slot value
     (65552, 1)
@@ -195,7 +211,8 @@ class ArrayMemslots(Journaled):
         self.last_used_slot = src.last_used_slot
 
     def _copy_containers(self, src):
-        object.__setattr__(self, "memslots", list(map(list.copy, src.memslots)))
+        # the records are immutable, so a slice copy of the array copies the values (a memcpy)
+        object.__setattr__(self, "memslots", src.memslots[:])
         object.__setattr__(self, "id_to_index", array("h", src.id_to_index))
         self.cost["slots_copied"] += src.used_slots
         self.cost["bytes_copied"] += kvm_memslots_size(src.used_slots)
@@ -215,7 +232,7 @@ class ArrayMemslots(Journaled):
         h.log_item(self, CONTENTS, before, self._containers())
 
     def _containers(self):
-        return tuple(tuple(e) for e in self.memslots), self.id_to_index.tobytes()
+        return tuple(self.memslots), self.id_to_index.tobytes()
 
     def __getitem__(self, key):
         """``self[CONTENTS]``: the entries and ``id_to_index`` as immutable values (for the journal)."""
@@ -228,7 +245,7 @@ class ArrayMemslots(Journaled):
         if key != CONTENTS:
             raise KeyError(key)
         entries, index = state
-        object.__setattr__(self, "memslots", [list(e) for e in entries])
+        object.__setattr__(self, "memslots", list(entries))
         restored = array("h")
         restored.frombytes(index)
         object.__setattr__(self, "id_to_index", restored)
@@ -237,7 +254,8 @@ class ArrayMemslots(Journaled):
     def set_flags(self, id, flags):
         """Write ``flags`` into the entry of slot ``id`` (set/clear INVALID)."""
         i = self.id_to_index[id]
-        self._edit(lambda: self.memslots[i].__setitem__(FLAGS, flags))
+        entry = self.memslots[i]
+        self._edit(lambda: self.memslots.__setitem__(i, entry[:FLAGS] + (flags,) + entry[FLAGS + 1:]))
         return i
 
     def update_memslots(self, new, change):
@@ -269,11 +287,8 @@ class ArrayMemslots(Journaled):
         if change == "DELETE":
             i = index[new[ID]]
             shifted = len(slots) - 1 - i
-            ident = ID
-            for j in range(i, len(slots) - 1):
-                slots[j] = entry = slots[j + 1]
-                index[entry[ident]] = j
-            del slots[-1]
+            del slots[i]                    # the later entries shift one place forward
+            self._reindex(i, len(slots))
             index[new[ID]] = -1
             self._count_shifts(shifted)
             return i, -1, shifted
@@ -285,30 +300,50 @@ class ArrayMemslots(Journaled):
             start = index[new[ID]]
             end = self.kvm_memslot_move_backward(start, new[BASE])
         i = self.kvm_memslot_move_forward(end, new[BASE])
-        slots[i] = new.copy()
+        slots[i] = tuple(new)
         index[new[ID]] = i
         shifted = end - start + end - i
         self._count_shifts(shifted)
         return start, i, shifted
 
     def kvm_memslot_move_backward(self, i, gfn):
-        """``kvm_memslot_move_backward``: shift lower-gfn entries one place toward the front."""
-        slots, index, base, ident = self.memslots, self.id_to_index, BASE, ID
-        last = len(slots) - 1
-        while i < last and gfn <= slots[i + 1][base]:
-            slots[i] = entry = slots[i + 1]
-            index[entry[ident]] = i
-            i += 1
-        return i
+        """``kvm_memslot_move_backward``: entries after ``i`` at or above ``gfn`` shift one place forward.
+
+        The kernel shifts them one by one; the entries that shift are a run
+        (the array is sorted), found by binary search and moved as one slice.
+        Returns the index of the hole left behind the run.
+
+        >>> s = ArrayMemslots()
+        >>> for i in range(4):
+        ...     _ = s.update_memslots(new_entry(id=i, base_gfn=0x10 * i, npages=1), "CREATE")
+        >>> s.kvm_memslot_move_backward(0, 0x15), [e[ID] for e in s.memslots], s.id_to_index[2]
+        (1, [2, 2, 1, 0], 0)
+        """
+        slots = self.memslots
+        end = bisect_right(slots, -gfn, i + 1, len(slots), key=_neg_base) - 1
+        if end > i:
+            slots[i:end] = slots[i + 1:end + 1]
+            self._reindex(i, end)
+        return end
 
     def kvm_memslot_move_forward(self, i, gfn):
-        """``kvm_memslot_move_forward``: shift higher-gfn entries one place toward the back."""
-        slots, index, base, ident = self.memslots, self.id_to_index, BASE, ID
-        while i > 0 and gfn >= slots[i - 1][base]:
-            slots[i] = entry = slots[i - 1]
-            index[entry[ident]] = i
-            i -= 1
-        return i
+        """``kvm_memslot_move_forward``: entries before ``i`` at or below ``gfn`` shift one place back.
+
+        As ``kvm_memslot_move_backward``, one slice move; returns the index
+        where the value belongs.
+        """
+        slots = self.memslots
+        start = bisect_left(slots, -gfn, 0, i, key=_neg_base)
+        if start < i:
+            slots[start + 1:i + 1] = slots[start:i]
+            self._reindex(start + 1, i + 1)
+        return start
+
+    def _reindex(self, start, end):
+        """``id_to_index`` follows the entries at ``start..end-1``: one store each, as in the kernel."""
+        index, ident = self.id_to_index, ID
+        for j, entry in enumerate(self.memslots[start:end], start):
+            index[entry[ident]] = j
 
     def _count_shifts(self, shifted):
         # each shift is one struct assignment, plus the final write of the value
