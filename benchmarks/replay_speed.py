@@ -39,24 +39,32 @@ def _baseline(calls):
     return vm
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--calls", type=int, default=100_000)
-    n = parser.parse_args().calls
+def measure(n):
+    """Generate an ``n``-call trace, parse and replay it; CPU seconds per stage and the log's size."""
     log = text(generate(n))
     trace, t_parse = _timed(lambda: parse_qemu(log))
     report, t_replay = _timed(lambda: replay(trace, keep_steps=False))
     vm, t_base = _timed(lambda: _baseline(trace.calls))
     assert len(trace.calls) == n and not trace.unparsed and not report.mismatches
     assert vm.generations() == report.vm.generations()
+    return dict(report=report, log_bytes=len(log), parse=t_parse, replay=t_replay, baseline=t_base)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=100_000)
+    n = parser.parse_args().calls
+    m = measure(n)
+    report = m["report"]
     counts = ", ".join(f"{k} {v}" for k, v in report.counts.items() if v)
-    print(f"generated trace: {n} calls, {len(log) / 1e6:.1f} MB of log text; {counts}; "
+    print(f"generated trace: {n} calls, {m['log_bytes'] / 1e6:.1f} MB of log text; {counts}; "
           f"peak {report.peak_slots} slots")
     print(f"{'stage':<38}{'CPU s':>7}{'calls/s':>10}")
-    for stage, t in (("parse_qemu", t_parse), ("replay (history off, no steps)", t_replay),
-                     ("baseline: raw set_user_memory_region", t_base), ("parse + replay", t_parse + t_replay)):
+    for stage, t in (("parse_qemu", m["parse"]), ("replay (history off, no steps)", m["replay"]),
+                     ("baseline: raw set_user_memory_region", m["baseline"]),
+                     ("parse + replay", m["parse"] + m["replay"])):
         print(f"{stage:<38}{t:7.2f}{n / t:10,.0f}")
-    print(f"replay / baseline time ratio: {t_replay / t_base:.2f}")
+    print(f"replay / baseline time ratio: {m['replay'] / m['baseline']:.2f}")
 
 
 if __name__ == "__main__":

@@ -71,6 +71,18 @@ class Capabilities(NamedTuple):
         return max(self.multi_address_space, 1)
 
 
+def region_buffer(slot, flags, guest_phys_addr, memory_size, userspace_addr):
+    """The argument of ``KVM_SET_USER_MEMORY_REGION``: a packed ``struct kvm_userspace_memory_region``.
+
+    Fields that C cannot hold are a ``ValueError`` (``make_region``).
+
+    >>> len(region_buffer(1, 0, 0x100000, 0x1000, 0x7f0000000000).raw)
+    32
+    """
+    r = make_region(slot, flags, guest_phys_addr, memory_size, userspace_addr)
+    return ctypes.create_string_buffer(struct.pack("IIQQQ", *r[:5]), 32)
+
+
 def _u(value, limit, name):
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
         raise ValueError(f"{name}={value!r} does not fit its field (0..{limit:#x})")
@@ -116,8 +128,7 @@ class HostVM:
     def set_user_memory_region(self, slot, flags, guest_phys_addr, memory_size, userspace_addr):
         """``KVM_SET_USER_MEMORY_REGION``: 0 or ``-errno``."""
         r = make_region(slot, flags, guest_phys_addr, memory_size, userspace_addr)
-        buf = ctypes.create_string_buffer(struct.pack("IIQQQ", *r[:5]), 32)
-        return self._note(r, ioctl(self.fd, KVM_SET_USER_MEMORY_REGION, buf))
+        return self._note(r, ioctl(self.fd, KVM_SET_USER_MEMORY_REGION, region_buffer(*r[:5])))
 
     def set_user_memory_region2(self, slot, flags, guest_phys_addr, memory_size, userspace_addr,
                                 guest_memfd=0, guest_memfd_offset=0):

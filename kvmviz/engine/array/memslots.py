@@ -13,8 +13,10 @@ place, it stores a new one, so copying the array's references is a copy of
 the values: ``kvm_dup_memslots`` and the shifts of ``update_memslots`` run as
 C-level slice copies, at the speed of the kernel's ``memcpy``/``memmove``,
 while the cost counters still count every slot copied and every entry
-shifted (the O(n) work of 5.15). The scans (overlap check, hva walk) are
-real O(n) loops. The value being written (``new`` on the kernel's stack, the
+shifted (the O(n) work of 5.15). The overlap check of each ioctl is a real
+O(n) loop; the hva walk of each MMU-notifier event is counted as O(n) but
+finds its hits through ``HvaIndex``, since a memslot_perf_test iteration
+makes 65536 such walks. The value being written (``new`` on the kernel's stack, the
 ``old`` copy) is a ``list`` record that the protocol fills in.
 ``ArraySlot`` is a view of one record for the public API (``.id``,
 ``.base_gfn``, ``.label``, ...). A value has no identity: compare views with
@@ -33,6 +35,7 @@ wrote the value, so a learner can follow an entry as it is shifted and copied.
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter
+from itertools import accumulate
 
 from ..constants import KVM_MEM_SLOTS_NUM, KVM_MEMSLOT_INVALID, PAGE_SHIFT, SIZEOF_KVM_MEMORY_SLOT, flag_names
 from ..history import Journaled
@@ -146,6 +149,46 @@ class ArraySlot:
                 f"hva={self.userspace_addr:#x} flags={flag_names(self.flags)})")
 
 
+def _hva_end(entry):
+    """First hva after the slot."""
+    return entry[HVA] + (entry[NPAGES] << PAGE_SHIFT)
+
+
+class HvaIndex:
+    """The entries of one array sorted by hva: where the model's hva walk finds its hits.
+
+    Not a kernel structure. 5.15 walks every entry for each MMU-notifier
+    event (reference §5.3); the model counts that walk (``ArrayMemslots.
+    iter_hva_range``) and answers it here in O(log n + hits). ``entries`` is
+    the snapshot it was built from: comparing it with the array's entries
+    (C speed, identity first) touches each entry, as the kernel's walk does,
+    and finds any change, so a stale index is never used.
+
+    >>> e = [new_entry(id=i, base_gfn=i, npages=1, userspace_addr=0x1000 * (3 - i)) for i in range(3)]
+    >>> HvaIndex([tuple(x) for x in e]).hits(0x1800, 0x2000)
+    [1, 2]
+    """
+
+    __slots__ = ("entries", "order", "starts", "reach")
+
+    def __init__(self, entries):
+        self.entries = entries[:]
+        self.order = sorted(range(len(entries)), key=lambda i: entries[i][HVA])
+        self.starts = [entries[i][HVA] for i in self.order]
+        # reach[j]: the furthest hva end among the j+1 lowest-starting entries
+        self.reach = list(accumulate((_hva_end(entries[i]) for i in self.order), max))
+
+    def hits(self, start, last):
+        """Array indexes, ascending, of the entries whose hvas meet ``[start, last]``."""
+        out, j = [], bisect_right(self.starts, last) - 1
+        while j >= 0 and self.reach[j] > start:
+            i = self.order[j]
+            if _hva_end(self.entries[i]) > start:
+                out.append(i)
+            j -= 1
+        return sorted(out)
+
+
 class ArrayMemslots(Journaled):
     """One allocated ``struct kvm_memslots`` of 5.15 (see module doc).
 
@@ -167,12 +210,12 @@ class ArrayMemslots(Journaled):
     """
 
     __slots__ = ("as_id", "seq", "node_idx", "generation", "used_slots", "last_used_slot",
-                 "memslots", "id_to_index", "freed", "cost")
+                 "memslots", "id_to_index", "freed", "cost", "_hva_index")
 
     def __init__(self, history=None, *, as_id=0, seq=0, node_idx=0, cost=None):
         super().__init__(history, as_id=as_id, seq=seq, node_idx=node_idx, generation=as_id, used_slots=0,
                          last_used_slot=0, memslots=[], id_to_index=array("h", [-1]) * KVM_MEM_SLOTS_NUM,
-                         freed=False, cost=cost if cost is not None else Counter())
+                         freed=False, cost=cost if cost is not None else Counter(), _hva_index=None)
 
     @property
     def name(self):
@@ -213,6 +256,7 @@ class ArrayMemslots(Journaled):
     def _copy_containers(self, src):
         # the records are immutable, so a slice copy of the array copies the values (a memcpy)
         object.__setattr__(self, "memslots", src.memslots[:])
+        object.__setattr__(self, "_hva_index", src._hva_index)        # still valid while nothing changes
         object.__setattr__(self, "id_to_index", array("h", src.id_to_index))
         self.cost["slots_copied"] += src.used_slots
         self.cost["bytes_copied"] += kvm_memslots_size(src.used_slots)
@@ -402,10 +446,24 @@ class ArrayMemslots(Journaled):
         return hits[::-1]
 
     def iter_hva_range(self, start, last):
-        """Slots whose hva range meets ``[start, last]``: an O(n) scan (reference §5.3)."""
-        self.cost["array_entries_scanned"] += len(self.memslots)
-        hva, npages, shift = HVA, NPAGES, PAGE_SHIFT
-        return [ArraySlot(e) for e in self.memslots if e[hva] <= last and start < e[hva] + (e[npages] << shift)]
+        """Slots whose hva range meets ``[start, last]``, in array order (reference §5.3).
+
+        The kernel walks all entries; that O(n) walk is counted, and the hits
+        come from the array's ``HvaIndex`` (rebuilt when the entries changed).
+
+        >>> s = ArrayMemslots()
+        >>> for i in range(3):
+        ...     _ = s.update_memslots(new_entry(id=i, base_gfn=0x10 * i, npages=1, userspace_addr=0x1000 * i), "CREATE")
+        >>> [v.id for v in s.iter_hva_range(0, 0x1000)], s.cost["array_entries_scanned"]
+        ([1, 0], 3)
+        """
+        slots = self.memslots
+        self.cost["array_entries_scanned"] += len(slots)
+        index = self._hva_index
+        if index is None or index.entries != slots:
+            index = HvaIndex(slots)
+            object.__setattr__(self, "_hva_index", index)
+        return [ArraySlot(slots[i]) for i in index.hits(start, last)]
 
     def entries(self):
         """The array as the kernel holds it: views, highest gfn first."""
