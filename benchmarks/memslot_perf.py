@@ -1,49 +1,68 @@
-"""memslot_perf_test, modelled: array (5.15) vs tree (5.17) memslots, beside the series' table.
+"""memslot_perf_test, modelled: array (5.15) and tree (5.17) models beside the real kernel and the series.
 
-Runs the memslot-bookkeeping part of the kernel selftest's workloads
-(reference §8.2) on both kvmviz designs and prints wall time (median of
-repeats, all in this one process) and the engine's exact cost counters next
-to the v4 cover letter's figures (reference §8.1):
+Prints two tables measured in one run, then the targets of issue 18, each
+met or not met:
+
+1. **Model vs the real kernel** of this machine: setup of N slots, MOVE of
+   the last slot, FLAGS_ONLY (dirty logging on, then off) and DELETE+CREATE
+   of the last slot, for N = 10, 509, 8194, 32764, on the tree model with
+   history on (the default) and off, the array model, and the kernel through
+   ``/dev/kvm``. The kernel's VM lives in a child process of its own
+   (``kvmviz.host.timing``: a VM's MMU notifier slows its ioctls while its
+   own process is busy), idle while the model runs. Rounds alternate kernel
+   and models; a cell is the median over rounds (setup: seconds to create
+   slots 1..N-1; the operations: microseconds per ioctl, from the median of
+   the round's there-and-back pairs). Without ``/dev/kvm`` the kernel column
+   is skipped with a note. A setup over 10 s is not run again in later rounds.
+2. **Array vs tree beside the series' table** (reference §8.1, v4 cover
+   letter) for N = 10, 30, 50, 100, 509, 32764: median wall time of repeats
+   (all in this process, garbage collector off as in ``timeit``) and the
+   engine's exact work counts, for the memslot-bookkeeping part of the
+   selftest's workloads (reference §8.2):
 
 - setup: create slots 1..N-1 over the default area (512 MiB + 4 KiB at GPA
   0x10000000; slot 0, the default region, exists before the clock starts).
 - move active / move inactive: one iteration MOVEs the last slot to
   MEM_GPA + MEM_SIZE and back (two ioctls). The model has no guest, so both
-  rows get the same model figure.
+  rows get the same model figure (the MOVE row of table 1, history off).
 - unmap / unmap 2M: one iteration unmaps the 128 MiB test area (both halves)
-  in 4 KiB or 2 MiB madvise calls, each split at slot boundaries as the test
+  in 4 KiB or 2 MiB madvise calls, each split at slot ends as the test
   does; each call is one MMU-notifier invalidate_range_start/end pair (hva walks).
 - map: one iteration is the guest faulting in every page of the 32 MiB area
   (one gfn lookup per page) while the host unmaps the other half, one
   madvise call per slot-sized piece (reference §8.2: map is not only lookups).
   At most 8194 slots, as in the test.
 
-Where one iteration would take minutes (the array's O(n) notifier walks at
-32k slots), an evenly spaced, deterministic subset of each kind of call runs
-and time and costs are scaled up; the array's O(n^2) slot setup at 32k slots
-is estimated from real CREATEs timed at nine sizes (``setup_sampled``;
-``--setup-budget inf`` runs it for real, for many minutes). Such cells are
-marked with ``~``. The untimed preparation of the array's big layouts is
-built directly (``bulk_load``), which gives the state the ioctls give.
+Every cell is a whole iteration, run for real. The untimed preparation of
+the unmap and map layouts is built directly for the array (``bulk_load``),
+which gives the state the ioctls give. ``--budget N`` samples iterations of
+more than N elementary operations and scales them up (a quick look only;
+such cells are marked ``~``).
 
-    .venv/bin/python benchmarks/memslot_perf.py            # full run (several minutes)
-    .venv/bin/python benchmarks/memslot_perf.py --quick    # N = 10, 100, 509
-    .venv/bin/python benchmarks/memslot_perf.py --write-costs   # refresh kvmviz/viz/scaling_costs.json
+    .venv/bin/python benchmarks/memslot_perf.py                   # full run (about 10 minutes)
+    .venv/bin/python benchmarks/memslot_perf.py --quick           # N = 10, 100, 509
+    .venv/bin/python benchmarks/memslot_perf.py --results r.json  # also write the figures (for plot_scaling)
+    .venv/bin/python benchmarks/memslot_perf.py --notebooks       # also time the notebook tests
+    .venv/bin/python benchmarks/memslot_perf.py --write-costs     # only count work; write kvmviz/viz/scaling_costs.json
 """
 
 import argparse
 import bisect
 import gc
+import importlib.util
 import json
 import math
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import kvmviz
-from kvmviz.engine.constants import KVM_ADDRESS_SPACE_NUM
+from kvmviz.engine.constants import KVM_ADDRESS_SPACE_NUM, KVM_MEM_LOG_DIRTY_PAGES
 from kvmviz.engine.array.memslots import ARCH, BASE, ID, new_entry
+from kvmviz.host.timing import KernelTimer
 
 PAGE = 4096
 MEM_GPA = 0x10000000
@@ -54,7 +73,9 @@ CHUNK_2M = 2 * 2**20 // PAGE                  # pages per "unmap chunked" madvis
 HVA_TEST = 0x7f0000000000                     # test memory, one contiguous mapping
 HVA_SLOT0 = 0x7e0000000000                    # default region of slot 0
 SLOT0_SIZE = 2 * 2**20                        # an assumption: a small default region at gpa 0
+SLOT0 = (0, 0, 0, SLOT0_SIZE, HVA_SLOT0)
 MAP_MAX_SLOTS = 8194
+ROOT = Path(__file__).resolve().parent.parent
 
 DESIGNS = ("array", "tree")
 TESTS = ("map", "unmap", "unmap 2M", "move active", "move inactive", "setup")
@@ -82,11 +103,22 @@ SERIES = {
 #: Counters of elementary operations (one tree node, hash op, array entry or slot copy each).
 WORK = ("gfn_tree_nodes", "hva_tree_nodes", "hash_ops", "slots_copied", "entries_shifted",
         "array_entries_scanned", "array_search_probes", "array_index_ops")
-COSTS_JSON = Path(__file__).resolve().parent.parent / "kvmviz" / "viz" / "scaling_costs.json"
+COSTS_JSON = ROOT / "kvmviz" / "viz" / "scaling_costs.json"
+
+#: Table 1: slot counts, model columns (name, VM keywords) and operations.
+KERNEL_NS = (10, 509, 8194, 32764)
+MODELS = (("tree on", dict(implementation="tree", history=True)),
+          ("tree off", dict(implementation="tree", history=False)),
+          ("array", dict(implementation="array", history=False)))
+OPS = ("setup", "MOVE", "FLAGS_ONLY", "DELETE+CREATE")
+LONG = 10.0                  # seconds: such a setup runs once, such an iteration stops the repeats
+FULL_RUN_LIMIT = 15 * 60     # seconds: issue 18's limit for the whole default run
+REPLAY_CALLS = 100_000
+SERIES_NS = (10, 30, 50, 100, 509, 32764)
 
 
 def log(msg):
-    """Progress on stderr, so stdout keeps only the table."""
+    """Progress on stderr, so stdout keeps only the tables."""
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -111,6 +143,10 @@ class Layout:
         gpa = self.starts[k]
         return (k + 1, 0, gpa, self.sizes[k], HVA_TEST + gpa - MEM_GPA)
 
+    def regions(self):
+        """The CREATE calls of slots 1..n-1, in order."""
+        return [self.region(k) for k in range(self.nslots - 1)]
+
     def gpa2hva(self, gpa):
         """``vm_gpa2hva``: the hva and the bytes left in the slot from ``gpa``."""
         k = bisect.bisect_right(self.starts, gpa) - 1
@@ -120,30 +156,63 @@ class Layout:
 def new_vm(design):
     """A VM with slot 0 (the default region); history off, as a benchmark needs."""
     vm = kvmviz.VM(implementation=design, history=False)
-    vm.set_user_memory_region(0, 0, 0, SLOT0_SIZE, HVA_SLOT0)
+    vm.set_user_memory_region(*SLOT0)
     return vm
 
 
-def setup(design, layout, what):
-    """Create the test slots one ioctl each; returns (vm, seconds, cost)."""
-    vm = new_vm(design)
-    before, n = dict(vm.cost), layout.nslots - 1
-    start = last_note = time.perf_counter()
-    for k in range(n):
-        vm.set_user_memory_region(*layout.region(k))
-        if k % 512 == 511 and time.perf_counter() - last_note > 5:
-            last_note = time.perf_counter()
-            log(f"    {what}: {design} {k + 1}/{n} slots created ({last_note - start:.0f} s)")
-    return vm, time.perf_counter() - start, _delta(vm.cost, before)
+class ModelRunner:
+    """The model behind ``KernelTimer``'s interface: a fresh VM, then timed passes of calls.
+
+    ``cost`` is the work of the first pass of the last ``run``.
+    """
+
+    def __init__(self, **config):
+        self.config, self.vm, self.cost = config, None, {}
+
+    def new_vm(self):
+        """Drop the VM (collecting its garbage) and start an empty one."""
+        self.vm = None
+        gc.collect()
+        self.vm = kvmviz.VM(**self.config)
+
+    def run(self, calls, repeat=1):
+        """Run ``calls`` ``repeat`` times; seconds per pass."""
+        vm, seconds = self.vm, []
+        call = vm.set_user_memory_region
+        for k in range(repeat):
+            before = dict(vm.cost)
+            start = time.perf_counter()
+            for c in calls:
+                call(*c)
+            seconds.append(time.perf_counter() - start)
+            if k == 0:
+                self.cost = _delta(vm.cost, before)
+        return seconds
+
+
+def timed_setup(runner, layout):
+    """A fresh VM with slot 0, then the timed CREATEs of slots 1..n-1; seconds."""
+    runner.new_vm()
+    runner.run([SLOT0])
+    return runner.run(layout.regions())[0]
+
+
+def op_calls(layout, op):
+    """One iteration of ``op`` on the last slot: the ioctl there and the one back."""
+    slot, flags, gpa, size, hva = region = layout.region(layout.nslots - 2)
+    there = {"MOVE": (slot, flags, MEM_GPA + MEM_SIZE, size, hva),
+             "FLAGS_ONLY": (slot, flags | KVM_MEM_LOG_DIRTY_PAGES, gpa, size, hva),
+             "DELETE+CREATE": (slot, flags, gpa, 0, hva)}[op]
+    return [there, region]
 
 
 def bulk_load(vm, layout, count):
     """Untimed preparation: the state ``count`` CREATE ioctls of test slots leave.
 
-    The tree runs the real ioctls (fast enough). For the array, whose CREATEs
-    cost O(n) each, the sorted structure, ``id_to_index``, counters and
-    generation are built directly; ``tests/test_array.py`` checks that this
-    equals the state the ioctls produce.
+    The tree runs the real ioctls. For the array, whose CREATEs cost O(n)
+    each, the sorted structure, ``id_to_index``, counters and generation are
+    built directly; ``tests/test_array.py`` checks that this equals the state
+    the ioctls produce.
     """
     if vm.implementation != "array":
         for k in range(count):
@@ -167,44 +236,66 @@ def bulk_load(vm, layout, count):
     vm.calls += count
 
 
-def setup_sampled(design, layout, points=8, creates=16):
-    """Estimate a slot setup too slow to run: time real CREATEs at ``points`` sizes.
-
-    At each size (bulk-loaded first, untimed) ``creates`` real ioctls run;
-    the median per-CREATE time and the mean costs, linear in n for the array, are integrated
-    over 0..n-1 by the trapezoid rule. Returns (vm at full size, seconds, cost).
-    """
-    n = layout.nslots - 1
-    xs, ts, costs = [], [], []
-    for k in range(points + 1):
-        done = min(n - creates, round(n * k / points))
-        vm = new_vm(design)
-        bulk_load(vm, layout, done)
-        before, each = dict(vm.cost), []
-        for j in range(done, done + creates):
-            t0 = time.perf_counter()
-            vm.set_user_memory_region(*layout.region(j))
-            each.append(time.perf_counter() - t0)
-        ts.append(statistics.median(each))
-        costs.append({c: v / creates for c, v in _delta(vm.cost, before).items()})
-        xs.append(done)
-        log(f"    setup (sampled): {design} {creates} CREATEs at {done} slots: {ts[-1] * 1e3:.2f} ms each")
-        del vm
-        gc.collect()
-    def integral(ys):      # sum over sizes 0..n-1; the last few sizes take the last value
-        return sum((xs[i + 1] - xs[i]) * (ys[i] + ys[i + 1]) / 2 for i in range(points)) + (n - xs[-1]) * ys[-1]
-    names = {c for cost in costs for c in cost}
-    cost = {c: round(integral([cost.get(c, 0) for cost in costs])) for c in names}
-    vm = new_vm(design)
-    bulk_load(vm, layout, n)
-    return vm, integral(ts), cost
-
-
 def _delta(after, before):
     return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
 
 
-# -- one iteration of each workload, as a list of calls ---------------------------
+# -- table 1: the models beside the real kernel ---------------------------------------
+def side_by_side(ns, rounds, pairs, kernel):
+    """Table 1's figures: ``{(n, op, column): seconds}`` (setup: total; ops: per ioctl), and work.
+
+    ``kernel`` is a ``KernelTimer`` (its column is left out when it is not
+    available). Returns ``(figures, costs)``, ``costs[(n, op, column)]`` the
+    model's work of one setup or one there-and-back pair.
+    """
+    runners = dict([("kernel", kernel)] if kernel.available else [])
+    runners.update((name, ModelRunner(**config)) for name, config in MODELS)
+    runs, costs = {}, {}
+    for n in ns:
+        layout, long = Layout(n, MEM_SIZE), set()
+        for r in range(rounds):
+            log(f"  table 1: {n} slots, round {r + 1}/{rounds}")
+            for name, runner in runners.items():
+                if name not in long:
+                    seconds = timed_setup(runner, layout)
+                    runs.setdefault((n, "setup", name), []).append(seconds)
+                    costs[(n, "setup", name)] = getattr(runner, "cost", {})
+                    if seconds > LONG:
+                        long.add(name)
+                for op in OPS[1:]:
+                    seconds = runner.run(op_calls(layout, op), pairs)
+                    runs.setdefault((n, op, name), []).append(statistics.median(seconds) / 2)
+                    costs[(n, op, name)] = getattr(runner, "cost", {})
+        for runner in runners.values():
+            if isinstance(runner, ModelRunner):
+                runner.vm = None
+        gc.collect()
+    return {key: statistics.median(v) for key, v in runs.items()}, costs
+
+
+def _num(x):
+    return f"{x:,.0f}" if x >= 100 else f"{x:.3g}"
+
+
+def kernel_table(figures, ns, release):
+    """Table 1 as text lines: one row per (N, operation), ratios model / kernel."""
+    models = [name for name, _ in MODELS]
+    columns = models + (["kernel"] if release else [])
+    head = (f"{'slots':>6} {'operation':<20} | " + " ".join(f"{c:>9}" for c in columns)
+            + (" | " + " ".join(f"{c + '/kernel':>15}" for c in models) if release else ""))
+    lines = [head, "-" * len(head)]
+    for n in ns:
+        for op in OPS:
+            unit, scale = ("s", 1) if op == "setup" else ("us/ioctl", 1e6)
+            row = f"{n:>6} {f'{op} ({unit})':<20} | " + " ".join(f"{_num(figures[(n, op, c)] * scale):>9}"
+                                                                for c in columns)
+            if release:
+                row += " | " + " ".join(f"{figures[(n, op, c)] / figures[(n, op, 'kernel')]:>14.3g}x" for c in models)
+            lines.append(row)
+    return lines
+
+
+# -- table 2: one iteration of each workload, as a list of calls ----------------------
 def unmap_calls(layout, first_page, count):
     """``test_memslot_do_unmap``: madvise calls split at slot ends, as (hva, end)."""
     calls, ctr = [], 0
@@ -251,8 +342,10 @@ def run_calls(vm, calls):
 def sample(vm, calls, budget):
     """Evenly spaced subset per kind of call so the estimated work fits ``budget``.
 
-    Returns (subset, scale): multiply time and costs by ``scale``.
+    Returns (subset, scale): multiply time and costs by ``scale`` (1: all calls).
     """
+    if math.isinf(budget):
+        return calls, 1
     kinds = {}
     for call in calls:
         kinds.setdefault(call[0], []).append(call)
@@ -274,19 +367,21 @@ def work(cost):
 
 
 def enough(times, repeats):
-    """Go on repeating: fewer than ``repeats`` runs, or under 0.5 s in all (at most 201 runs).
+    """Stop repeating: after ``repeats`` runs, or sooner once they took LONG seconds.
 
-    Short iterations are repeated many times so that the median is not one
-    scheduler hiccup on a shared machine.
+    Short iterations are repeated until 0.5 s (at most 201 runs), so that the
+    median is not one scheduler hiccup on a shared machine.
     """
-    return len(times) < repeats or (sum(times) < 0.5 and len(times) < 201)
+    if sum(times) > LONG:
+        return True
+    return len(times) >= repeats and (sum(times) >= 0.5 or len(times) >= 201)
 
 
 def timed(vm, calls, repeats, budget):
     """Median seconds of one iteration of ``calls``, its cost, and the scale used."""
     subset, scale = sample(vm, calls, budget)
     times, cost = [], None
-    while enough(times, repeats):
+    while not enough(times, repeats):
         before = dict(vm.cost)
         t0 = time.perf_counter()
         run_calls(vm, subset)
@@ -296,37 +391,25 @@ def timed(vm, calls, repeats, budget):
     return statistics.median(times), cost, scale
 
 
-def move_iteration(vm, layout, repeats):
-    """MOVE the last slot to MEM_GPA + MEM_SIZE and back; median seconds and cost."""
-    slot, flags, gpa, size, hva = layout.region(layout.nslots - 2)
-    times, cost = [], None
-    while enough(times, repeats):
-        before = dict(vm.cost)
-        t0 = time.perf_counter()
-        vm.set_user_memory_region(slot, flags, MEM_GPA + MEM_SIZE, size, hva)
-        vm.set_user_memory_region(slot, flags, gpa, size, hva)
-        times.append(time.perf_counter() - t0)
-        cost = cost or _delta(vm.cost, before)
-    return statistics.median(times), cost
-
-
-# -- the measurements --------------------------------------------------------------
-def measure(n, design, repeats, budget, results, setup_budget=1e8):
-    """All workloads of one design at ``n`` slots, into ``results[(n, test, design)]``."""
-    log(f"  {design}, {n} slots")
-    default = Layout(n, MEM_SIZE)
-    times, sampled = [], design == "array" and n * n > setup_budget
-    while enough(times, repeats):
-        vm, seconds, cost = setup_sampled(design, default) if sampled else setup(design, default, "setup")
-        times.append(seconds)
-        if seconds > 10 or sampled:
-            break          # one O(n^2) run is measurement enough
-    results[(n, "setup", design)] = dict(seconds=statistics.median(times), cost=cost, sampled=sampled)
-    seconds, cost = move_iteration(vm, default, repeats)
+def setup_and_move(n, design, repeats, results):
+    """Table 2's setup and move cells (table 1 fills them where it ran the same N)."""
+    runner, layout, times = ModelRunner(implementation=design, history=False), Layout(n, MEM_SIZE), []
+    while not enough(times, repeats):
+        times.append(timed_setup(runner, layout))
+    results[(n, "setup", design)] = dict(seconds=statistics.median(times), cost=runner.cost)
+    calls, times = op_calls(layout, "MOVE"), []
+    while not enough(times, repeats):
+        times += runner.run(calls)
     for test in ("move active", "move inactive"):
-        results[(n, test, design)] = dict(seconds=seconds, cost=cost)
-    assert kvmviz.check_invariants(vm) == []
-    del vm
+        results[(n, test, design)] = dict(seconds=statistics.median(times), cost=runner.cost)
+    assert kvmviz.check_invariants(runner.vm) == []
+
+
+def measure(n, design, repeats, budget, results):
+    """All workloads of one design at ``n`` slots, into ``results[(n, test, design)]``."""
+    log(f"  table 2: {design}, {n} slots")
+    if (n, "setup", design) not in results:
+        setup_and_move(n, design, repeats, results)
     gc.collect()
     layout = Layout(n, UNMAP_SIZE)
     vm = new_vm(design)
@@ -345,7 +428,18 @@ def measure(n, design, repeats, budget, results, setup_budget=1e8):
     results[(n, "map", design)] = dict(seconds=seconds, cost=cost, sampled=scale > 1, slots=nmap)
 
 
-# -- the table -----------------------------------------------------------------------
+def from_table1(figures, costs, ns, results):
+    """Table 2's setup and move cells of the slot counts table 1 ran (same layout, same calls)."""
+    for n in ns:
+        for design, column in (("array", "array"), ("tree", "tree off")):
+            results[(n, "setup", design)] = dict(seconds=figures[(n, "setup", column)],
+                                                 cost=costs[(n, "setup", column)])
+            for test in ("move active", "move inactive"):
+                results[(n, test, design)] = dict(seconds=2 * figures[(n, "MOVE", column)],
+                                                  cost=costs[(n, "MOVE", column)])
+
+
+# -- table 2 as text -------------------------------------------------------------------
 def _s(x):
     return f"{x:.3g}"
 
@@ -380,68 +474,188 @@ def table(results, ns):
     return lines, flags
 
 
-def targets(results, ns):
-    """The issue's targets, checked on this run's figures."""
+# -- the targets of issue 18 -------------------------------------------------------------
+def _target(text, value, met):
+    return dict(target=text, value=value, met=met)
+
+
+def targets(figures, results, ns, extra):
+    """The issue's targets on this run's figures: ``[{target, value, met}]`` (met None: not measured)."""
     out = []
-    if 10 in ns and 32764 in ns:
-        big, small = results[(32764, "move inactive", "tree")], results[(10, "move inactive", "tree")]
-        r = big["seconds"] / small["seconds"]
-        out.append(f"tree MOVE at 32764 / at 10 slots: {r:.2f}x (target <= 3x): {'met' if r <= 3 else 'MISSED'}")
-    if 32764 in ns:
+    big, small, kernel = (32764, "MOVE"), (10, "MOVE"), "kernel"
+    have = lambda *keys: all(k in figures for k in keys)
+    for column, limit in (("tree on", 3), ("tree off", 2)):
+        if have(big + (column,), big + (kernel,)):
+            r = figures[big + (column,)] / figures[big + (kernel,)]
+            out.append(_target(f"{column.replace('tree', 'tree, history')}: MOVE at 32764 <= {limit}x the kernel's",
+                               f"{r:.2f}x", r <= limit))
+    if have(big + ("tree on",), small + ("tree on",)):
+        r = figures[big + ("tree on",)] / figures[small + ("tree on",)]
+        out.append(_target("tree, history on: MOVE at 32764 <= 1.5x its own at 10 slots", f"{r:.2f}x", r <= 1.5))
+    if have((32764, "setup", "tree on"), (32764, "setup", kernel)):
+        model, real = figures[(32764, "setup", "tree on")], figures[(32764, "setup", kernel)]
+        out.append(_target("tree, history on: setup of 32764 slots no slower than the kernel's",
+                           f"{model:.1f} s vs {real:.1f} s", model <= real))
+    if (32764, "move inactive", "array") in results:
         r = results[(32764, "move inactive", "array")]["seconds"] / results[(32764, "move inactive", "tree")]["seconds"]
-        out.append(f"array / tree MOVE at 32764: {r:.1f}x (target >= 10x): {'met' if r >= 10 else 'MISSED'}")
+        out.append(_target("array MOVE at 32764 >= 10x the tree's (history off)", f"{r:.1f}x", r >= 10))
         r = results[(32764, "setup", "array")]["seconds"] / results[(32764, "setup", "tree")]["seconds"]
-        out.append(f"array / tree slot setup at 32764: {r:.1f}x (target >= 20x): {'met' if r >= 20 else 'MISSED'}")
+        out.append(_target("array setup at 32764 >= 20x the tree's (history off; earlier target)", f"{r:.1f}x",
+                           r >= 20))
+    sampled = sum(1 for r in results.values() if r.get("sampled"))
+    out.append(_target("every table 2 cell a real run (no ~)", f"{sampled} sampled", sampled == 0))
+    full = sorted(ns) == sorted(SERIES_NS) and extra["kernel_ns"] == list(KERNEL_NS)
+    out.append(_target("whole memslot_perf run (all sizes, both designs) within 15 minutes",
+                       f"{extra['elapsed'] / 60:.1f} min" + ("" if full else " (not a full run)"),
+                       extra["elapsed"] <= FULL_RUN_LIMIT if full else None))
+    rate = extra.get("replay")
+    out.append(_target(f"kvmviz replay (parse + replay, history off) of {REPLAY_CALLS} calls >= 20,000 calls/s",
+                       f"{rate:,.0f} calls/s" if rate else "not measured (--skip-replay)",
+                       rate >= 20_000 if rate else None))
+    seconds = extra.get("notebooks")
+    out.append(_target("all notebooks together under 2 minutes (tests/test_notebooks.py)",
+                       f"{seconds:.0f} s" if seconds else "not measured (use --notebooks)",
+                       seconds < 120 if seconds else None))
     return out
 
 
-def write_costs(results, ns):
-    """Store the deterministic work counts per design, workload and N for the plot."""
-    rows = [dict(design=d, test=test, n=results[(n, test, d)].get("slots", n), work=work(results[(n, test, d)]["cost"]),
-                 bytes_copied=results[(n, test, d)]["cost"].get("bytes_copied", 0),
-                 sampled=bool(results[(n, test, d)].get("sampled")))
-            for n in ns for test in TESTS if test != "move active" for d in DESIGNS]
-    COSTS_JSON.write_text(json.dumps(rows, indent=1) + "\n")
+def target_lines(found):
+    """The targets as text: ``met``, ``NOT MET`` or ``not measured``."""
+    word = {True: "met", False: "NOT MET", None: "not measured"}
+    return [f"{t['target']}: {t['value']}: {word[t['met']]}" for t in found]
+
+
+def replay_rate():
+    """Calls per second of ``kvmviz replay`` (parse + replay) on a generated trace (``replay_speed.py``)."""
+    spec = importlib.util.spec_from_file_location("replay_speed", ROOT / "benchmarks" / "replay_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    m = module.measure(REPLAY_CALLS)
+    return REPLAY_CALLS / (m["parse"] + m["replay"])
+
+
+def notebook_seconds():
+    """Wall time of the notebook tests (``pytest -m notebook tests/test_notebooks.py``), in a child process."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "notebook", "tests/test_notebooks.py"],
+                          cwd=ROOT, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"the notebook tests failed:\n{done.stdout[-2000:]}")
+    return time.perf_counter() - start
+
+
+# -- output files -----------------------------------------------------------------------
+def cost_rows(results, ns, seconds=False):
+    """The work counts per design, workload and N (the plot's data); with ``seconds``, the wall times too."""
+    rows = []
+    for n in ns:
+        for test in TESTS[:3] + TESTS[4:]:          # "move active" is the same figure as "move inactive"
+            for design in DESIGNS:
+                r = results[(n, test, design)]
+                rows.append(dict(design=design, test=test, n=r.get("slots", n), work=work(r["cost"]),
+                                 bytes_copied=r["cost"].get("bytes_copied", 0), sampled=bool(r.get("sampled"))))
+                if seconds:
+                    rows[-1]["seconds"] = r["seconds"]
+    return rows
+
+
+def write_results(path, results, ns, figures, found, release):
+    """``--results FILE``: both tables' figures, the targets and the machine, as JSON (``plot_scaling``).
+
+    ``table1`` rows: n, op, column, seconds (setup: total; operations: per
+    ioctl); ``table2`` rows: those of ``scaling_costs.json`` plus seconds per
+    iteration.
+    """
+    kernel = [dict(n=n, op=op, column=column, seconds=s) for (n, op, column), s in sorted(figures.items())]
+    data = dict(kernel_release=release, cpus=os.cpu_count(), load=os.getloadavg(), table1=kernel,
+                table2=cost_rows(results, ns, seconds=True), targets=found)
+    Path(path).write_text(json.dumps(data, indent=1) + "\n")
+    log(f"wrote {path}")
+
+
+def write_costs(ns, budget):
+    """``--write-costs``: count every workload once (no timing table) and write ``scaling_costs.json``.
+
+    The only writer of that package file; the counts are exact, so one run
+    of each workload is enough.
+    """
+    results = {}
+    for n in ns:
+        for design in DESIGNS:
+            measure(n, design, 1, budget, results)
+    COSTS_JSON.write_text(json.dumps(cost_rows(results, ns), indent=1) + "\n")
     log(f"wrote {COSTS_JSON}")
 
 
+
 def main(argv=None):
-    """Run the workloads and print the table (see module doc)."""
+    """Run both tables and print them with the targets (see module doc)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="N = 10, 100, 509 and 3 repeats")
-    ap.add_argument("--slots", type=int, nargs="+", help="slot counts to run (default: the series' six)")
-    ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--budget", type=float, default=2e6,
-                    help="elementary operations per measured iteration before sampling (default 2e6)")
-    ap.add_argument("--setup-budget", type=float, default=1e8,
-                    help="above N*N > this, the array's slot setup is sampled (default 1e8; inf: always real)")
-    ap.add_argument("--write-costs", action="store_true", help=f"write {COSTS_JSON.name} for the plot")
+    ap.add_argument("--quick", action="store_true", help="N = 10, 100, 509 (table 1: 10, 509), 3 repeats, 2 rounds")
+    ap.add_argument("--slots", type=int, nargs="+", help="table 2's slot counts (default: the series' six)")
+    ap.add_argument("--kernel-slots", type=int, nargs="*", help="table 1's slot counts (default: 10 509 8194 32764)")
+    ap.add_argument("--repeats", type=int, default=None, help="table 2: runs per cell (default 5)")
+    ap.add_argument("--rounds", type=int, default=None, help="table 1: rounds (default 3)")
+    ap.add_argument("--pairs", type=int, default=20, help="table 1: there-and-back pairs per operation and round")
+    ap.add_argument("--budget", type=float, default=math.inf,
+                    help="sample iterations of more elementary operations than this (default: never)")
+    ap.add_argument("--results", metavar="FILE", help="write the figures as JSON (kvmviz.viz.scaling.plot_scaling)")
+    ap.add_argument("--skip-replay", action="store_true", help="do not measure the replay target")
+    ap.add_argument("--notebooks", action="store_true", help="also time the notebook tests (about 2 minutes)")
+    ap.add_argument("--write-costs", action="store_true",
+                    help=f"only count the work of each workload and write {COSTS_JSON.name} (no timing)")
     args = ap.parse_args(argv)
-    ns = args.slots or ([10, 100, 509] if args.quick else [10, 30, 50, 100, 509, 32764])
+    ns = args.slots or ([10, 100, 509] if args.quick else list(SERIES_NS))
     unknown = [n for n in ns if (n, "setup") not in SERIES]
     if unknown:
-        ap.error(f"no series figures for {unknown}; choose from 10, 30, 50, 100, 509, 32764")
-    repeats = args.repeats or (3 if args.quick else 7)
-    results, t0 = {}, time.perf_counter()
+        ap.error(f"no series figures for {unknown}; choose from {', '.join(map(str, SERIES_NS))}")
     gc.disable()           # as timeit does: collector pauses are noise, not memslot work
+    if args.write_costs:
+        write_costs(ns, args.budget)
+        return
+    kernel_ns = args.kernel_slots if args.kernel_slots is not None else ([10, 509] if args.quick else list(KERNEL_NS))
+    repeats, rounds = args.repeats or (3 if args.quick else 5), args.rounds or (2 if args.quick else 3)
+    t0 = time.perf_counter()
+    with KernelTimer() as kernel:
+        if not kernel.available:
+            log(f"no real kernel column: {kernel.why}")
+        release = kernel.release if kernel.available else None
+        figures, costs = side_by_side(kernel_ns, rounds, args.pairs, kernel)
+    results = {}
+    from_table1(figures, costs, [n for n in ns if n in kernel_ns], results)
     for n in ns:
         log(f"N = {n} ({time.perf_counter() - t0:.0f} s so far)")
         for design in DESIGNS:
-            measure(n, design, repeats, args.budget, results, args.setup_budget)
+            measure(n, design, repeats, args.budget, results)
             gc.collect()
+    extra = dict(elapsed=time.perf_counter() - t0, kernel_ns=kernel_ns)
+    if not args.skip_replay:
+        log("replay target")
+        extra["replay"] = replay_rate()
+    if args.notebooks:
+        log("notebook tests")
+        extra["notebooks"] = notebook_seconds()
+    print(f"1. model vs the real kernel ({'Linux ' + release if release else 'no /dev/kvm: kernel column skipped'}"
+          f", measured in this run; median of {rounds} rounds alternating kernel and models; setup: seconds to "
+          f"create slots 1..N-1; operations on the last slot: microseconds per ioctl, median of {args.pairs} "
+          "there-and-back pairs per round; tree on/off = tree model with history on (the default) / off)")
+    print("\n".join(kernel_table(figures, kernel_ns, release)))
     lines, flags = table(results, ns)
-    print(f"memslot_perf_test, modelled: seconds per iteration (median of at least {repeats} runs, "
-          "more until 0.5 s, at most 201; a setup over 10 s runs once); series = reference §8.1 (v4 cover letter, Xeon 8167M, array "
-          "'before' vs tree 'after'); x = array / tree; work = elementary operations counted by the "
-          "engine; ~ = sampled and scaled; map @8194 = run with 8194 slots")
-    print("\n".join(lines))
     print()
-    print("\n".join(targets(results, ns)))
+    print(f"2. memslot_perf_test, modelled: seconds per iteration (median of {repeats} runs, more until 0.5 s, at most "
+          f"201, fewer once they took {LONG:.0f} s); series = reference §8.1 (v4 cover letter, Xeon 8167M, array "
+          "'before' vs tree 'after'); x = array / tree; work = elementary operations counted by the "
+          "engine; ~ = sampled and scaled; map @8194 = run with 8194 slots; tree = history off")
+    print("\n".join(lines))
     if flags:
         print(f"{len(flags)} row(s) where the model's array/tree ratio differs from the series' by more than "
               "3x; README.md 'Array vs tree' explains why.")
-    if args.write_costs:
-        write_costs(results, ns)
+    found = targets(figures, results, ns, extra)
+    print()
+    print(f"targets of issue 18 (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end):")
+    print("\n".join(target_lines(found)))
+    if args.results:
+        write_results(args.results, results, ns, figures, found, release)
     log(f"total {time.perf_counter() - t0:.0f} s")
 
 
