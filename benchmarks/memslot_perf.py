@@ -62,7 +62,7 @@ from pathlib import Path
 import kvmviz
 from kvmviz.engine.constants import KVM_ADDRESS_SPACE_NUM, KVM_MEM_LOG_DIRTY_PAGES
 from kvmviz.engine.array.memslots import ARCH, BASE, ID, new_entry
-from kvmviz.host.timing import KernelTimer
+from kvmviz.host.timing import KernelTimer, ModelTimer
 
 PAGE = 4096
 MEM_GPA = 0x10000000
@@ -160,36 +160,6 @@ def new_vm(design):
     return vm
 
 
-class ModelRunner:
-    """The model behind ``KernelTimer``'s interface: a fresh VM, then timed passes of calls.
-
-    ``cost`` is the work of the first pass of the last ``run``.
-    """
-
-    def __init__(self, **config):
-        self.config, self.vm, self.cost = config, None, {}
-
-    def new_vm(self):
-        """Drop the VM (collecting its garbage) and start an empty one."""
-        self.vm = None
-        gc.collect()
-        self.vm = kvmviz.VM(**self.config)
-
-    def run(self, calls, repeat=1):
-        """Run ``calls`` ``repeat`` times; seconds per pass."""
-        vm, seconds = self.vm, []
-        call = vm.set_user_memory_region
-        for k in range(repeat):
-            before = dict(vm.cost)
-            start = time.perf_counter()
-            for c in calls:
-                call(*c)
-            seconds.append(time.perf_counter() - start)
-            if k == 0:
-                self.cost = _delta(vm.cost, before)
-        return seconds
-
-
 def timed_setup(runner, layout):
     """A fresh VM with slot 0, then the timed CREATEs of slots 1..n-1; seconds."""
     runner.new_vm()
@@ -249,7 +219,7 @@ def side_by_side(ns, rounds, pairs, kernel):
     model's work of one setup or one there-and-back pair.
     """
     runners = dict([("kernel", kernel)] if kernel.available else [])
-    runners.update((name, ModelRunner(**config)) for name, config in MODELS)
+    runners.update((name, ModelTimer(**config)) for name, config in MODELS)
     runs, costs = {}, {}
     for n in ns:
         layout, long = Layout(n, MEM_SIZE), set()
@@ -267,7 +237,7 @@ def side_by_side(ns, rounds, pairs, kernel):
                     runs.setdefault((n, op, name), []).append(statistics.median(seconds) / 2)
                     costs[(n, op, name)] = getattr(runner, "cost", {})
         for runner in runners.values():
-            if isinstance(runner, ModelRunner):
+            if isinstance(runner, ModelTimer):
                 runner.vm = None
         gc.collect()
     return {key: statistics.median(v) for key, v in runs.items()}, costs
@@ -342,10 +312,10 @@ def run_calls(vm, calls):
 def sample(vm, calls, budget):
     """Evenly spaced subset per kind of call so the estimated work fits ``budget``.
 
-    Returns (subset, scale): multiply time and costs by ``scale`` (1: all calls).
+    The first call of each kind runs untimed to estimate its work (and warms
+    the lookup caches, as the test's earlier iterations do). Returns
+    (subset, scale): multiply time and costs by ``scale`` (1: all calls).
     """
-    if math.isinf(budget):
-        return calls, 1
     kinds = {}
     for call in calls:
         kinds.setdefault(call[0], []).append(call)
@@ -393,7 +363,7 @@ def timed(vm, calls, repeats, budget):
 
 def setup_and_move(n, design, repeats, results):
     """Table 2's setup and move cells (table 1 fills them where it ran the same N)."""
-    runner, layout, times = ModelRunner(implementation=design, history=False), Layout(n, MEM_SIZE), []
+    runner, layout, times = ModelTimer(implementation=design, history=False), Layout(n, MEM_SIZE), []
     while not enough(times, repeats):
         times.append(timed_setup(runner, layout))
     results[(n, "setup", design)] = dict(seconds=statistics.median(times), cost=runner.cost)

@@ -11,6 +11,8 @@ it for a fresh VM (``new_vm``) and to run lists of
 each pass took (``time.perf_counter``; the argument structs are packed
 before the clock starts, so a pass times the ioctls and the ``ctypes``
 calls). Without ``/dev/kvm`` the timer says why (``available``, ``why``).
+``ModelTimer`` runs the same calls on a ``kvmviz.VM`` in this process, so a
+benchmark can alternate the two.
 
 >>> with KernelTimer() as k:
 ...     if k.available:
@@ -31,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..engine.vm import VM
 from .ioctl import KVM_SET_USER_MEMORY_REGION, ioctl
 from .kvm import HostVM, available, region_buffer
 
@@ -39,13 +42,17 @@ class KernelTimer:
     """Parent side: the child process that runs and times ioctls on a real VM.
 
     ``available`` is False (and ``why`` says why) when the child cannot
-    create a VM; ``release`` is the kernel's release string.
+    create a VM on ``path``; ``release`` is the kernel's release string.
+
+    >>> with KernelTimer("/nonexistent/kvm") as k:
+    ...     k.available, k.why.split(":")[0]
+    (False, '/nonexistent/kvm does not exist')
     """
 
-    def __init__(self):
+    def __init__(self, path="/dev/kvm"):
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(
             [str(Path(__file__).resolve().parents[2])] + os.environ.get("PYTHONPATH", "").split(os.pathsep)))
-        self._child = subprocess.Popen([sys.executable, "-m", "kvmviz.host.timing"], stdin=subprocess.PIPE,
+        self._child = subprocess.Popen([sys.executable, "-m", "kvmviz.host.timing", path], stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, text=True, env=env)
         hello = self._answer()
         self.available, self.why, self.release = hello["available"], hello["why"], hello["release"]
@@ -91,6 +98,44 @@ class KernelTimer:
         self.close()
 
 
+class ModelTimer:
+    """The model behind ``KernelTimer``'s interface: a fresh ``VM(**config)``, then timed passes.
+
+    ``cost`` is the engine's work in the first pass of the last ``run``.
+
+    >>> m = ModelTimer(history=False); m.new_vm()
+    >>> len(m.run([(1, 0, 0x100000, 0x1000, 0x7f0000000000), (1, 0, 0x100000, 0, 0x7f0000000000)], 2))
+    2
+    >>> m.cost["hash_ops"] > 0
+    True
+    """
+
+    available = True
+
+    def __init__(self, **config):
+        self.config, self.vm, self.cost = config, None, {}
+
+    def new_vm(self):
+        """Drop the VM (collecting its garbage, untimed) and start an empty one."""
+        self.vm = None
+        gc.collect()
+        self.vm = VM(**self.config)
+
+    def run(self, calls, repeat=1):
+        """Run ``calls`` ``repeat`` times; seconds per pass (a refused call raises ``KvmError``)."""
+        vm, seconds = self.vm, []
+        call = vm.set_user_memory_region
+        for k in range(repeat):
+            before = dict(vm.cost)
+            start = time.perf_counter()
+            for c in calls:
+                call(*c)
+            seconds.append(time.perf_counter() - start)
+            if k == 0:
+                self.cost = {name: n - before.get(name, 0) for name, n in vm.cost.items() if n != before.get(name, 0)}
+        return seconds
+
+
 def _run(vm, calls, repeat):
     """Child side: the timed passes (all ioctls must return 0)."""
     buffers = [region_buffer(*c) for c in calls]
@@ -109,9 +154,9 @@ def _run(vm, calls, repeat):
     return seconds
 
 
-def serve(stdin=sys.stdin, stdout=sys.stdout):
-    """Child side: answer ``new_vm`` and ``run`` requests, one JSON object per line, until EOF."""
-    ok, why = available()
+def serve(path, stdin=sys.stdin, stdout=sys.stdout):
+    """Child side: answer ``new_vm`` and ``run`` requests on ``path``, one JSON object per line, until EOF."""
+    ok, why = available(path)
     print(json.dumps(dict(available=ok, why=why, release=os.uname().release)), file=stdout, flush=True)
     vm = None
     try:
@@ -121,7 +166,7 @@ def serve(stdin=sys.stdin, stdout=sys.stdout):
                 if request["op"] == "new_vm":
                     if vm is not None:
                         vm.close()
-                    vm, answer = HostVM(memory=4096), {}
+                    vm, answer = HostVM(memory=4096, path=path), {}
                 else:
                     answer = dict(seconds=_run(vm, request["calls"], request["repeat"]))
             except (OSError, ValueError, AttributeError) as e:
@@ -133,4 +178,4 @@ def serve(stdin=sys.stdin, stdout=sys.stdout):
 
 
 if __name__ == "__main__":
-    serve()
+    serve(sys.argv[1])
