@@ -195,7 +195,7 @@ def bulk_load(vm, layout, count):
         entry = new_entry(uid=vm.uid, id=slot, base_gfn=gpa >> 12, npages=size >> 12, flags=flags,
                           userspace_addr=hva)
         entry[ARCH] = vm.alloc("arch", (size >> 12) * 8)
-        entries.append(tuple(entry))
+        entries.append(entry)
     s.memslots = sorted(s.memslots + entries, key=lambda e: -e[BASE])
     for i, entry in enumerate(s.memslots):
         s.id_to_index[entry[ID]] = i

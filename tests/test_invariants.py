@@ -316,6 +316,12 @@ def _array_scratch(vm):
     return vm.sets[0][1]
 
 
+def _scratch_differs(vm):
+    """An edit of another slot in the scratch copy: a new record (the model copies on write, never in place)."""
+    slots = _array_scratch(vm).memslots
+    slots[0] = slots[0][:FLAGS] + [RO] + slots[0][FLAGS + 1:]
+
+
 def _swap_entries(vm):
     m = vm.active_set(0).memslots
     m[0], m[1] = m[1], m[0]
@@ -365,8 +371,7 @@ CASES = [(f"{case} ({design})", design, corrupt, expected)
     ("scratch copy left at rest", "array",
      lambda vm: setattr(vm, "sets", ((vm.sets[0][0], vm.sets[0][0].kvm_dup_memslots(seq=9, change="MOVE")),)
                         + vm.sets[1:]), ["same-at-rest"]),
-    ("scratch differs in two slots", "array", lambda vm: _array_scratch(vm).memslots[0].__setitem__(FLAGS, RO),
-     ["differ-by-one"]),
+    ("scratch differs in two slots", "array", _scratch_differs, ["differ-by-one"]),
     ("scratch with a foreign generation", "array", lambda vm: setattr(_array_scratch(vm), "generation", 0x40),
      ["generation"]),
     ("generation bumped without a swap", "array", SHARED[7][1], ["generation"]),

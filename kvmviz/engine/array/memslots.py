@@ -7,21 +7,23 @@ One allocated structure per address space holds a header (``generation``,
 whole structure (``kvm_dup_memslots``), edits the copy (``update_memslots``,
 which re-sorts by shifting entries) and installs it.
 
-Entries inside a structure are immutable value records (``tuple``s indexed
-by the ``BASE``..``UID`` constants). A structure never changes a record in
-place, it stores a new one, so copying the array's references is a copy of
-the values: ``kvm_dup_memslots`` and the shifts of ``update_memslots`` run as
-C-level slice copies, at the speed of the kernel's ``memcpy``/``memmove``,
-while the cost counters still count every slot copied and every entry
-shifted (the O(n) work of 5.15). The overlap check of each ioctl is a real
-O(n) loop; the hva walk of each MMU-notifier event is counted as O(n) but
-finds its hits through ``HvaIndex``, since a memslot_perf_test iteration
-makes 65536 such walks. The value being written (``new`` on the kernel's stack, the
-``old`` copy) is a ``list`` record that the protocol fills in.
-``ArraySlot`` is a view of one record for the public API (``.id``,
-``.base_gfn``, ``.label``, ...). A value has no identity: compare views with
-``.values()``, not ``is``. The ``label`` (``#uid``) names the update that
-wrote the value, so a learner can follow an entry as it is shifted and copied.
+Entries are value records (``list``s indexed by the ``BASE``..``UID``
+constants). The model never changes a record that a structure holds: an
+edit stores a new record in the scratch copy (copy on write), so copying
+the array's references is a copy of the values. ``kvm_dup_memslots`` and the
+shifts of ``update_memslots`` thus run as C-level slice copies, at the speed
+of the kernel's ``memcpy``/``memmove``, while the cost counters still count
+every slot copied and every entry shifted (the O(n) work of 5.15). A write
+into a held record (a broken variant, a test's corruption) is an in-place
+write, seen by every structure and reader holding it, which the checker's
+in-place rule reports. The overlap check of each ioctl is a real O(n) loop;
+the hva walk of each MMU-notifier event is counted as O(n) but finds its
+hits through ``HvaIndex``, since a memslot_perf_test iteration makes 65536
+such walks. ``ArraySlot`` is a read/write view of one record for the public
+API (``.id``, ``.base_gfn``, ``.label``, ...). A value has no identity:
+compare views with ``.values()``, not ``is``. The ``label`` (``#uid``) names
+the update that wrote the value, so a learner can follow an entry as it is
+shifted and copied.
 
 >>> s = ArrayMemslots(as_id=0)
 >>> for uid, gfn in ((1, 0x100000), (2, 0xc0000), (3, 0x0), (4, 0x80000)):
@@ -78,9 +80,6 @@ def _field(i, doc):
         return self.entry[i]
 
     def put(self, value):
-        if isinstance(self.entry, tuple):
-            raise TypeError(f"#{self.entry[UID]} is a value inside a memslots array: 5.15 writes it through "
-                            "its structure (set_flags, update_memslots), never through a pointer")
         self.entry[i] = value
     return property(get, put, doc=doc)
 
@@ -93,9 +92,8 @@ def _neg_base(entry):
 class ArraySlot:
     """A view of one slot value (``struct kvm_memory_slot`` inside the array).
 
-    Reads and writes go to the record it wraps; only a ``list`` record (the
-    stack ``new``, the ``old`` copy) can be written: entries inside a
-    structure change only through the structure.
+    Reads and writes go to the record it wraps; the protocol only writes
+    records that no structure holds (the stack ``new``, the ``old`` copy).
 
     >>> v = ArraySlot(new_entry(uid=1, id=3, base_gfn=0x100, npages=2, flags=KVM_MEMSLOT_INVALID))
     >>> v.end_gfn, v.invalid, v.values()
@@ -162,10 +160,11 @@ class HvaIndex:
     iter_hva_range``) and answers it here in O(log n + hits). ``entries`` is
     the snapshot it was built from: comparing it with the array's entries
     (C speed, identity first) touches each entry, as the kernel's walk does,
-    and finds any change, so a stale index is never used.
+    and finds any record stored since, so a stale index is never used
+    (records are never changed in place, see the module doc).
 
     >>> e = [new_entry(id=i, base_gfn=i, npages=1, userspace_addr=0x1000 * (3 - i)) for i in range(3)]
-    >>> HvaIndex([tuple(x) for x in e]).hits(0x1800, 0x2000)
+    >>> HvaIndex(e).hits(0x1800, 0x2000)
     [1, 2]
     """
 
@@ -276,7 +275,7 @@ class ArrayMemslots(Journaled):
         h.log_item(self, CONTENTS, before, self._containers())
 
     def _containers(self):
-        return tuple(self.memslots), self.id_to_index.tobytes()
+        return tuple(self.memslots), self.id_to_index.tobytes()      # the records themselves never change
 
     def __getitem__(self, key):
         """``self[CONTENTS]``: the entries and ``id_to_index`` as immutable values (for the journal)."""
@@ -298,8 +297,9 @@ class ArrayMemslots(Journaled):
     def set_flags(self, id, flags):
         """Write ``flags`` into the entry of slot ``id`` (set/clear INVALID)."""
         i = self.id_to_index[id]
-        entry = self.memslots[i]
-        self._edit(lambda: self.memslots.__setitem__(i, entry[:FLAGS] + (flags,) + entry[FLAGS + 1:]))
+        entry = self.memslots[i].copy()                     # copy on write: other structures hold the record
+        entry[FLAGS] = flags
+        self._edit(lambda: self.memslots.__setitem__(i, entry))
         return i
 
     def update_memslots(self, new, change):
@@ -344,7 +344,7 @@ class ArrayMemslots(Journaled):
             start = index[new[ID]]
             end = self.kvm_memslot_move_backward(start, new[BASE])
         i = self.kvm_memslot_move_forward(end, new[BASE])
-        slots[i] = tuple(new)
+        slots[i] = new.copy()
         index[new[ID]] = i
         shifted = end - start + end - i
         self._count_shifts(shifted)

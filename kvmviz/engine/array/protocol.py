@@ -89,7 +89,7 @@ class ArrayProtocol(MergedProtocol):
             yield from self.invalidate(as_id, id)
         self.stage = "prepare"
         scratch = vm.inactive_set(as_id)
-        old = ArraySlot(list(scratch.memslots[scratch.id_to_index[id]])) if old is not None else None
+        old = ArraySlot(scratch.memslots[scratch.id_to_index[id]].copy()) if old is not None else None
         if old is not None:
             vm.cost["slots_copied"] += 1
             vm.cost["bytes_copied"] += SIZEOF_KVM_MEMORY_SLOT
