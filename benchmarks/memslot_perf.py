@@ -559,8 +559,8 @@ def write_costs(ns, budget):
 
 
 
-def main(argv=None):
-    """Run both tables and print them with the targets (see module doc)."""
+def parse(argv):
+    """The command line (see module doc)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="N = 10, 100, 509 (table 1: 10, 509), 3 repeats, 2 rounds")
     ap.add_argument("--slots", type=int, nargs="+", help="table 2's slot counts (default: the series' six)")
@@ -576,31 +576,34 @@ def main(argv=None):
     ap.add_argument("--write-costs", action="store_true",
                     help=f"only count the work of each workload and write {COSTS_JSON.name} (no timing)")
     args = ap.parse_args(argv)
-    ns = args.slots or ([10, 100, 509] if args.quick else list(SERIES_NS))
-    unknown = [n for n in ns if (n, "setup") not in SERIES]
+    args.ns = args.slots or ([10, 100, 509] if args.quick else list(SERIES_NS))
+    unknown = [n for n in args.ns if (n, "setup") not in SERIES]
     if unknown:
         ap.error(f"no series figures for {unknown}; choose from {', '.join(map(str, SERIES_NS))}")
-    gc.disable()           # as timeit does: collector pauses are noise, not memslot work
-    if args.write_costs:
-        write_costs(ns, args.budget)
-        return
-    kernel_ns = args.kernel_slots if args.kernel_slots is not None else ([10, 509] if args.quick else list(KERNEL_NS))
-    repeats, rounds = args.repeats or (3 if args.quick else 5), args.rounds or (2 if args.quick else 3)
+    if args.kernel_slots is None:
+        args.kernel_slots = [10, 509] if args.quick else list(KERNEL_NS)
+    args.repeats = args.repeats or (3 if args.quick else 5)
+    args.rounds = args.rounds or (2 if args.quick else 3)
+    return args
+
+
+def run(args):
+    """Both tables' measurements: ``(figures, results, extra, release)``."""
     t0 = time.perf_counter()
     with KernelTimer() as kernel:
         if not kernel.available:
             log(f"no real kernel column: {kernel.why}")
         release = kernel.release if kernel.available else None
-        figures, costs = side_by_side(kernel_ns, rounds, args.pairs, kernel)
+        figures, costs = side_by_side(args.kernel_slots, args.rounds, args.pairs, kernel)
     results = {}
-    from_table1(figures, costs, [n for n in ns if n in kernel_ns], results)
-    for n in ns:
+    from_table1(figures, costs, [n for n in args.ns if n in args.kernel_slots], results)
+    for n in args.ns:
         log(f"N = {n} ({time.perf_counter() - t0:.0f} s so far)")
         for design in DESIGNS:
-            measure(n, design, repeats, args.budget, results)
+            measure(n, design, args.repeats, args.budget, results)
             gc.collect()
     cpu = os.times()
-    extra = dict(elapsed=time.perf_counter() - t0, kernel_ns=kernel_ns,
+    extra = dict(elapsed=time.perf_counter() - t0, kernel_ns=args.kernel_slots,
                  cpu=cpu.user + cpu.system + cpu.children_user + cpu.children_system)
     if not args.skip_replay:
         log("replay target")
@@ -608,28 +611,45 @@ def main(argv=None):
     if args.notebooks:
         log("notebook tests")
         extra["notebooks"] = notebook_seconds()
+    return figures, results, extra, release
+
+
+def report(args, figures, results, extra, release):
+    """Print both tables and the targets; returns the targets."""
     print(f"1. model vs the real kernel ({'Linux ' + release if release else 'no /dev/kvm: kernel column skipped'}"
-          f", measured in this run; median of {rounds} rounds alternating kernel and models; setup: seconds to "
-          f"create slots 1..N-1; operations on the last slot: microseconds per ioctl, median of {args.pairs} "
+          f", measured in this run; median of {args.rounds} rounds alternating kernel and models; setup: seconds "
+          f"to create slots 1..N-1; operations on the last slot: microseconds per ioctl, median of {args.pairs} "
           "there-and-back pairs per round; tree on/off = tree model with history on (the default) / off)")
-    print("\n".join(kernel_table(figures, kernel_ns, release)))
-    lines, flags = table(results, ns)
+    print("\n".join(kernel_table(figures, args.kernel_slots, release)))
+    lines, flags = table(results, args.ns)
     print()
-    print(f"2. memslot_perf_test, modelled: seconds per iteration (median of {repeats} runs, more until 0.5 s, at most "
-          f"201, fewer once they took {LONG:.0f} s); series = reference §8.1 (v4 cover letter, Xeon 8167M, array "
-          "'before' vs tree 'after'); x = array / tree; work = elementary operations counted by the "
+    print(f"2. memslot_perf_test, modelled: seconds per iteration (median of {args.repeats} runs, more until 0.5 s, "
+          f"at most 201, fewer once they took {LONG:.0f} s); series = reference §8.1 (v4 cover letter, Xeon 8167M, "
+          "array 'before' vs tree 'after'); x = array / tree; work = elementary operations counted by the "
           "engine; ~ = sampled and scaled; map @8194 = run with 8194 slots; tree = history off")
     print("\n".join(lines))
     if flags:
         print(f"{len(flags)} row(s) where the model's array/tree ratio differs from the series' by more than "
-              "3x; README.md 'Array vs tree' explains why.")
-    found = targets(figures, results, ns, extra)
+              "3x; docs/benchmarks.md explains why.")
+    found = targets(figures, results, args.ns, extra)
     print()
     print(f"targets of issue 18 (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs at the end):")
     print("\n".join(target_lines(found)))
+    return found
+
+
+def main(argv=None):
+    """Run both tables and print them with the targets (see module doc)."""
+    args = parse(argv)
+    gc.disable()           # as timeit does: collector pauses are noise, not memslot work
+    if args.write_costs:
+        write_costs(args.ns, args.budget)
+        return
+    figures, results, extra, release = run(args)
+    found = report(args, figures, results, extra, release)
     if args.results:
-        write_results(args.results, results, ns, figures, found, release)
-    log(f"total {time.perf_counter() - t0:.0f} s")
+        write_results(args.results, results, args.ns, figures, found, release)
+    log(f"total {extra['elapsed']:.0f} s of measuring")
 
 
 if __name__ == "__main__":
