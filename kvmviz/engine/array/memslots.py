@@ -37,7 +37,8 @@ shifted and copied.
 from array import array
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from itertools import accumulate
+from itertools import accumulate, count
+from operator import neg
 
 from ..constants import KVM_MEM_SLOTS_NUM, KVM_MEMSLOT_INVALID, PAGE_SHIFT, SIZEOF_KVM_MEMORY_SLOT, flag_names
 from ..history import Journaled
@@ -82,11 +83,6 @@ def _field(i, doc):
     def put(self, value):
         self.entry[i] = value
     return property(get, put, doc=doc)
-
-
-def _neg_base(entry):
-    """Sort key of the descending array as an ascending sequence (for ``bisect``)."""
-    return -entry[BASE]
 
 
 class ArraySlot:
@@ -152,6 +148,59 @@ def _hva_end(entry):
     return entry[HVA] + (entry[NPAGES] << PAGE_SHIFT)
 
 
+class GfnColumns:
+    """Each entry's base gfn, end gfn and id in packed arrays, in the array's order (not a kernel structure).
+
+    The records are objects scattered in memory, so a Python loop over them
+    waits for the cache at every entry; the overlap scan, the search for the
+    run of entries a shift moves and the ``id_to_index`` stores read these
+    contiguous columns instead. ``ArrayMemslots`` edits them with its
+    records (slice moves: a ``memmove``); ``entries``, the records they
+    describe, is compared with the array (C speed, identity first) before
+    use, so columns that missed a change behind the structure's back are
+    rebuilt, never used.
+
+    >>> c = GfnColumns([new_entry(id=1, base_gfn=0x20, npages=2), new_entry(id=2, base_gfn=0x10, npages=1)])
+    >>> list(c.bases), list(c.ends), list(c.ids)
+    ([32, 16], [34, 17], [1, 2])
+    """
+
+    __slots__ = ("entries", "bases", "ends", "ids")
+
+    def __init__(self, entries=(), columns=None):
+        self.entries = list(entries)
+        self.bases, self.ends, self.ids = columns or (array("q", [e[BASE] for e in self.entries]),
+                                                      array("q", [e[BASE] + e[NPAGES] for e in self.entries]),
+                                                      array("h", [e[ID] for e in self.entries]))
+
+    def copy(self):
+        """A copy (C-level copies of the four sequences)."""
+        return GfnColumns(self.entries, (self.bases[:], self.ends[:], self.ids[:]))
+
+    def _all(self):
+        return self.entries, self.bases, self.ends, self.ids
+
+    def move(self, dst, start, end):
+        """Move entries ``start..end-1`` to ``dst`` (one slice each)."""
+        for column in self._all():
+            column[dst:dst + end - start] = column[start:end]
+
+    def put(self, i, entry):
+        """Entry ``i`` is now ``entry``."""
+        self.entries[i], self.bases[i], self.ends[i], self.ids[i] = entry, entry[BASE], entry[BASE] + entry[NPAGES], \
+            entry[ID]
+
+    def grow(self):
+        """One more place at the end (filled by ``put``)."""
+        for column, blank in zip(self._all(), (None, 0, 0, -1)):
+            column.append(blank)
+
+    def delete(self, i):
+        """Drop entry ``i``; the later ones move one place forward."""
+        for column in self._all():
+            del column[i]
+
+
 class HvaIndex:
     """The entries of one array sorted by hva: where the model's hva walk finds its hits.
 
@@ -209,12 +258,13 @@ class ArrayMemslots(Journaled):
     """
 
     __slots__ = ("as_id", "seq", "node_idx", "generation", "used_slots", "last_used_slot",
-                 "memslots", "id_to_index", "freed", "cost", "_hva_index")
+                 "memslots", "id_to_index", "freed", "cost", "_hva_index", "_columns")
 
     def __init__(self, history=None, *, as_id=0, seq=0, node_idx=0, cost=None):
         super().__init__(history, as_id=as_id, seq=seq, node_idx=node_idx, generation=as_id, used_slots=0,
                          last_used_slot=0, memslots=[], id_to_index=array("h", [-1]) * KVM_MEM_SLOTS_NUM,
-                         freed=False, cost=cost if cost is not None else Counter(), _hva_index=None)
+                         freed=False, cost=cost if cost is not None else Counter(), _hva_index=None,
+                         _columns=GfnColumns())
 
     @property
     def name(self):
@@ -253,8 +303,9 @@ class ArrayMemslots(Journaled):
         self.last_used_slot = src.last_used_slot
 
     def _copy_containers(self, src):
-        # the records are immutable, so a slice copy of the array copies the values (a memcpy)
+        # records are never written in place, so a slice copy of the array copies the values (a memcpy)
         object.__setattr__(self, "memslots", src.memslots[:])
+        object.__setattr__(self, "_columns", src.columns().copy())
         object.__setattr__(self, "_hva_index", src._hva_index)        # still valid while nothing changes
         object.__setattr__(self, "id_to_index", array("h", src.id_to_index))
         self.cost["slots_copied"] += src.used_slots
@@ -273,6 +324,14 @@ class ArrayMemslots(Journaled):
         before = self._containers()
         change()
         h.log_item(self, CONTENTS, before, self._containers())
+
+    def columns(self):
+        """The ``GfnColumns`` of the entries (rebuilt if the array changed behind the structure's back)."""
+        columns = self._columns
+        if columns.entries != self.memslots:
+            columns = GfnColumns(self.memslots)
+            object.__setattr__(self, "_columns", columns)
+        return columns
 
     def _containers(self):
         return tuple(self.memslots), self.id_to_index.tobytes()      # the records themselves never change
@@ -299,8 +358,12 @@ class ArrayMemslots(Journaled):
         i = self.id_to_index[id]
         entry = self.memslots[i].copy()                     # copy on write: other structures hold the record
         entry[FLAGS] = flags
-        self._edit(lambda: self.memslots.__setitem__(i, entry))
+        self._edit(lambda: self._put(i, entry))
         return i
+
+    def _put(self, i, entry):
+        self.columns().put(i, entry)
+        self.memslots[i] = entry
 
     def update_memslots(self, new, change):
         """``update_memslots``: apply ``change`` for the slot value ``new``; O(n).
@@ -327,11 +390,12 @@ class ArrayMemslots(Journaled):
         return result[0]
 
     def _update(self, new, change):
-        slots, index = self.memslots, self.id_to_index
+        slots, index, columns = self.memslots, self.id_to_index, self.columns()
         if change == "DELETE":
             i = index[new[ID]]
             shifted = len(slots) - 1 - i
             del slots[i]                    # the later entries shift one place forward
+            columns.delete(i)
             self._reindex(i, len(slots))
             index[new[ID]] = -1
             self._count_shifts(shifted)
@@ -339,12 +403,13 @@ class ArrayMemslots(Journaled):
         if change == "CREATE":
             start = len(slots)
             slots.append(None)
+            columns.grow()
             end = start
         else:
             start = index[new[ID]]
             end = self.kvm_memslot_move_backward(start, new[BASE])
         i = self.kvm_memslot_move_forward(end, new[BASE])
-        slots[i] = new.copy()
+        self._put(i, new.copy())
         index[new[ID]] = i
         shifted = end - start + end - i
         self._count_shifts(shifted)
@@ -363,10 +428,11 @@ class ArrayMemslots(Journaled):
         >>> s.kvm_memslot_move_backward(0, 0x15), [e[ID] for e in s.memslots], s.id_to_index[2]
         (1, [2, 2, 1, 0], 0)
         """
-        slots = self.memslots
-        end = bisect_right(slots, -gfn, i + 1, len(slots), key=_neg_base) - 1
+        slots, columns = self.memslots, self.columns()
+        end = bisect_right(columns.bases, -gfn, i + 1, len(slots), key=neg) - 1
         if end > i:
             slots[i:end] = slots[i + 1:end + 1]
+            columns.move(i, i + 1, end + 1)
             self._reindex(i, end)
         return end
 
@@ -376,18 +442,19 @@ class ArrayMemslots(Journaled):
         As ``kvm_memslot_move_backward``, one slice move; returns the index
         where the value belongs.
         """
-        slots = self.memslots
-        start = bisect_left(slots, -gfn, 0, i, key=_neg_base)
+        slots, columns = self.memslots, self.columns()
+        start = bisect_left(columns.bases, -gfn, 0, i, key=neg)
         if start < i:
             slots[start + 1:i + 1] = slots[start:i]
+            columns.move(start + 1, start, i)
             self._reindex(start + 1, i + 1)
         return start
 
     def _reindex(self, start, end):
         """``id_to_index`` follows the entries at ``start..end-1``: one store each, as in the kernel."""
-        index, ident = self.id_to_index, ID
-        for j, entry in enumerate(self.memslots[start:end], start):
-            index[entry[ident]] = j
+        index = self.id_to_index
+        for j, id in enumerate(self._columns.ids[start:end], start):
+            index[id] = j
 
     def _count_shifts(self, shifted):
         # each shift is one struct assignment, plus the final write of the value
@@ -440,10 +507,10 @@ class ArrayMemslots(Journaled):
         Models the O(n) ``kvm_for_each_memslot`` walk of the 5.15 overlap
         check (reference §6.3).
         """
-        self.cost["array_entries_scanned"] += len(self.memslots)
-        base, npages = BASE, NPAGES
-        hits = [ArraySlot(e) for e in self.memslots if e[base] < end and start < e[base] + e[npages]]
-        return hits[::-1]
+        slots, columns = self.memslots, self.columns()
+        self.cost["array_entries_scanned"] += len(slots)
+        hits = [j for j, base, stop in zip(count(), columns.bases, columns.ends) if base < end and start < stop]
+        return [ArraySlot(slots[j]) for j in reversed(hits)]
 
     def iter_hva_range(self, start, last):
         """Slots whose hva range meets ``[start, last]``, in array order (reference §5.3).
