@@ -8,7 +8,7 @@ including the work it must count.
 
 from hypothesis import given, settings, strategies as st
 
-from kvmviz.engine.array.memslots import (BASE, FLAGS, HVA, ID, NPAGES, ArrayMemslots, HvaIndex,
+from kvmviz.engine.array.memslots import (BASE, FLAGS, HVA, ID, NPAGES, ArrayMemslots, GfnColumns, HvaIndex,
                                           new_entry)
 
 
@@ -42,32 +42,39 @@ def loop_update(slots, index, new, change):
     return slots, index, end - start + end - i
 
 
-# distinct page-aligned gfns for up to 12 one-page slots, then a sequence of changes
+# distinct slots of 1-3 pages 4 pages apart, then a sequence of changes
 layouts = st.lists(st.integers(0, 40), min_size=1, max_size=12, unique=True)
 changes = st.lists(st.tuples(st.sampled_from(["MOVE", "DELETE", "CREATE", "FLAGS_ONLY"]),
                              st.integers(0, 11), st.integers(0, 60)), max_size=8)
+
+
+def overlaps(slots, id, gfn, npages):
+    return any(e[BASE] < gfn + npages and gfn < e[BASE] + e[NPAGES] for e in slots if e[ID] != id)
 
 
 @settings(max_examples=300, deadline=None)
 @given(layouts, changes)
 def test_slice_shifts_equal_the_kernels_loop(gfns, script):
     s = ArrayMemslots()
-    for i, gfn in enumerate(gfns):
-        s.update_memslots(new_entry(uid=i, id=i, base_gfn=gfn, npages=1), "CREATE")
-    for change, id, gfn in script:
+    for i, k in enumerate(gfns):
+        s.update_memslots(new_entry(uid=i, id=i, base_gfn=4 * k, npages=1 + k % 3), "CREATE")
+    for change, id, k in script:
         present = s.id_to_index[id] >= 0
-        taken = {e[BASE] for e in s.memslots if e[ID] != id}
-        if (change == "CREATE") == present or (change in ("CREATE", "MOVE") and gfn in taken):
-            continue                     # not a call validation would let through
         old = s.memslots[s.id_to_index[id]] if present else None
-        new = new_entry(uid=99, id=id, base_gfn=gfn if change in ("CREATE", "MOVE") else old[BASE], npages=1,
-                        flags=1 if change == "FLAGS_ONLY" else 0)
+        npages = old[NPAGES] if present else 1 + k % 3
+        gfn = 4 * k if change in ("CREATE", "MOVE") else old and old[BASE]
+        if (change == "CREATE") == present or overlaps(s.memslots, id, gfn, npages):
+            continue                     # not a call validation would let through
+        new = new_entry(uid=99, id=id, base_gfn=gfn, npages=npages, flags=1 if change == "FLAGS_ONLY" else 0)
         want_slots, want_index, want_shifted = loop_update(s.memslots, s.id_to_index, new, change)
         shifted_before = s.cost["entries_shifted"]
         s.update_memslots(new, change)
         assert [list(e) for e in s.memslots] == want_slots
         assert list(s.id_to_index[:16]) == want_index[:16]
         assert s.cost["entries_shifted"] - shifted_before == want_shifted
+        kept, fresh = s._columns, GfnColumns(s.memslots)     # kept in step with the records, not rebuilt
+        assert kept.entries == s.memslots
+        assert (kept.bases, kept.ends, kept.ids) == (fresh.bases, fresh.ends, fresh.ids)
 
 
 hva_slots = st.lists(st.tuples(st.integers(0, 30), st.integers(1, 4)), max_size=10)
@@ -102,3 +109,12 @@ def test_a_copy_shares_the_records_and_edits_never_reach_the_original():
     dup.set_flags(1, 0x10000)
     assert s.memslots[0][FLAGS] == 0 and dup.memslots[0][FLAGS] == 0x10000
     assert dup.cost["slots_copied"] == 1
+
+
+def test_columns_that_missed_a_change_are_rebuilt():
+    s = ArrayMemslots()
+    for i in range(3):
+        s.update_memslots(new_entry(uid=i, id=i, base_gfn=0x10 * i, npages=1), "CREATE")
+    s.memslots[0] = new_entry(uid=7, id=2, base_gfn=0x40, npages=1)      # behind the structure's back
+    assert [v.id for v in s.iter_gfn_range(0x40, 0x41)] == [2]
+    assert list(s.columns().bases) == [0x40, 0x10, 0x0]
