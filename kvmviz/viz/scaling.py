@@ -76,22 +76,22 @@ def plot_scaling(rows=None, metric="work", results=None):
     handles = [Line2D([], [], color=st["color"], marker=st["marker"], label=st["label"]) for st in STYLE.values()]
     handles.append(Line2D([], [], color=OKABE_ITO["black"], marker="o", linestyle="none",
                           markerfacecolor="white", label="sampled, scaled up"))
-    # above the panels, never over a curve
-    fig.legend(handles=handles, fontsize=MIN_FONT, loc="upper center", ncol=3, frameon=False,
-               bbox_to_anchor=(0.5, 1 - 22 / fig.bbox.height))
     title = (f"Linux 5.15 array vs 5.17+ tree models: {METRICS[metric]} grows O(n) or O(n^2) for the "
              "array, O(log n) per call for the tree")
-    if results is None:
-        fig.suptitle(title, fontsize=MIN_FONT)
-        fig.subplots_adjust(left=0.07, right=0.99, bottom=0.15, top=1 - 84 / fig.bbox.height, wspace=0.32)
-        return fig
-    _draw_measured(fig, grid[1], results)
-    kernel = results.get("kernel_release")
-    fig.suptitle(f"{title}\nbottom row: wall time measured in one run, models in Python vs "
-                 f"{'the real kernel, Linux ' + kernel if kernel else 'no real kernel (no /dev/kvm)'} "
-                 f"({results['cpus']} CPUs, load average {results['load'][0]:.1f})", fontsize=MIN_FONT)
-    fig.subplots_adjust(left=0.07, right=0.99, bottom=60 / fig.bbox.height, top=1 - 100 / fig.bbox.height,
-                        wspace=0.32, hspace=0.62)
+    if results is not None:
+        _draw_measured(fig, grid[1], results)
+        kernel = results.get("kernel_release")
+        title += (f"\nbottom row: wall time measured in one run, models in Python vs "
+                  f"{'the real kernel, Linux ' + kernel if kernel else 'no real kernel (no /dev/kvm)'} "
+                  f"({results['cpus']} CPUs, load average {results['load'][0]:.1f})")
+    fig.suptitle(title, fontsize=MIN_FONT)
+    below_title = 22 + 14 * title.count("\n")                # px
+    # above the panels, never over a curve
+    fig.legend(handles=handles, fontsize=MIN_FONT, loc="upper center", ncol=3, frameon=False,
+               bbox_to_anchor=(0.5, 1 - below_title / fig.bbox.height))
+    height = fig.bbox.height
+    fig.subplots_adjust(left=0.07, right=0.99, bottom=(0.15 * height if results is None else 60) / height,
+                        top=1 - (62 + below_title) / height, wspace=0.32, hspace=0.62)
     return fig
 
 
