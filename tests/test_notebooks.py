@@ -119,6 +119,8 @@ def test_make_html_pages_embed_the_player(workdir, monkeypatch):
     page, _ = HTMLExporter().from_notebook_node(nb)
     frames = re.findall(r'<iframe srcdoc="(.*?)" title="HTML player', page, flags=re.S)
     assert len(frames) == 1 and "static copy (for readers without a kernel)" not in page
+    assert "HBox(children=" not in page                           # no widget left as its text repr
     player = html_lib.unescape(frames[0])
     assert player.startswith("<!DOCTYPE html>") and "step 28 of 28: the ioctl returned 0" in player
+    assert '"start": 0' in player                                  # opens where the Stepper is: step 0
     assert "<script src" not in player and "http" not in player.split("<script>")[1]

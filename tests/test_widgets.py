@@ -302,6 +302,8 @@ def test_player_of_a_stepper_has_every_step_text(tmp_path):
     assert "<script src" not in page and "http://" not in page.split("<script>")[1]
     assert '"frames"' in page and page.count("<svg") >= 1
     assert st.vm.history.cursor == st.base                        # the VM is put back
+    st.goto(7)
+    assert '"start": 7' in st.save_html(tmp_path / "at7.html").read_text()    # opens at the Stepper's step
 
 
 def test_reset_forgets_the_call_and_a_new_one_starts_from_there():

@@ -2,8 +2,9 @@
 
 All frames are inline SVG (each distinct picture once), the step texts are
 the Stepper's, and a few dozen lines of plain JavaScript give the same
-transport: buttons, a slider, the arrow keys, Home/End and play. No
-network, no CDN: the file can be mailed or attached to a bug report.
+transport: buttons, a slider, the arrow keys, Home/End and play. It opens
+at the step the Stepper shows. No network, no CDN: the file can be mailed
+or attached to a bug report.
 
 >>> import kvmviz
 >>> vm = kvmviz.VM(); _ = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x10000)
@@ -51,7 +52,7 @@ document.addEventListener('keydown', function (e) {
   else if (e.key === 'End') { show(F.frames.length - 1); e.preventDefault(); }
   else if (e.key === ' ') { play(); e.preventDefault(); }
 });
-show(0);
+show(F.start);
 """
 
 _CSS = ("body{font:14px sans-serif;margin:12px;color:#222}#kv-main{display:flex;gap:12px;align-items:flex-start}"
@@ -93,7 +94,8 @@ def _page(stepper):
             figures.append(f["figure"])
         rows.append({**{key: f[key] for key in ("position", "stage", "text", "gen")}, "figure": index[f["figure"]]})
     timeline, cursor = stepper.timeline_parts()
-    data = json.dumps({"frames": rows, "figures": figures, "cursor": cursor}).replace("</", "<\\/")
+    data = json.dumps({"frames": rows, "figures": figures, "cursor": cursor, "start": stepper.position_k()}
+                      ).replace("</", "<\\/")
     title = html.escape(stepper.title())
     html_page = (f"<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'><title>{title}</title>"
             f"<style>{_CSS}</style></head><body><h3 style='margin:4px 0'>{title}</h3><div id='kv-main'>"

@@ -256,10 +256,10 @@ class Stepper:
         return run
 
     def _ipython_display_(self):
-        display(self.widget)
-        if os.environ.get(PLAYER_ENV):
+        if os.environ.get(PLAYER_ENV):      # an exported page keeps no widget: the player stands in for it
             display({"text/plain": self.summary(), "text/html": iframe(self)}, raw=True)
             return
+        display(self.widget)
         self._static = display(self._static_bundle(), raw=True, display_id=True)
 
     # -- the form --------------------------------------------------------------------
@@ -572,13 +572,12 @@ class Stepper:
                             f"padding:2px 8px'>{body}{tail}</div>")
 
     def _render(self):
-        vm, h = self.vm, self.vm.history
-        n = self._count()
-        k = h.cursor - self.base if self.upd is not None else 0
+        vm = self.vm
+        n, k = self._count(), self.position_k()
         self._syncing = True
         try:
             self.slider.max = max(n, 0)
-            self.slider.value = max(k, 0)
+            self.slider.value = k
         finally:
             self._syncing = False
         self.header.value = _header_html(vm)
@@ -672,6 +671,14 @@ class Stepper:
             fig = plot_call(self.vm, self.as_id, self.base, self.base + n)
             drawn = self._cache[key] = (to_svg(fig), fig.kv_cursor)
         return drawn
+
+    def position_k(self):
+        """The step of the call the Stepper shows (0 = before it).
+
+        >>> st = Stepper(); _ = st.begin(1, 0, 0, 0x1000, 0x10000); _ = st.step(); st.position_k()
+        1
+        """
+        return max(self.vm.history.cursor - self.base, 0) if self.upd is not None else 0
 
     def timeline_parts(self):
         """The timeline as the player needs it: (HTML at step 0, cursor geometry)."""
