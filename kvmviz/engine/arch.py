@@ -4,11 +4,13 @@ Models ``kvm_arch_prepare_memory_region``, ``kvm_arch_commit_memory_region``,
 ``kvm_arch_flush_shadow_memslot`` (5.17: zap all shadow pages) and
 ``kvm_arch_memslots_updated`` (MMIO-generation wrap check), plus the failure
 injection used to show the revert path. Each hook returns a sentence for the
-step it belongs to.
+step it belongs to: a string, or a ``(template, *args)`` tuple that the step
+fills when it is read (``kvmviz.engine.events.lazy_text``).
 
 >>> from kvmviz import VM
+>>> from kvmviz.engine.events import lazy_text
 >>> vm = VM(); arch = vm.arch
->>> arch.memslots_updated(2)
+>>> lazy_text(*arch.memslots_updated(2))
 'x86: MMIO generation is now 0x2; every vCPU is kicked (steal-time cache refresh).'
 >>> arch.memslots_updated(1 << 19).split(";")[0]
 'x86: the 19-bit MMIO generation wrapped to 0 (as bits cleared): kvm_mmu_zap_all_fast zaps every shadow page'
@@ -22,6 +24,8 @@ from .history import Journaled
 from .kernels import FEATURES, has
 
 MMIO_SPTE_GEN_MASK = (1 << MMIO_SPTE_GEN_BITS) - 1
+#: The commit texts without a label (one object each, whatever the number of calls).
+_COMMIT_TEXTS = {}
 
 
 class X86Arch(Journaled):
@@ -54,10 +58,10 @@ class X86Arch(Journaled):
                                    f"can map, and returns -EINVAL ({FEATURES['max_gfn'].cite()}).")
         if change in ("CREATE", "MOVE"):
             new.arch = self.vm.alloc("arch", new.npages * 8)
-            return 0, f"x86 allocates fresh arch metadata {new.arch.label} (rmap, lpage info) for {new.label}."
+            return 0, ("x86 allocates fresh arch metadata {} (rmap, lpage info) for {}.", new.arch.label, new.label)
         if change == "FLAGS_ONLY":
             new.arch = old.arch
-            return 0, f"x86 shares {old.label}'s arch metadata {old.arch.label} with {new.label}."
+            return 0, ("x86 shares {}'s arch metadata {} with {}.", old.label, old.arch.label, new.label)
         return 0, "x86 has nothing to prepare for DELETE and returns 0."
 
     def commit_memory_region(self, old, new, change):
@@ -83,7 +87,8 @@ class X86Arch(Journaled):
         if change == "MOVE":
             self.vm.free(old.arch)
             parts.append(f"frees {old.label}'s arch metadata {old.arch.label}")
-        return "x86: " + ("; ".join(parts) if parts else "nothing to do") + "."
+        text = "x86: " + ("; ".join(parts) if parts else "nothing to do") + "."
+        return text if change == "MOVE" else _COMMIT_TEXTS.setdefault(text, text)     # a few texts, shared
 
     def flush_shadow_memslot(self, old):
         """``kvm_arch_flush_shadow_memslot``: zap all shadow pages, or (6.12) maybe only the slot's.
@@ -123,7 +128,8 @@ class X86Arch(Journaled):
             self.kvm_mmu_zap_all_fast()
             return ("x86: the 19-bit MMIO generation wrapped to 0 (as bits cleared): "
                     f"kvm_mmu_zap_all_fast zaps every shadow page; {kick}")
-        return f"x86: MMIO generation is now {gen & MMIO_SPTE_GEN_MASK:#x}; {kick}"
+        return "x86: MMIO generation is now {:#x}; every vCPU is kicked (steal-time cache refresh).", \
+            gen & MMIO_SPTE_GEN_MASK
 
 
 def slot_apply_flags(old, new, change):

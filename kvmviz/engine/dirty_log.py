@@ -23,6 +23,7 @@ import errno
 
 from .constants import KVM_MEM_LOG_DIRTY_PAGES, KVM_USER_MEM_SLOTS, U32_MAX
 from .errors import KvmError
+from .memslot import CLEAN
 
 
 def mark_page_dirty_in_slot(slot, gfn):
@@ -58,5 +59,5 @@ def get_dirty_log(vm, slot):
         raise KvmError(errno.ENOENT, f"KVM_GET_DIRTY_LOG: slot {id} of as{as_id} {why} "
                                      "(kvm_get_dirty_log_protect)", slot=id)
     pages = memslot.dirty_bitmap.dirty
-    memslot.dirty_bitmap.dirty = frozenset()
+    memslot.dirty_bitmap.dirty = CLEAN
     return pages

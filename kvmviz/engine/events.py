@@ -48,6 +48,26 @@ def lazy_text(template, *args):
     return _FORMATTER.vformat(template, args, {})
 
 
+class EventSource:
+    """Something that records several events in ``vm.history`` and builds each when it is read.
+
+    ``history.raw`` holds the source once per event; ``history_event(k)``
+    builds (once) the event at history position ``k``, and ``freeze()`` builds
+    them all before the history forgets where they were (an ``Update`` is
+    one: its steps are compact records until read).
+    """
+
+    __slots__ = ()
+
+    def history_event(self, k):
+        """The event recorded at history position ``k``."""
+        raise NotImplementedError
+
+    def freeze(self):
+        """Build every event now."""
+        raise NotImplementedError
+
+
 class HistoryEvent:
     """One event of ``vm.history`` (see module doc).
 

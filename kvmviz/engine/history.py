@@ -26,15 +26,25 @@ event's entries.
 """
 
 from array import array
+from collections.abc import Sequence
 from contextlib import contextmanager
 
-_ATTR = 0
-_OP = 1
-_ITEM = 2
-#: ``log_item``'s marker for a key that was (or becomes) absent.
+from .events import EventSource
+
+#: ``set_item``'s marker for a key that was (or becomes) absent.
 MISSING = object()
 #: Slots per journal entry in ``History.entries``, a flat list (see ``History``).
-WIDTH = 5
+WIDTH = 4
+
+
+def _swap_attr(obj, name, value):
+    old = getattr(obj, name, None)
+    object.__setattr__(obj, name, value)
+    return old
+
+
+#: The apply function of an attribute store (a ``setattr`` that bypasses logging).
+SET_ATTR = _swap_attr
 
 
 class StateError(ValueError, RuntimeError):
@@ -55,44 +65,56 @@ class HistoryRangeError(IndexError, ValueError):
 class History:
     """The journal and the list of recorded events of one VM.
 
-    The journal is one flat list, ``WIDTH`` slots per entry: ``_ATTR, obj,
-    name, old, new`` (an attribute store), ``_ITEM, container, key, old, new``
-    (a mapping or list item; ``MISSING`` for absent) or ``_OP, undo, redo,
-    None, None`` (two callables). Entries are not objects of their own, so
-    the cyclic garbage collector has nothing per entry to track, and an
-    entry costs five list slots.
+    The journal is one flat list, ``WIDTH`` slots per entry: ``apply,
+    target, key, value``. ``apply(target, key, value)`` puts ``value`` back
+    and returns the value it replaced, which the entry keeps instead: the old
+    value while the entry is applied (undo puts it back), the new one after
+    an undo (redo puts it back). ``apply`` is a module-level function
+    (``SET_ATTR`` for an attribute store, ``set_item``'s for a mapping item, a
+    container's own operation such as a tree insert), never a closure. So an
+    entry is no object of its own: the cyclic garbage collector has nothing
+    per entry to track, and an entry costs four list slots.
+
+    ``recording`` is True while a mutation is logged as it is: the journal is
+    on, not replaying, and no undone event lies ahead (else the first new
+    mutation discards them).
     """
 
     def __init__(self, enabled=True):
-        self.enabled = enabled
+        self._enabled = enabled
         self.entries = []        # flat journal, WIDTH slots per entry
-        self.events = []
+        self.raw = []            # per event: the event, or the EventSource (an Update) that builds it
         self.bounds = array("q")  # bounds[k] = len(entries) after events[k]
         self.cursor = 0          # events applied
         self.on_truncate = []    # callbacks: the future was discarded
         self._replaying = False
+        self.recording = enabled
+
+    @property
+    def enabled(self):
+        """True when mutations and events are recorded (``VM(history=False)`` turns it off)."""
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, on):
+        self._enabled = on
+        self._sync()
+
+    def _sync(self):
+        self.recording = self._enabled and not self._replaying and self.cursor == len(self.raw)
 
     # -- logging (called by Journaled objects and containers) -------------
-    def log_attr(self, obj, name, old, new):
-        """Log an attribute store that already happened."""
-        if self._replaying or not self.enabled:
-            return
-        self._truncate_future()
-        self.entries += (_ATTR, obj, name, old, new)
+    def log(self, apply, target, key, old):
+        """Log a mutation that already happened: ``apply(target, key, old)`` undoes it (see class doc)."""
+        if not self.recording:
+            if self._replaying or not self._enabled:
+                return
+            self._truncate_future()
+        self.entries += (apply, target, key, old)
 
-    def log_op(self, undo, redo):
-        """Log a container operation that already happened, as two callables."""
-        if self._replaying or not self.enabled:
-            return
-        self._truncate_future()
-        self.entries += (_OP, undo, redo, None, None)
-
-    def log_item(self, container, key, old, new):
-        """Log ``container[key]`` going from ``old`` to ``new`` (either may be ``MISSING``)."""
-        if self._replaying or not self.enabled:
-            return
-        self._truncate_future()
-        self.entries += (_ITEM, container, key, old, new)
+    def log_item(self, container, key, old):
+        """Log ``container[key]`` that was ``old`` (``MISSING``: absent) and changed already; ``History.peek`` reads it."""
+        self.log(_swap_item, container, key, old)
 
     def truncate(self, notify=True):
         """Discard the recorded events ahead of the current state.
@@ -103,11 +125,13 @@ class History:
         self._truncate_future(notify)
 
     def _truncate_future(self, notify=True):
-        if self.cursor == len(self.events):
+        if self.cursor == len(self.raw):
             return
-        del self.events[self.cursor:]
+        self._freeze(self.cursor)
+        del self.raw[self.cursor:]
         del self.bounds[self.cursor:]
         del self.entries[self._base(self.cursor):]
+        self._sync()
         for callback in self.on_truncate if notify else ():
             callback()
 
@@ -116,37 +140,55 @@ class History:
 
     # -- events ------------------------------------------------------------
     def record(self, event):
-        """Close the current group of entries as ``event``; returns its index."""
-        if not self.enabled:
+        """Close the current group of entries as ``event``; returns its index.
+
+        ``event`` is a ``HistoryEvent``, or an ``EventSource`` whose next event
+        it is (an ``Update`` records itself once per step and builds the
+        ``Step`` when ``events[k]`` is read).
+        """
+        if not self._enabled:
             return None
-        self._truncate_future()
-        self.events.append(event)
+        if not self.recording:
+            self._truncate_future()
+        self.raw.append(event)
         self.bounds.append(len(self.entries))
-        self.cursor = len(self.events)
+        self.cursor = len(self.raw)
         return self.cursor - 1
+
+    @property
+    def events(self):
+        """The recorded events, oldest first (a read-only list; slices are lists)."""
+        return Events(self)
 
     @property
     def at_frontier(self):
         """True when no recorded event lies ahead of the current state."""
-        return self.cursor == len(self.events)
+        return self.cursor == len(self.raw)
 
     def back(self):
         """Undo the last applied event; returns it, or None at the start."""
-        if self.cursor == 0:
-            return None
-        if self.cursor == len(self.events):
-            self._undo_loose()
-        self.cursor -= 1
-        self._apply(range(self.bounds[self.cursor] - WIDTH, self._base(self.cursor) - 1, -WIDTH), undo=True)
-        return self.events[self.cursor]
+        return self[self.cursor] if self._back() else None
 
     def forward(self):
         """Redo the next recorded event; returns it, or None at the frontier."""
-        if self.cursor == len(self.events):
-            return None
-        self._apply(range(self._base(self.cursor), self.bounds[self.cursor], WIDTH), undo=False)
+        return self[self.cursor - 1] if self._forward() else None
+
+    def _back(self):
+        if self.cursor == 0:
+            return False
+        if self.cursor == len(self.raw):
+            self._undo_loose()
+        self.cursor -= 1
+        self._apply(self._base(self.cursor), self.bounds[self.cursor], undo=True)
+        return True
+
+    def _forward(self):
+        if self.cursor == len(self.raw):
+            return False
+        self._apply(self._base(self.cursor), self.bounds[self.cursor], undo=False)
         self.cursor += 1
-        return self.events[self.cursor - 1]
+        self._sync()
+        return True
 
     def goto(self, n):
         """Move to the state right after ``n`` events (0 = the beginning).
@@ -158,12 +200,12 @@ class History:
         """
         if isinstance(n, bool) or not isinstance(n, int):
             raise TypeError(f"history.goto takes a number of events (an int), not {n!r}")
-        if not 0 <= n <= len(self.events):
-            raise HistoryRangeError(f"step {n} is outside 0..{len(self.events)}")
+        if not 0 <= n <= len(self.raw):
+            raise HistoryRangeError(f"step {n} is outside 0..{len(self.raw)}")
         while self.cursor > n:
-            self.back()
+            self._back()
         while self.cursor < n:
-            self.forward()
+            self._forward()
 
     @contextmanager
     def preview(self):
@@ -174,6 +216,7 @@ class History:
         (they are set aside, not truncated: nothing is abandoned). The
         journal is on inside the block even when the history is off.
         Non-journaled state (cost counters, call serials) is the caller's.
+        Steps recorded inside are built before their places are dropped.
 
         >>> h = History()
         >>> class Box(Journaled):
@@ -186,15 +229,16 @@ class History:
         """
         cursor, enabled = self.cursor, self.enabled
         base = len(self.entries) if self.at_frontier else self._base(cursor)   # loose entries stay
-        future = self.events[cursor:], self.bounds[cursor:], self.entries[base:]
-        del self.events[cursor:], self.bounds[cursor:], self.entries[base:]
+        future = self.raw[cursor:], self.bounds[cursor:], self.entries[base:]
+        del self.raw[cursor:], self.bounds[cursor:], self.entries[base:]
         self.enabled = True
         try:
             yield
         finally:
-            self._apply(range(len(self.entries) - WIDTH, base - 1, -WIDTH), undo=True)
-            del self.events[cursor:], self.bounds[cursor:], self.entries[base:]
-            self.events += future[0]
+            self._apply(base, len(self.entries), undo=True)
+            self._freeze(cursor)
+            del self.raw[cursor:], self.bounds[cursor:], self.entries[base:]
+            self.raw += future[0]
             self.bounds += future[1]
             self.entries += future[2]
             self.cursor, self.enabled = cursor, enabled
@@ -204,9 +248,9 @@ class History:
 
         Returns a ``Peek`` whose ``attr``/``item``/``items`` answer as the
         objects would after ``goto(k)``; the cursor and every object stay as
-        they are. Container operations logged as two callables (``log_op``)
-        cannot be read this way: state that pictures need is kept readable
-        (the trees' id hash, the array's contents).
+        they are. Container operations with an apply function of their own
+        (the gfn and hva trees' inserts) cannot be read this way: state that
+        pictures need is kept readable (the trees' id hash, the array's contents).
 
         >>> h = History()
         >>> class Box(Journaled):
@@ -219,46 +263,97 @@ class History:
         >>> h.goto(0); h.peek(2).attr(b, "v"), b.v
         (2, 0)
         """
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(self.events):
-            raise HistoryRangeError(f"peek at event {k!r}: outside 0..{len(self.events)}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(self.raw):
+            raise HistoryRangeError(f"peek at event {k!r}: outside 0..{len(self.raw)}")
         now = len(self.entries) if self.at_frontier else self._base(self.cursor)
         at = self._base(k)
-        if at < now:               # back in time: the oldest entry after ``at`` holds the value then
-            return Peek(self.entries, range(now - WIDTH, at - 1, -WIDTH), 3)
-        return Peek(self.entries, range(now, at, WIDTH), 4)
+        # An applied entry keeps the value before it, an undone one the value after it (see the class doc):
+        # back in time the oldest entry after ``at`` holds the value then, forward the newest before it.
+        if at < now:
+            return Peek(self.entries, range(now - WIDTH, at - 1, -WIDTH))
+        return Peek(self.entries, range(now, at, WIDTH))
+
+    def _freeze(self, k):
+        """Build the events from position ``k`` on whose sources keep them compact (their places go)."""
+        for source in {e for e in self.raw[k:] if isinstance(e, EventSource)}:
+            source.freeze()
 
     def _undo_loose(self):
         """Drop mutations logged after the last event (e.g. a cache fill)."""
         end = self.bounds[-1] if self.bounds else 0
-        self._apply(range(len(self.entries) - WIDTH, end - 1, -WIDTH), undo=True)
+        self._apply(end, len(self.entries), undo=True)
         del self.entries[end:]
 
-    def _apply(self, indexes, undo):
+    def _apply(self, start, end, undo):
+        """Undo (newest first) or redo (oldest first) the entries in slots ``start..end``."""
         entries = self.entries
         self._replaying = True
+        self.recording = False
         try:
-            for i in indexes:
-                kind, target, key = entries[i], entries[i + 1], entries[i + 2]
-                value = entries[i + 3] if undo else entries[i + 4]
-                if kind == _ATTR:
-                    object.__setattr__(target, key, value)
-                elif kind == _ITEM:
-                    _set_item(target, key, value)
-                else:
-                    (target if undo else key)()
+            for i in range(end - WIDTH, start - 1, -WIDTH) if undo else range(start, end, WIDTH):
+                entries[i + 3] = entries[i](entries[i + 1], entries[i + 2], entries[i + 3])
         finally:
             self._replaying = False
+            self._sync()
 
     def entry_list(self, end=None):
-        """The journal as ``(kind, a, b, c, d)`` tuples, up to slot ``end`` (for checkers)."""
+        """The applied journal up to slot ``end`` as ``(apply, target, key, old, new)`` tuples (for checkers).
+
+        ``end`` is where the applied entries stop (``len(entries)`` at the
+        frontier, else ``bounds[cursor - 1]``). ``new`` of an attribute or
+        item entry is the old value of the next entry for the same place, or
+        the value there now; other entries get None.
+
+        >>> h = History(); d = {}
+        >>> set_item(h, d, "a", 1); set_item(h, d, "a", 2)
+        >>> [(key, old is MISSING and "absent" or old, new) for _, _, key, old, new in h.entry_list()]
+        [('a', 'absent', 1), ('a', 1, 2)]
+        """
         e = self.entries[:end]
-        return list(zip(e[0::WIDTH], e[1::WIDTH], e[2::WIDTH], e[3::WIDTH], e[4::WIDTH]))
+        out, later = [], {}
+        for i in range(len(e) - WIDTH, -1, -WIDTH):
+            apply, target, key, old = e[i:i + WIDTH]
+            place = (id(target), key)
+            new = later[place] if place in later else _now(apply, target, key)
+            later[place] = old
+            out.append((apply, target, key, old, new))
+        return out[::-1]
 
     def __len__(self):
-        return len(self.events)
+        return len(self.raw)
 
     def __getitem__(self, k):
-        return self.events[k]
+        return Events(self)[k]
+
+
+class Events(Sequence):
+    """``history.events``: each recorded event, built on read when its source keeps it compact."""
+
+    __slots__ = ("_h",)
+
+    def __init__(self, history):
+        self._h = history
+
+    def __len__(self):
+        return len(self._h.raw)
+
+    def __getitem__(self, k):
+        raw = self._h.raw
+        if isinstance(k, slice):
+            return [_event(raw, i) for i in range(*k.indices(len(raw)))]
+        i = k + len(raw) if k < 0 else k
+        if not 0 <= i < len(raw):
+            raise IndexError(f"event {k} of {len(raw)}")
+        return _event(raw, i)
+
+
+def _event(raw, k):
+    e = raw[k]
+    return e.history_event(k) if isinstance(e, EventSource) else e
+
+
+def _get_item(container, key):
+    return container.get(key, MISSING) if isinstance(container, dict) else container[key]
 
 
 class Peek:
@@ -269,14 +364,14 @@ class Peek:
     read from the objects themselves.
     """
 
-    def __init__(self, entries, indexes, column):
+    def __init__(self, entries, indexes):
         self._attrs, self._items, self._objs = {}, {}, set()
         for i in indexes:
-            kind, target, key, value = entries[i], entries[i + 1], entries[i + 2], entries[i + column]
-            if kind == _ATTR:
+            apply, target, key, value = entries[i:i + WIDTH]
+            if apply is SET_ATTR:
                 self._attrs[id(target), key] = value
                 self._objs.add(id(target))
-            elif kind == _ITEM:
+            elif apply is _swap_item:
                 self._items.setdefault(id(target), {})[key] = value
 
     def attr(self, obj, name):
@@ -316,6 +411,25 @@ def _set_item(container, key, value):
         container[key] = value
 
 
+def _swap_item(container, key, value):
+    old = _get_item(container, key)
+    _set_item(container, key, value)
+    return old
+
+
+def _list_slot(items, index, value):
+    if value is MISSING:
+        return items.pop(index)
+    items.insert(index, value)
+    return MISSING
+
+
+def _now(apply, target, key):
+    if apply is SET_ATTR:
+        return getattr(target, key, None)
+    return _get_item(target, key) if apply is _swap_item else None
+
+
 def set_item(history, container, key, value):
     """``container[key] = value`` (``MISSING`` deletes it), logged in ``history`` if given.
 
@@ -324,17 +438,16 @@ def set_item(history, container, key, value):
     'a=1'
     {}
     """
-    old = container.get(key, MISSING) if isinstance(container, dict) else container[key]
-    _set_item(container, key, value)
+    old = _swap_item(container, key, value)
     if history is not None:
-        history.log_item(container, key, old, value)
+        history.log(_swap_item, container, key, old)
 
 
 def append_item(history, items, value):
     """``items.append(value)`` on a list, logged in ``history`` if given (O(1))."""
     items.append(value)
     if history is not None:
-        history.log_op(items.pop, lambda: items.append(value))
+        history.log(_list_slot, items, len(items) - 1, MISSING)
 
 
 class Journaled:
@@ -353,7 +466,12 @@ class Journaled:
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name, value):
+        h = self._history
         old = getattr(self, name, None)
         object.__setattr__(self, name, value)
-        if self._history is not None:
-            self._history.log_attr(self, name, old, value)
+        if h is None:
+            return
+        if h.recording:
+            h.entries += (SET_ATTR, self, name, old)
+        else:
+            h.log(SET_ATTR, self, name, old)

@@ -14,6 +14,7 @@ sets them from the running kernel.
 '0xffffffffff'
 """
 
+import functools
 from typing import NamedTuple
 
 
@@ -79,6 +80,7 @@ FEATURES = {
 _ORDER = ("5.15", "5.17", "6.12")
 
 
+@functools.cache
 def has(kernel, feature):
     """True when modelled version ``kernel`` has ``FEATURES[feature]``.
 

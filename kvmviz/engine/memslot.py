@@ -22,6 +22,10 @@ OBSERVED_FIELDS = frozenset(
     ("id", "as_id", "base_gfn", "npages", "flags", "userspace_addr", "dirty_bitmap", "arch", "gmem"))
 
 
+#: The dirty pages of a clean bitmap: one shared empty set (every empty ``frozenset()`` is a new object).
+CLEAN = frozenset()
+
+
 class Allocation(Journaled):
     """A kernel allocation a slot points to: a dirty bitmap or arch metadata.
 
@@ -36,7 +40,7 @@ class Allocation(Journaled):
     __slots__ = ("label", "kind", "nbytes", "freed", "dirty")
 
     def __init__(self, history=None, *, label, kind, nbytes=0):
-        super().__init__(history, label=label, kind=kind, nbytes=nbytes, freed=False, dirty=frozenset())
+        super().__init__(history, label=label, kind=kind, nbytes=nbytes, freed=False, dirty=CLEAN)
 
     def __repr__(self):
         return self.label + (" (freed)" if self.freed else "")
@@ -56,14 +60,26 @@ class Memslot(Journaled):
 
     def __init__(self, history=None, *, uid=0, owner=None, id=0, as_id=0,
                  base_gfn=0, npages=0, flags=0, userspace_addr=0):
-        super().__init__(history, uid=uid, label=f"#{uid}", _owner=owner, id=id, as_id=as_id,
-                         base_gfn=base_gfn, npages=npages, flags=flags,
-                         userspace_addr=userspace_addr, dirty_bitmap=None,
-                         arch=None, gmem=None, nodes=0, freed=False)
+        init = object.__setattr__           # a new slot is unlinked: nothing to journal or check
+        init(self, "_history", history)
+        init(self, "uid", uid)
+        init(self, "label", f"#{uid}")
+        init(self, "_owner", owner)
+        init(self, "id", id)
+        init(self, "as_id", as_id)
+        init(self, "base_gfn", base_gfn)
+        init(self, "npages", npages)
+        init(self, "flags", flags)
+        init(self, "userspace_addr", userspace_addr)
+        init(self, "dirty_bitmap", None)
+        init(self, "arch", None)
+        init(self, "gmem", None)
+        init(self, "nodes", 0)
+        init(self, "freed", False)
 
     def __setattr__(self, name, value):
         owner = self._owner
-        if owner is not None and name in OBSERVED_FIELDS and self.nodes & owner.visible_nodes(self.as_id):
+        if self.nodes and owner is not None and name in OBSERVED_FIELDS and self.nodes & owner.visible_nodes(self.as_id):
             owner.note_in_place_write(self, name, getattr(self, name), value)
         super().__setattr__(name, value)
 

@@ -63,7 +63,9 @@ class Srcu(Journaled):
 
     def holders(self, gp):
         """Readers that entered before grace period ``gp`` and are still inside, in the order they entered."""
-        return tuple(r for r, entered in self.readers if entered < gp)
+        inside = sorted((order, i, reader) for i, (reader, (order, seq)) in enumerate(self._inside.items())
+                        if order is not None and seq < gp)
+        return tuple(reader for _, _, reader in inside)
 
     def synchronized(self, gp):
         """The writer waited for grace period ``gp`` (``synchronize_srcu`` returned).

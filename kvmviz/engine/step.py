@@ -13,17 +13,24 @@ generations of every set and which set was edited.
 (0, 'commit')
 """
 
-from .events import NO_COST, HistoryEvent
+from collections.abc import Sequence
+from types import MappingProxyType
+
+from .events import NO_COST, EventSource, HistoryEvent
 from .history import StateError
 from .errors import ModelBug
 
 STAGES = ("validate", "invalidate", "prepare", "replace", "activate", "commit")
+#: The template of a step whose text needs no filling (the text is its one argument).
+PLAIN = "{}"
 
 
 class Step(HistoryEvent):
     """One step of an update (see module doc): a ``HistoryEvent`` whose actor is the writer.
 
     ``text`` is a template filled from ``args`` when read (``kvmviz.engine.events``).
+    An ``Update`` keeps its steps as compact records and builds a ``Step`` the
+    first time one is read.
 
     >>> s = Step("activate", "rcu_assign_pointer", "publish {}", ("as0/set1",), gens=((0, 2, 1),))
     >>> str(s), s.generation(0), s.actor, s.call
@@ -57,24 +64,138 @@ class Step(HistoryEvent):
         return f"[{self.stage}] {self.function}{wait}: {self.text}"
 
 
-class Update:
+class Outcome:
+    """A step that waits (``waiting``) or ends the update (``result``, ``error``), in its record."""
+
+    __slots__ = ("waiting", "result", "error")
+
+    def __init__(self, waiting=False, result=None, error=None):
+        self.waiting, self.result, self.error = waiting, result, error
+
+
+WAITING = Outcome(waiting=True)
+#: The last step of a call that returned 0 (shared: most calls end so).
+DONE = Outcome(result=0)
+#: ``detail`` of a step that edited a set named by its first four text arguments:
+#: ``touched`` is ``((as_id, node_idx, old label, new label),)``, kept once.
+TOUCHES = object()
+#: Fixed fields of a step record: site, locks, gens, cost, detail; the text's arguments follow.
+RECORD = 5
+#: ``(stage, function, template) -> site`` (see ``record``).
+SITES = {}
+_COSTS = {}
+
+
+def record(stage, function, text, args, locks, gens, detail=()):
+    """A step as the compact record an ``Update`` keeps: a tuple of shared or plain values.
+
+    ``(site, locks, gens, cost, detail, *args)``: ``site`` is the shared
+    ``(stage, function, template, number of args)``; ``detail`` the
+    ``touched`` tuple, ``TOUCHES`` or an ``Outcome``. No sentence is formatted here.
+
+    >>> record("commit", "kfree", "free {}", ("#3",), frozenset(), ())[4:]
+    ((), '#3')
+    """
+    if not args:
+        text, args = PLAIN, (text,)
+    site = SITES.get((stage, function, text)) or new_site(stage, function, text, len(args))
+    return (site, locks, gens, NO_COST, detail, *args)
+
+
+def new_site(stage, function, template, nargs):
+    """The shared ``(stage, function, template, number of args)`` of a step record (``SITES`` caches them)."""
+    if len(SITES) > 4096:
+        SITES.clear()
+    site = SITES[stage, function, template] = (stage, function, template, nargs)
+    return site
+
+
+def _cost_delta(before, after):
+    """The counters that moved between two snapshots of ``vm.cost``, as a shared read-only mapping."""
+    key = tuple((k, v - before.get(k, 0)) for k, v in after.items() if v != before.get(k, 0))
+    if not key:
+        return NO_COST
+    cost = _COSTS.get(key)
+    if cost is None:
+        if len(_COSTS) > 4096:
+            _COSTS.clear()
+        cost = _COSTS[key] = MappingProxyType(dict(key))
+    return cost
+
+
+class Steps(Sequence):
+    """The steps of an update so far, as a read-only list built on access.
+
+    >>> from kvmviz import VM
+    >>> steps = VM().set_user_memory_region(1, 0, 0, 0x1000, 0x100000)
+    >>> len(steps), steps[0].stage, [s.function for s in steps[-2:]]
+    (15, 'validate', ['kvm_arch_commit_memory_region', 'kvm_set_memory_region'])
+    """
+
+    __slots__ = ("_upd",)
+
+    def __init__(self, upd):
+        self._upd = upd
+
+    def __len__(self):
+        return self._upd.count
+
+    def __getitem__(self, i):
+        n = self._upd.count
+        if isinstance(i, slice):
+            return [self._upd.step_at(j) for j in range(*i.indices(n))]
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise IndexError(f"step {i} of {n}")
+        return self._upd.step_at(j)
+
+    def __add__(self, other):
+        return list(self) + list(other)
+
+    def __radd__(self, other):
+        return list(other) + list(self)
+
+    def __eq__(self, other):
+        return isinstance(other, (Sequence, list)) and list(self) == list(other)
+
+    def __repr__(self):
+        return repr(list(self))
+
+
+class Update(EventSource):
     """An update in flight: iterate to run it one ``Step`` at a time.
 
     ``result`` is None while running, then 0 or ``-errno``; ``blocked`` is a
     reason string while the writer waits (grace period, MMU notifier).
+    ``steps`` lists the steps so far. They are kept as records (``record``)
+    in one flat list and built into ``Step``s when read, each once: a call
+    run to its end (``run``) formats no text and builds no ``Step``.
     """
+
+    __slots__ = ("vm", "region", "result", "error", "change", "call", "abandoned", "wait_reason", "_gen",
+                 "_log", "count", "_first", "_built", "_change_at", "_waiting")
 
     def __init__(self, vm, region, run):
         self.vm = vm
         self.region = region
-        self.steps = []
         self.result = None
         self.error = None
         self.change = None
         self.call = vm.next_call()
         self.abandoned = False
         self.wait_reason = None      # set by the protocol while it waits
+        self._log = []               # the step records, one after the other
+        self.count = 0               # steps so far
+        self._first = None           # history index of the first step
+        self._built = None           # step number -> Step, for steps read so far
+        self._change_at = None       # first step that knew the change type
+        self._waiting = False        # the last step waits
         self._gen = run(self)
+
+    @property
+    def steps(self):
+        """The steps so far (a read-only list; ``Steps``)."""
+        return Steps(self)
 
     def __iter__(self):
         """The steps until the update ends or waits for a reader (then ``blocked`` says why).
@@ -98,20 +219,20 @@ class Update:
         if self.result is not None:
             raise StopIteration
         self._check_runnable()
-        if self.steps and self.steps[-1].waiting and self.blocked:
-            return self.steps[-1]           # still waiting: the same step, no new event
-        before = dict(self.vm.cost)
-        try:
-            step = next(self._gen)
-        except ModelBug as e:
-            step = self._crash(e)
-        except StopIteration:          # a variant's protocol returned without its last, result-bearing step
-            step = self._crash(ModelBug("BUG: the update's steps ended without a last step that returns a "
-                                        "result (the variant's protocol returned early)"))
-        except Exception as e:
-            self._finish_step(self._crash(e), before)
-            raise
-        return self._finish_step(step, before)
+        if self._waiting and self.blocked:
+            return self.step_at(self.count - 1)     # still waiting: the same step, no new event
+        return self.step_at(self._advance(one=True))
+
+    def run(self):
+        """Run to the end; returns the steps. ``StateError`` if a reader blocks it."""
+        if self.result is None:
+            self._check_runnable()
+            if not (self._waiting and self.blocked):
+                self._advance(one=False)
+        if self.result is None:
+            raise StateError(f"update {self.call} is blocked: {self.blocked}; let the readers go on, "
+                             "then run it again")
+        return self.steps
 
     def _check_runnable(self):
         if self.abandoned:
@@ -121,16 +242,59 @@ class Update:
             raise StateError("the VM was stepped back; use vm.history.forward() to replay recorded "
                              "steps before running new ones")
 
-    def _finish_step(self, step, before):
-        step.call = self.call
-        step.change = self.change
-        step.cost = {k: v - before.get(k, 0) for k, v in self.vm.cost.items() if v != before.get(k, 0)} or NO_COST
-        self.steps.append(step)
-        self.vm.record(step)
-        if step.result is not None:
-            self.result, self.error = step.result, step.error
-            self.vm.end_update(self)
-        return step
+    def _advance(self, one):
+        """Run the protocol one step (``one``) or until the update ends or waits while blocked.
+
+        Records each step (``_record``); returns the number of the last one.
+        Nothing outside this loop runs between the steps, so the history
+        cannot move under it.
+        """
+        cost, gen = self.vm.cost, self._gen
+        before = dict(cost)
+        while True:
+            try:
+                rec = next(gen)
+            except ModelBug as e:
+                rec = self._crash(e)
+            except StopIteration:          # a variant's protocol returned without its last, result-bearing step
+                rec = self._crash(ModelBug("BUG: the update's steps ended without a last step that returns a "
+                                           "result (the variant's protocol returned early)"))
+            except Exception as e:
+                self._record(self._crash(e), _cost_delta(before, cost))
+                raise
+            if dict.__eq__(cost, before):
+                j = self._record(rec, NO_COST)
+            else:
+                j = self._record(rec, _cost_delta(before, cost))
+                before = dict(cost)
+            if one or self.result is not None or self._waiting and self.blocked:
+                return j
+
+    def _record(self, rec, cost):
+        """Add the step record ``rec`` with its ``cost``; returns its number."""
+        log, vm = self._log, self.vm
+        at = len(log)
+        log += rec
+        if cost is not NO_COST:
+            log[at + 3] = cost
+        j = self.count
+        self.count = j + 1
+        if self._change_at is None and self.change is not None:
+            self._change_at = j
+        k = vm.history.record(self)
+        if self._first is None:
+            self._first = k
+        detail = rec[4]
+        if detail.__class__ is Outcome:
+            self._waiting = detail.waiting
+            if detail.result is not None:
+                self.result, self.error = detail.result, detail.error
+                self._gen = self.wait_reason = None
+                self._log = tuple(log)              # no more records: no spare room
+                vm.end_update(self)
+        else:
+            self._waiting = False
+        return j
 
     def _crash(self, e):
         """The kernel ``BUG()``/``WARN()`` a broken variant hit, as the update's last step.
@@ -144,11 +308,63 @@ class Update:
         held = ", ".join(sorted(vm.locks)) or "no lock"
         vm.locks = frozenset()
         vm.changing = None
-        stage = getattr(vm.protocol, "stage", "validate")
-        return Step(stage, kind, f"the model hit a kernel {kind}: {e}. The kernel would oops here with {held} "
-                                 "held and the ioctl would never return; kvmviz ends the update and releases the "
-                                 "locks so you can keep exploring.", locks=vm.locks, gens=vm.generations(),
-                    result=kind, error=e)
+        return record(vm.protocol.stage, kind, "the model hit a kernel {}: {}. The kernel would oops here with {} "
+                                               "held and the ioctl would never return; kvmviz ends the update and "
+                                               "releases the locks so you can keep exploring.", (kind, str(e), held),
+                      vm.locks, vm.generations(), Outcome(result=kind, error=e))
+
+    # -- steps from their records ------------------------------------------------
+    def _records(self):
+        """``(number, start)`` of each record in ``_log``."""
+        log, at = self._log, 0
+        for j in range(self.count):
+            yield j, at
+            at += RECORD + log[at][3]
+
+    def step_at(self, j, index=None):
+        """Step number ``j`` (built on first read); ``index``: its history position if known."""
+        built = self._built
+        if built is None:
+            built = self._built = {}
+        step = built.get(j)
+        if step is None:
+            step = built[j] = self._build(j, index)
+        return step
+
+    def _build(self, j, index):
+        log = self._log
+        at = next(a for k, a in self._records() if k == j)
+        (stage, function, template, nargs), locks, gens, cost, detail = log[at:at + RECORD]
+        args = tuple(log[at + RECORD:at + RECORD + nargs])
+        text, args = (args[0], ()) if template is PLAIN else (template, args)
+        if detail.__class__ is Outcome:
+            step = Step(stage, function, text, args, locks=locks, gens=gens, waiting=detail.waiting,
+                        result=detail.result, error=detail.error)
+        else:
+            touched = (args[:4],) if detail is TOUCHES else detail
+            step = Step(stage, function, text, args, locks=locks, gens=gens, touched=touched)
+        step.call, step.cost = self.call, cost
+        step.change = self.change if self._change_at is not None and j >= self._change_at else None
+        step.index = self._index_of(j) if index is None else index
+        return step
+
+    def _index_of(self, j):
+        if self._first is None:
+            return None
+        raw, k = self.vm.history.raw, self._first
+        for _ in range(j):
+            k = raw.index(self, k + 1)
+        return k
+
+    def history_event(self, k):
+        """The step recorded at history position ``k``."""
+        raw = self.vm.history.raw
+        return self.step_at(raw[self._first:k].count(self), k)
+
+    def freeze(self):
+        """Build every step now (the history is about to forget where some of them were)."""
+        for j in range(self.count):
+            self.step_at(j)
 
     @property
     def blocked(self):
@@ -164,9 +380,9 @@ class Update:
         >>> _ = upd.run(); upd.cost["arrays_allocated"], upd.cost["bytes_copied"]
         (1, 65640)
         """
-        total = {}
-        for step in self.steps:
-            for name, value in step.cost.items():
+        total, log = {}, self._log
+        for _, at in self._records():
+            for name, value in log[at + 3].items():
                 total[name] = total.get(name, 0) + value
         return total
 
@@ -196,13 +412,6 @@ class Update:
                 break
         return steps
 
-    def run(self):
-        """Run to the end; returns the steps. ``StateError`` if a reader blocks it."""
-        for _ in self:
-            pass
-        if self.result is None:
-            raise StateError(f"update {self.call} is blocked: {self.blocked}; let the readers go on, then run it again")
-        return self.steps
 
 
 def _stop_rule(until):

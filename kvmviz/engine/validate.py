@@ -88,12 +88,19 @@ def make_region(slot, flags, guest_phys_addr, memory_size, userspace_addr, guest
     ValueError: slot=-1 does not fit the ioctl's __u32 field
     """
     values = (slot, flags, guest_phys_addr, memory_size, userspace_addr, guest_memfd_offset, guest_memfd)
+    for value, (_, limit, _) in zip(values, _FIELDS):
+        if type(value) is not int or not 0 <= value <= limit:      # the common case stops at type()
+            _check_fields(values)
+            break
+    return Region(*values, v2=v2)
+
+
+def _check_fields(values):
     for value, (name, limit, ctype) in zip(values, _FIELDS):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"{name}={value!r} is not an integer")
         if not 0 <= value <= limit:
             raise ValueError(f"{name}={value} does not fit the ioctl's {ctype} field")
-    return Region(*values, v2=v2)
 
 
 def _fail(rule, message, region, err=errno.EINVAL):

@@ -36,7 +36,7 @@ from .constants import KVM_MEM_READONLY, KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as I
 from .constants import GFN_LIMIT, PAGE_SHIFT
 from .dirty_log import mark_page_dirty_in_slot
 from .fmt import gen_text, result_text
-from .history import Journaled, StateError
+from .history import Journaled, StateError, set_item
 from .numbers import check_number
 from .memslot import OBSERVED_FIELDS
 from .events import ReaderAction
@@ -377,10 +377,7 @@ class Vcpu(Journaled):
 
     def _remember(self, slot):
         """Note a slot pointer this reader now holds (for the reader invariants); O(1)."""
-        seen, key, entry = self.seen, _key(slot), (slot, snapshot(slot))
-        seen[key] = entry
-        if self._history is not None:
-            self._history.log_op(lambda: seen.pop(key), lambda: seen.__setitem__(key, entry))
+        set_item(self._history, self.seen, _key(slot), (slot, snapshot(slot)))
 
     def _as(self, as_id):
         return self.address_space if as_id is None else self.vm.check_as_id(as_id)

@@ -79,7 +79,7 @@ class VM(Journaled):
                  "in_place_writes", "arch", "srcu", "vcpus", "protocol", "update",
                  "implementation", "variant", "calls", "ulong_max", "changing", "_mmio",
                  "kernel", "address_spaces", "max_gfn", "unpublished", "private_mem", "slot_zap_all", "gmem_files",
-                 "nr_memslots_dirty_logging", "writer_slots")
+                 "nr_memslots_dirty_logging", "writer_slots", "_gens_key", "_gens")
 
     def __init__(self, implementation=None, variant="merged", *, kernel=None, address_spaces=None,
                  max_gfn=None, private_mem=False, slot_zap_all=True, history=True):
@@ -98,6 +98,7 @@ class VM(Journaled):
                          nr_memslots_dirty_logging=0, writer_slots=(0, 0, ()))
         object.__setattr__(self, "sets", _make_sets(h, k.implementation, cost, n))
         object.__setattr__(self, "unpublished", (None,) * n)
+        object.__setattr__(self, "_gens_key", None)
         object.__setattr__(self, "arch", X86Arch(h, self))
         object.__setattr__(self, "srcu", Srcu(h))
         object.__setattr__(self, "protocol", _make_protocol(self, k.implementation, variant))
@@ -130,10 +131,22 @@ class VM(Journaled):
     def generations(self):
         """Per address space ``(set0.generation, set1.generation, active node_idx)``.
 
-        Equal results are the same tuple: every recorded step keeps one, and
-        the generations change only at swaps.
+        Equal results are the same tuple, and so is an address space's inner
+        tuple: every recorded step keeps one, and the generations change only
+        at swaps. The last result is kept (a cache, not state) and rebuilt
+        when a generation or an active set differs from it.
         """
-        return _intern(tuple(map(_set_generations, self.sets, self.active_idx)))
+        sets = self.sets
+        if len(sets) == 2:
+            (a, b), (c, d) = sets
+            key = (a.generation, b.generation, c.generation, d.generation, self.active_idx)
+        else:
+            (a, b), = sets
+            key = (a.generation, b.generation, self.active_idx)
+        if key != self._gens_key:
+            object.__setattr__(self, "_gens", _intern(tuple(map(_set_generations, sets, self.active_idx))))
+            object.__setattr__(self, "_gens_key", key)
+        return self._gens
 
     def memslots(self, as_id=0, which="active"):
         """Slots of the active or inactive set of ``as_id``, sorted by base_gfn."""
@@ -180,10 +193,9 @@ class VM(Journaled):
         """
         fail = fail_errno(fail_prepare)
         self._check_idle()
-        if whole:
-            self._refuse_early(region, fail)
+        checked = self._refuse_early(region, fail) if whole else None
         self.history.truncate()
-        upd = Update(self, region, lambda u: self.protocol.run(u, region, fail))
+        upd = Update(self, region, lambda u: self.protocol.run(u, region, fail, checked))
         object.__setattr__(self, "update", upd)
         return upd
 
@@ -255,16 +267,20 @@ class VM(Journaled):
     def uncounted(self):
         """Work done inside the ``with`` block is not charged to ``vm.cost`` (a look, not the model's work).
 
+        The ``as`` target is a dict that holds, after the block, what the
+        block would have counted.
+
         >>> vm = VM()
         >>> with vm.uncounted():
         ...     vm.id_to_memslot(1)
         >>> dict(vm.cost)
         {}
         """
-        saved = dict(self.cost)
+        saved, counted = dict(self.cost), {}
         try:
-            yield
+            yield counted
         finally:
+            counted.update((k, v - saved.get(k, 0)) for k, v in self.cost.items() if v != saved.get(k, 0))
             self.cost.clear()
             self.cost.update(saved)
 
@@ -275,14 +291,15 @@ class VM(Journaled):
         return create_guest_memfd(self, size, flags)
 
     def _refuse_early(self, region, fail):
-        """Raise what the call would fail with before changing anything, if anything.
+        """Raise what the call would fail with before changing anything, if anything; else ``Checked``.
 
         Runs the checks of ``__kvm_set_memory_region`` on the state as it is
-        (they only read it; their lookup cost is not counted twice), then asks
-        the protocol who would block a swap. A call that would fail its
-        prepare before the first swap is refused too while a reader blocks.
+        (they only read it), then asks the protocol who would block a swap. A
+        call that would fail its prepare before the first swap is refused too
+        while a reader blocks. The plan and the lookups the checks counted go
+        to the protocol, which counts them once, where the kernel checks.
         """
-        with self.uncounted():
+        with self.uncounted() as counted:
             check_ioctl(region, self.kernel)
             plan = check_memory_region(self, region)
         blockers = self.protocol.swap_blockers() if plan.change != NONE else ()
@@ -290,6 +307,7 @@ class VM(Journaled):
             raise StateError(f"this {plan.change} would be blocked at its swap ({'; '.join(blockers)}); nothing "
                              "was changed. Let the readers go on first, or step the call with "
                              "begin_set_user_memory_region while they act")
+        return Checked(plan, counted)
 
     def _finish(self, upd):
         upd.run()
@@ -362,7 +380,7 @@ class VM(Journaled):
         h = self.history
         if h.at_frontier or not (self.locks or self.changing is not None):
             return
-        call = next((e.call for e in reversed(h.events[:h.cursor]) if e.call), "?")
+        call = next((h.events[k].call for k in range(h.cursor - 1, -1, -1) if h.events[k].call), "?")
         held = ", ".join(sorted(self.locks)) or "no lock"
         raise StateError(f"{what}: the VM was stepped back into the middle of an update (update {call}, {held} held); step "
                          "forward to its end (history.goto(len(history))) or back before it first")
@@ -372,17 +390,17 @@ class VM(Journaled):
         """Take a mutex (recorded in each step's ``locks``)."""
         if name in self.locks:
             raise ModelBug(f"BUG: {name} is already held: self-deadlock")
-        self.locks = _intern(self.locks | {name})
+        self.locks = _lock_change(self.locks, name, True)
 
     def unlock(self, name):
         """Release a mutex."""
         if name not in self.locks:
             raise ModelBug(f"BUG: {name} released while not held")
-        self.locks = _intern(self.locks - {name})
+        self.locks = _lock_change(self.locks, name, False)
 
     def publish(self, as_id, node_idx):
         """``rcu_assign_pointer(kvm->memslots[as_id], ...)``; counts swaps."""
-        self.active_idx = _with(self.active_idx, as_id, node_idx)
+        self.active_idx = _intern(_with(self.active_idx, as_id, node_idx))
         self.swaps = _with(self.swaps, as_id, self.swaps[as_id] + 1)
 
     def note_unpublished(self, as_id, old_active, gp):
@@ -397,10 +415,12 @@ class VM(Journaled):
         """``kzalloc`` a slot struct, filled from ``plan`` if given."""
         self.uid += 1
         self.cost["slots_allocated"] += 1
-        slot = Memslot(self.history, uid=self.uid, owner=self)
-        if plan is not None:
-            for name in ("as_id", "id", "base_gfn", "npages", "flags", "userspace_addr"):
-                object.__setattr__(slot, name, getattr(plan, name))
+        if plan is None:
+            slot = Memslot(self.history, uid=self.uid, owner=self)
+        else:
+            slot = Memslot(self.history, uid=self.uid, owner=self, id=plan.id, as_id=plan.as_id,
+                           base_gfn=plan.base_gfn, npages=plan.npages, flags=plan.flags,
+                           userspace_addr=plan.userspace_addr)
         call, as_id, held = self.writer_slots
         if call != self.calls:
             as_id, held = (self.changing or (0,))[0], ()
@@ -565,6 +585,13 @@ class VM(Journaled):
         return f"<VM {self.kernel} {self.implementation}/{self.variant}: {gens}>"
 
 
+class Checked(NamedTuple):
+    """A call's checks, done before it started: its ``Plan`` and the cost counters they moved."""
+
+    plan: object
+    counted: dict
+
+
 class HvaHit(NamedTuple):
     """One slot an hva-range walk hits: ``struct kvm_gfn_range`` (reference §5.3).
 
@@ -600,8 +627,20 @@ def _intern(value):
     return _INTERNED.setdefault(value, value)
 
 
+_LOCK_CHANGES = {}
+
+
+def _lock_change(locks, name, take):
+    """``locks`` with ``name`` taken or released: one shared set per result (few lock sets exist)."""
+    key = (locks, name, take)
+    new = _LOCK_CHANGES.get(key)
+    if new is None:
+        new = _LOCK_CHANGES[key] = _intern(locks | {name} if take else locks - {name})
+    return new
+
+
 def _set_generations(pair, active):
-    return (pair[0].generation, pair[1].generation, active)
+    return _intern((pair[0].generation, pair[1].generation, active))
 
 
 def _with(tup, i, value):

@@ -269,9 +269,9 @@ class _Replayer:
             upd = self.vm.begin_set_user_memory_region2(*args, guest_memfd=fd, guest_memfd_offset=offset)
         else:
             upd = self.vm.begin_set_user_memory_region(*args)
-        for step in upd:
-            if self.keep_steps:
-                rc.steps.append(step)
+        steps = upd.run()           # no reader runs during a replay: nothing blocks it
+        if self.keep_steps:
+            rc.steps += steps
         rc.change, rc.modelled, rc.error = upd.change, upd.result, upd.error
         self.counts[upd.change if upd.result == 0 else FAILED] += 1
 

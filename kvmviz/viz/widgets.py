@@ -43,7 +43,7 @@ from ..engine.fmt import gen_text, result_text
 from ..export import model_label
 from ..engine.kernels import KERNELS, check_model
 from ..engine.snapshot import state_at
-from ..engine.step import STAGES, Step
+from ..engine.step import STAGES, Step, Steps
 from ..engine.vm import VM
 from .player_html import iframe, page
 from .figure import OKABE_ITO, PANE_PX, to_svg
@@ -855,7 +855,7 @@ def player(source, path=None, vm=None):
 
 def _call_of(source, vm):
     """(vm, first history index, end index) of the call ``source`` names."""
-    if isinstance(source, (list, tuple)):
+    if isinstance(source, (list, tuple, Steps)):
         if vm is None or not source:
             raise ValueError("a list of steps needs the VM they ran on: player(steps, vm=vm)")
         return vm, source[0].index, source[-1].index + 1

@@ -323,7 +323,7 @@ class ArrayMemslots(Journaled):
             return
         before = self._containers()
         change()
-        h.log_item(self, CONTENTS, before, self._containers())
+        h.log_item(self, CONTENTS, before)
 
     def columns(self):
         """The ``GfnColumns`` of the entries (rebuilt if the array changed behind the structure's back)."""

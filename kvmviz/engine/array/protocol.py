@@ -66,8 +66,8 @@ class ArrayProtocol(MergedProtocol):
         new = ArraySlot(new_entry(uid=vm.uid, id=plan.id, as_id=plan.as_id, base_gfn=plan.base_gfn,
                                   npages=plan.npages, flags=plan.flags, userspace_addr=plan.userspace_addr))
         new.dirty_bitmap = plan.old.dirty_bitmap if plan.old is not None else None
-        _, text = self.prepare_dirty_bitmap(plan.old, new)
-        return new, f"fill the on-stack value {new.label} (5.15 allocates no slot struct). {text}"
+        _, (template, *args) = self.prepare_dirty_bitmap(plan.old, new)
+        return new, ("fill the on-stack value {} (5.15 allocates no slot struct). " + template, new.label, *args)
 
     def drop_new(self, new):
         """``out_bitmap``: free a dirty bitmap allocated for ``new`` (it is on the stack)."""

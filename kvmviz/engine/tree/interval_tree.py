@@ -82,22 +82,52 @@ class IntervalTree:
         self._tie = tie or (lambda v: hash(v) & _MASK64)
 
     def insert(self, start, last, value):
-        """Insert ``value`` covering ``[start, last]``."""
+        """Insert ``value`` covering ``[start, last]``: O(log n) expected.
+
+        Walk down while the nodes outrank the new one, split the subtree
+        found there around the key (its expected size is O(1)) and hang it
+        under the new node; ancestors' ``max_last`` grow to cover it. The
+        result is the one treap the keys and priorities define.
+        """
         key = (start, self._tie(value))
         node = _Node(key, last, value)
-        left, right = _split(self.root, key)
-        self.root = _merge(_merge(left, node), right)
+        parent, child, prio = None, self.root, node.prio
+        while child is not None and child.prio > prio:
+            if child.max_last < last:
+                child.max_last = last
+            parent, child = child, (child.right if child.key < key else child.left)
+        node.left, node.right = _split(child, key)
+        node.update()
+        if parent is None:
+            self.root = node
+        elif parent.key < key:
+            parent.right = node
+        else:
+            parent.left = node
         self.size += 1
 
     def remove(self, start, value):
-        """Remove ``value`` inserted at ``start``; KeyError if absent."""
+        """Remove ``value`` inserted at ``start``; KeyError if absent. O(log n) expected.
+
+        Find the node, put the merge of its two subtrees in its place, then
+        recompute ``max_last`` on the path back to the root.
+        """
         key = (start, self._tie(value))
-        left, rest = _split(self.root, key)
-        mid, right = _split(rest, (start, key[1] + 1))
-        if mid is None or mid.value is not value:
-            self.root = _merge(_merge(left, mid), right)
+        path, node = [], self.root
+        while node is not None and node.key != key:
+            path.append(node)
+            node = node.right if node.key < key else node.left
+        if node is None or node.value is not value:
             raise KeyError(f"{value!r} is not in the interval tree at {start:#x}")
-        self.root = _merge(left, right)
+        rest = _merge(node.left, node.right)
+        if not path:
+            self.root = rest
+        elif path[-1].left is node:
+            path[-1].left = rest
+        else:
+            path[-1].right = rest
+        for above in reversed(path):
+            above.update()
         self.size -= 1
 
     def query(self, lo, hi):

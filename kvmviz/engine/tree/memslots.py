@@ -39,28 +39,48 @@ def _tree_cost(n):
     return max(1, n.bit_length())
 
 
+def _gfn_apply(s, key, slot):
+    """Journal apply: the gfn tree of set ``s`` maps ``key`` to ``slot`` (``MISSING``: to nothing); returns what it did."""
+    old = s.gfn_tree.get(key, MISSING)
+    if old is not MISSING:
+        s._gfn_take(key)
+    if slot is not MISSING:
+        s._gfn_put(key, slot)
+    return old
+
+
+def _hva_apply(s, slot, span):
+    """Journal apply: ``slot`` is in the hva tree of set ``s`` at ``span = (start, last)`` (``MISSING``: not).
+
+    Returns the span it had. Finding the node is replay, not counted work.
+    """
+    visited = s.hva_tree.visited
+    old = s._hva_span(slot)
+    if old is not MISSING:
+        s.hva_tree.remove(old[0], slot)
+    s.hva_tree.visited = visited
+    if span is not MISSING:
+        s.hva_tree.insert(span[0], span[1], slot)
+    return old
+
+
 class MemslotSet(Journaled):
     """One of the two sets of an address space (``__memslots[as][node_idx]``)."""
 
-    __slots__ = ("as_id", "node_idx", "generation", "last_used_slot",
+    __slots__ = ("as_id", "node_idx", "name", "generation", "last_used_slot",
                  "gfn_tree", "hva_tree", "id_hash", "cost", "edits")
 
     def __init__(self, history=None, *, as_id=0, node_idx=0, cost=None):
-        super().__init__(history, as_id=as_id, node_idx=node_idx, generation=as_id,
+        super().__init__(history, as_id=as_id, node_idx=node_idx, name=f"as{as_id}/set{node_idx}", generation=as_id,
                          last_used_slot=None, gfn_tree=SortedDict(),
                          hva_tree=IntervalTree(tie=lambda slot: slot.uid),
                          id_hash=[{} for _ in range(1 << ID_HASH_BITS)],
                          cost=cost if cost is not None else Counter(), edits=0)
 
-    @property
-    def name(self):
-        """Short display name, e.g. ``as0/set1``."""
-        return f"as{self.as_id}/set{self.node_idx}"
-
-    # -- the three indexes, each change logged with its inverse -------------
-    def _log(self, undo, redo):
+    # -- the three indexes, each change journaled (``_gfn_apply``, ``_hva_apply``) --
+    def _log(self, apply, key, old):
         if self._history is not None:
-            self._history.log_op(undo, redo)
+            self._history.log(apply, self, key, old)
 
     def hash_add(self, slot):
         """``hash_add`` of ``slot.id_node[node_idx]`` (O(1)).
@@ -90,44 +110,47 @@ class MemslotSet(Journaled):
         start, last = slot.userspace_addr, slot.hva_last
         self.hva_tree.insert(start, last, slot)
         self.cost["hva_tree_nodes"] += _tree_cost(len(self.hva_tree))
-        self._log(lambda: self.hva_tree.remove(start, slot),
-                  lambda: self.hva_tree.insert(start, last, slot))
+        self._log(_hva_apply, slot, MISSING)
 
     def hva_remove(self, slot):
         """Remove ``slot.hva_node[node_idx]`` from the interval tree (O(log n))."""
-        start = self._hva_start(slot)
-        last = next(l for s, l, v in self.hva_tree.query(start, start) if v is slot)
+        span = self._hva_span(slot)
+        if span is MISSING:
+            raise ModelBug(f"{slot.label} is not in the hva tree of {self.name}")
+        start, last = span
         self.cost["hva_tree_nodes"] += _tree_cost(len(self.hva_tree))
         self.hva_tree.remove(start, slot)
-        self._log(lambda: self.hva_tree.insert(start, last, slot),
-                  lambda: self.hva_tree.remove(start, slot))
+        self._log(_hva_apply, slot, (start, last))
 
-    def _hva_start(self, slot):
-        # The node keeps the range it was inserted with, even if a broken
-        # variant later rewrote the slot's fields in place.
-        for start, _, value in self.hva_tree.query(slot.userspace_addr, slot.userspace_addr):
+    def _hva_span(self, slot):
+        """``(start, last)`` of ``slot``'s node in the hva tree, or ``MISSING``.
+
+        The node keeps the range it was inserted with, even if a broken
+        variant later rewrote the slot's fields in place.
+        """
+        for start, last, value in self.hva_tree.query(slot.userspace_addr, slot.userspace_addr):
             if value is slot:
-                return start
-        for start, _, value in self.hva_tree:
+                return start, last
+        for start, last, value in self.hva_tree:
             if value is slot:
-                return start
-        raise ModelBug(f"{slot.label} is not in the hva tree of {self.name}")
+                return start, last
+        return MISSING
 
     def gfn_insert(self, slot):
         """``kvm_insert_gfn_node``: O(log n); a duplicate base_gfn is a kernel BUG()."""
-        if slot.base_gfn in self.gfn_tree:
-            raise ModelBug(f"BUG: {self.name} already has a slot at gfn {slot.base_gfn:#x}")
-        self._gfn_put(slot.base_gfn, slot)
-        self.cost["gfn_tree_nodes"] += _tree_cost(len(self.gfn_tree))
         key = slot.base_gfn
-        self._log(lambda: self._gfn_take(key), lambda: self._gfn_put(key, slot))
+        if key in self.gfn_tree:
+            raise ModelBug(f"BUG: {self.name} already has a slot at gfn {key:#x}")
+        self._gfn_put(key, slot)
+        self.cost["gfn_tree_nodes"] += _tree_cost(len(self.gfn_tree))
+        self._log(_gfn_apply, key, MISSING)
 
     def gfn_erase(self, slot):
         """``kvm_erase_gfn_node``: O(log n)."""
         key = self._gfn_key(slot)
         self.cost["gfn_tree_nodes"] += _tree_cost(len(self.gfn_tree))
         self._gfn_take(key)
-        self._log(lambda: self._gfn_put(key, slot), lambda: self._gfn_take(key))
+        self._log(_gfn_apply, key, slot)
 
     def gfn_replace(self, old, new):
         """``kvm_replace_gfn_node``: O(1) ``rb_replace_node``; same base_gfn only."""
@@ -137,8 +160,7 @@ class MemslotSet(Journaled):
         self._gfn_take(key)
         self._gfn_put(key, new)
         self.cost["gfn_tree_nodes"] += 1
-        self._log(lambda: (self._gfn_take(key), self._gfn_put(key, old)),
-                  lambda: (self._gfn_take(key), self._gfn_put(key, new)))
+        self._log(_gfn_apply, key, old)
 
     def _gfn_key(self, slot):
         key = slot.base_gfn

@@ -24,7 +24,8 @@ from ..guest_memfd import FIRST_FD
 from ..kernels import FEATURES, has
 from ..memslot import kvm_copy_memslot
 from ..validate import CREATE, DELETE, FLAGS_ONLY, MOVE, NONE, check_ioctl, check_memory_region
-from ..step import Step
+from ..events import NO_COST
+from ..step import DONE, PLAIN, SITES, TOUCHES, WAITING, Outcome, new_site
 
 IP = KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS
 SL, SAL, MNL = "slots_lock", "slots_arch_lock", "mn_invalidate_lock"
@@ -71,6 +72,7 @@ class MergedProtocol:
     'about to install #1'
     """
 
+
     name = "merged"
     #: Kernel function that swaps the active set (5.10-5.15: ``install_new_memslots``).
     swap_function = "kvm_swap_active_memslots"
@@ -81,10 +83,27 @@ class MergedProtocol:
         self.upd = None
 
     # -- helpers -------------------------------------------------------------
-    def step(self, function, text, **extra):
-        """The ``Step`` describing what just happened: yield it (``function``: the kernel function)."""
-        return Step(self.stage, function, text, locks=self.vm.locks,
-                    gens=self.vm.generations(), **extra)
+    def step(self, function, text, *args, touched=(), waiting=False, result=None, error=None):
+        """The record of the step describing what just happened (``kvmviz.engine.step.record``).
+
+        ``text`` is a template filled from ``args`` when the step is read
+        (``{:gen}`` formats a generation), or a ``(template, *args)`` tuple;
+        without ``args`` it is the text. ``touched=TOUCHES``: the step edited
+        a set, named by its first four arguments (as_id, node_idx, old label,
+        new label).
+        """
+        if text.__class__ is tuple:         # a helper's (template, *args)
+            text, args = text[0], text[1:]
+        if result is None and error is None:
+            detail = WAITING if waiting else touched
+        else:
+            detail = DONE if result == 0 and error is None else Outcome(waiting, result, error)
+        vm = self.vm
+        if args:                            # kvmviz.engine.step.record, inline: one call per step
+            site = SITES.get((self.stage, function, text)) or new_site(self.stage, function, text, len(args))
+            return (site, vm.locks, vm.generations(), NO_COST, detail, *args)
+        site = SITES.get((self.stage, function, PLAIN)) or new_site(self.stage, function, PLAIN, 1)
+        return site, vm.locks, vm.generations(), NO_COST, detail, text
 
     def kvm_replace_memslot(self, as_id, old, new, function="kvm_replace_memslot", why=""):
         """``kvm_replace_memslot``: ``old`` -> ``new`` in the inactive set of ``as_id``; yields one step.
@@ -99,32 +118,39 @@ class MergedProtocol:
         how = ("O(1) rb_replace_node in the gfn tree" if same else
                "erase + insert in the gfn tree" if old and new else
                "insert into" if new else "erase from")
-        if old is None or new is None:
-            how = f"{how} the gfn tree, the hva tree and the id hash"
-        else:
-            how = f"{how}; remove + insert in the hva tree; id hash del + add"
-        text = f"{why}{_label(old)} -> {_label(new)} in inactive {s.name}: {how}."
-        yield self.step(function, text, touched=((as_id, s.node_idx, _label(old), _label(new)),))
+        where = (" the gfn tree, the hva tree and the id hash" if old is None or new is None else
+                 "; remove + insert in the hva tree; id hash del + add")
+        yield self.step(function, "{4}{2} -> {3} in inactive {7}: {5}{6}.", as_id, s.node_idx,
+                        _label(old), _label(new), why, how, where, s.name, touched=TOUCHES)
 
     # -- the ioctl -----------------------------------------------------------
-    def run(self, upd, region, fail):
-        """``kvm_vm_ioctl_set_memory_region`` -> ``__kvm_set_memory_region``."""
+    def run(self, upd, region, fail, checked=None):
+        """``kvm_vm_ioctl_set_memory_region`` -> ``__kvm_set_memory_region``.
+
+        ``checked``: the checks already passed (``vm._refuse_early``), so they
+        are not run again; the lookups they did are counted here.
+        """
         vm = self.vm
         self.upd, self.stage = upd, "validate"
-        try:
-            check_ioctl(region, vm.kernel)
-        except KvmError as e:
-            yield self.step("kvm_vm_ioctl_set_memory_region", f"refused before taking any lock: {e}",
-                            result=-e.errno, error=e)
-            return
-        vm.lock(SL)
-        try:
-            plan = check_memory_region(vm, region)
-        except KvmError as e:
-            vm.unlock(SL)
-            yield self.step("__kvm_set_memory_region", f"check failed, nothing changed: {e}",
-                            result=-e.errno, error=e)
-            return
+        if checked is not None:
+            vm.lock(SL)
+            vm.cost.update(checked.counted)
+            plan = checked.plan
+        else:
+            try:
+                check_ioctl(region, vm.kernel)
+            except KvmError as e:
+                yield self.step("kvm_vm_ioctl_set_memory_region", f"refused before taking any lock: {e}",
+                                result=-e.errno, error=e)
+                return
+            vm.lock(SL)
+            try:
+                plan = check_memory_region(vm, region)
+            except KvmError as e:
+                vm.unlock(SL)
+                yield self.step("__kvm_set_memory_region", f"check failed, nothing changed: {e}",
+                                result=-e.errno, error=e)
+                return
         upd.change = plan.change
         vm.changing = (plan.as_id, plan.id)
         if plan.change == NONE:
@@ -134,7 +160,7 @@ class MergedProtocol:
                             "same values as the existing slot: nothing to do, return 0 "
                             "(no swap, the generation stays)", result=0)
             return
-        yield self.step("__kvm_set_memory_region", _plan_text(plan))
+        yield self.step("__kvm_set_memory_region", *_plan_text(plan))
         new = None
         if plan.change != DELETE:
             new, text = self.new_memslot(plan)
@@ -155,8 +181,8 @@ class MergedProtocol:
         freed = self.drop_new(new) if r and new is not None else ""
         vm.unlock(SL)
         vm.changing = None
-        yield self.step("kvm_set_memory_region",
-                        f"{freed}release slots_lock; the ioctl returns {result_text(r)}.", result=r,
+        yield self.step("kvm_set_memory_region", "{}release slots_lock; the ioctl returns {}.", freed, result_text(r),
+                        result=r,
                         error=KvmError(-r, f"kvm_prepare_memory_region failed for {region.where()} "
                                            f"({upd.change}; {_revert_note(upd.change, vm.address_spaces)})"
                                            f"{_prepare_reason(upd.steps)}", rule="4.4", slot=region.id) if r else None)
@@ -167,7 +193,7 @@ class MergedProtocol:
         Returns ``(new, text)``; variants that keep ``new`` elsewhere override it.
         """
         new = self.vm.alloc_memslot(plan)
-        return new, f"allocate {new.label} and fill it with the new values; no set links it yet."
+        return new, ("allocate {} and fill it with the new values; no set links it yet.", new.label)
 
     def kvm_gmem_bind(self, new, region):
         """``kvm_gmem_bind``: tie ``new`` to pages of a guest_memfd; returns None or the ``KvmError``.
@@ -214,6 +240,7 @@ class MergedProtocol:
         ``"MOVE"`` or ``"FLAGS_ONLY"``; ``fail``: the errno prepare is made to
         fail with (0: none). Called with slots_lock held.
         """
+
         vm = self.vm
         as_id = (old or new).as_id
         self.stage = "invalidate" if change in (DELETE, MOVE) else "prepare"
@@ -221,8 +248,8 @@ class MergedProtocol:
         invalid = None
         if change in (DELETE, MOVE):
             invalid = vm.alloc_memslot()
-            yield self.step("kvm_set_memslot", f"take slots_arch_lock; allocate {invalid.label} "
-                                               f"to become the INVALID copy of {old.label}.")
+            yield self.step("kvm_set_memslot", "take slots_arch_lock; allocate {} to become the INVALID copy of {}.",
+                            invalid.label, old.label)
             yield from self.kvm_invalidate_memslot(old, invalid)
         else:
             yield self.step("kvm_set_memslot", "take slots_arch_lock: arch data of live slots may not "
@@ -248,8 +275,8 @@ class MergedProtocol:
         yield from helper(old, new, invalid)
         if invalid is not None:
             vm.free(invalid)
-            yield self.step("kvm_set_memslot", f"free the INVALID copy {invalid.label}: the grace period "
-                                               "of the last swap guarantees no reader still uses it.")
+            yield self.step("kvm_set_memslot", "free the INVALID copy {}: the grace period of the last swap "
+                                               "guarantees no reader still uses it.", invalid.label)
         self.stage = "commit"
         yield from self.kvm_commit_memory_region(old, new, change)
         return 0
@@ -266,27 +293,24 @@ class MergedProtocol:
         vm.cost["slots_copied"] += 1
         vm.cost["bytes_copied"] += SIZEOF_KVM_MEMORY_SLOT
         invalid.flags |= KVM_MEMSLOT_INVALID
-        yield self.step("kvm_copy_memslot", f"copy {old.label} into {invalid.label} (sharing its dirty "
-                                            f"bitmap and arch data) and set KVM_MEMSLOT_INVALID on the copy.")
+        yield self.step("kvm_copy_memslot", "copy {} into {} (sharing its dirty bitmap and arch data) and set "
+                                            "KVM_MEMSLOT_INVALID on the copy.", old.label, invalid.label)
         yield from self.kvm_replace_memslot(old.as_id, old, invalid, function="kvm_replace_memslot",
-                           why="kvm_invalidate_memslot: ")
+                                            why="kvm_invalidate_memslot: ")
         yield from self.kvm_swap_active_memslots(old.as_id)
         text = vm.arch.flush_shadow_memslot(old)
         yield self.step("kvm_arch_flush_shadow_memslot",
-                        f"{text} Until swap #2 a guest fault on these gfns finds the INVALID copy and is "
-                        "retried (RET_PF_RETRY, x86 5.13+: no exit, no MMIO SPTE; before 5.13 it was handled "
-                        "like MMIO); kvm_read_guest-style reads get -EFAULT.")
+                        "{} Until swap #2 a guest fault on these gfns finds the INVALID copy and is retried "
+                        "(RET_PF_RETRY, x86 5.13+: no exit, no MMIO SPTE; before 5.13 it was handled like MMIO); "
+                        "kvm_read_guest-style reads get -EFAULT.", text)
         if has(vm.kernel, "guest_memory_reclaimed"):
-            yield self.step("kvm_arch_guest_memory_reclaimed",
-                            "tell the arch the slot's memory may have been reclaimed: x86 calls the vendor's "
-                            "guest_memory_reclaimed hook (SVM flushes caches for SEV guests; nothing for "
-                            f"others) ({FEATURES['guest_memory_reclaimed'].cite()}).")
+            yield self.step("kvm_arch_guest_memory_reclaimed", _RECLAIMED)
         vm.lock(SAL)
         old.arch = invalid.arch
         yield self.step("kvm_invalidate_memslot",
-                        f"take slots_arch_lock again; {old.label}.arch = {invalid.label}.arch: while the lock was "
-                        "dropped x86 may have written the live copy's arch data (lazy rmap allocation under "
-                        f"slots_arch_lock); {old.label} is only in the inactive set.")
+                        "take slots_arch_lock again; {0}.arch = {1}.arch: while the lock was dropped x86 may have "
+                        "written the live copy's arch data (lazy rmap allocation under slots_arch_lock); {0} is only "
+                        "in the inactive set.", old.label, invalid.label)
 
     def kvm_create_memslot(self, old, new, invalid):
         """``kvm_create_memslot``: add ``new`` to both sets, one at a time (``old``, ``invalid``: None)."""
@@ -317,7 +341,7 @@ class MergedProtocol:
         as_id = (old or new).as_id
         yield from self.kvm_swap_active_memslots(as_id)
         yield from self.kvm_replace_memslot(as_id, old, new, function="kvm_activate_memslot",
-                           why="catch up the set that just became inactive: ")
+                                            why="catch up the set that just became inactive: ")
 
     # -- the swap ----------------------------------------------------------------
     def kvm_swap_active_memslots(self, as_id):
@@ -331,9 +355,8 @@ class MergedProtocol:
         gen = active.generation
         warn = " WARN: the active generation already had the in-progress bit!" if gen & IP else ""
         inactive.generation = gen | IP
-        yield self.step(self.swap_function,
-                        f"mark {inactive.name} in progress: generation {gen_text(gen | IP)}.{warn}",
-                        touched=((as_id, inactive.node_idx, "gen", "gen"),))
+        yield self.step(self.swap_function, "mark {} in progress: generation {:gen}.{}", inactive.name,
+                        inactive.generation, warn, touched=_gen_touched(as_id, inactive.node_idx))
         vm.lock(MNL)
         while vm.mn_active_invalidate_count:
             vm.unlock(MNL)
@@ -345,8 +368,8 @@ class MergedProtocol:
             vm.lock(MNL)
         gp = self.publish(as_id, inactive)
         yield self.step("rcu_assign_pointer",
-                        f"publish {inactive.name} as the active set of as{as_id} (no MMU-notifier invalidation "
-                        f"is running). New SRCU readers see it and generation {gen_text(inactive.generation)}.")
+                        "publish {} as the active set of as{} (no MMU-notifier invalidation is running). "
+                        "New SRCU readers see it and generation {:gen}.", inactive.name, as_id, inactive.generation)
         vm.unlock(MNL)
         vm.unlock(SAL)
         yield self.step(self.swap_function,
@@ -357,9 +380,10 @@ class MergedProtocol:
         yield self.step("kvm_arch_memslots_updated", vm.arch.memslots_updated(final))
         inactive.generation = final
         yield self.step(self.swap_function,
-                        f"store the final generation {final:#x} (= {gen:#x} + {vm.address_spaces}) in "
-                        f"{inactive.name}; {active.name} is now inactive with stale generation {gen_text(active.generation)}.",
-                        touched=((as_id, inactive.node_idx, "gen", "gen"),))
+                        "store the final generation {:#x} (= {:#x} + {}) in {}; {} is now inactive with stale "
+                        "generation {:gen}.", final, gen, vm.address_spaces, inactive.name, active.name,
+                        active.generation,
+                        touched=_gen_touched(as_id, inactive.node_idx))
 
     def publish(self, as_id, new_active):
         """``rcu_assign_pointer``: make ``new_active`` active; start the grace period."""
@@ -393,8 +417,8 @@ class MergedProtocol:
                              f"wait for the grace period: readers that entered before the swap may still "
                              f"use {old_active.name}.")
         srcu.synchronized(gp)
-        yield self.step("synchronize_srcu_expedited",
-                        f"grace period over: no reader can still be using {old_active.name}.")
+        yield self.step("synchronize_srcu_expedited", "grace period over: no reader can still be using {}.",
+                        old_active.name)
 
     def _wait(self, function, reason, text):
         self.upd.wait_reason = reason
@@ -422,14 +446,17 @@ class MergedProtocol:
         """The dirty-bitmap table of reference §2.1; returns (allocated, text)."""
         if not new.flags & KVM_MEM_LOG_DIRTY_PAGES:
             new.dirty_bitmap = None
-            tail = f" {old.label}'s bitmap is freed at commit." if old and old.dirty_bitmap else ""
-            return None, f"{new.label} has no LOG_DIRTY_PAGES: no dirty bitmap.{tail}"
+            if old and old.dirty_bitmap:
+                return None, ("{} has no LOG_DIRTY_PAGES: no dirty bitmap. {}'s bitmap is freed at commit.",
+                              new.label, old.label)
+            return None, ("{} has no LOG_DIRTY_PAGES: no dirty bitmap.", new.label)
         if old is not None and old.dirty_bitmap is not None:
             new.dirty_bitmap = old.dirty_bitmap
-            return None, f"{new.label} shares {old.label}'s dirty bitmap {old.dirty_bitmap.label} (not copied)."
+            return None, ("{} shares {}'s dirty bitmap {} (not copied).", new.label, old.label,
+                          old.dirty_bitmap.label)
         new.dirty_bitmap = self.vm.alloc("dirty_bitmap", 2 * dirty_bitmap_bytes(new.npages))
-        return new.dirty_bitmap, (f"allocate dirty bitmap {new.dirty_bitmap.label} for {new.label}: "
-                                  f"2 x {dirty_bitmap_bytes(new.npages)} bytes (second half is scratch).")
+        return new.dirty_bitmap, ("allocate dirty bitmap {} for {}: 2 x {} bytes (second half is scratch).",
+                                  new.dirty_bitmap.label, new.label, dirty_bitmap_bytes(new.npages))
 
     def kvm_commit_memory_region(self, old, new, change):
         """``kvm_commit_memory_region``: page count, arch commit, then frees what became unreachable."""
@@ -440,8 +467,8 @@ class MergedProtocol:
             vm.nr_memslot_pages += new.npages
         logging = self.count_dirty_logging(old, new)
         text = vm.arch.commit_memory_region(old, new, change)
-        yield self.step("kvm_arch_commit_memory_region",
-                        f"nr_memslot_pages = {vm.nr_memslot_pages:#x}.{logging} {text}")
+        yield self.step("kvm_arch_commit_memory_region", "nr_memslot_pages = {:#x}.{} {}", vm.nr_memslot_pages,
+                        logging, text)
         if change == CREATE:
             return
         if change == DELETE:
@@ -450,16 +477,19 @@ class MergedProtocol:
                 vm.free(a)
             unbound = self.kvm_gmem_unbind(old)
             vm.free(old)
-            yield self.step("kvm_free_memslot", f"{unbound}free {old.label} with {_list(freed)}: no set "
-                                                "reaches it and its grace period is over.")
+            yield self.step("kvm_free_memslot", "{}free {} with {}: no set reaches it and its grace period is over.",
+                            unbound, old.label, _list(freed))
             return
         freed = []
         if old.dirty_bitmap is not None and new.dirty_bitmap is None:
             vm.free(old.dirty_bitmap)
             freed.append(old.dirty_bitmap)
         vm.free(old)
-        yield self.step("kfree", f"free the {old.label} struct only ({new.label} may share its data)"
-                                 + (f", and its dirty bitmap {freed[0].label}" if freed else "") + ".")
+        if freed:
+            yield self.step("kfree", "free the {} struct only ({} may share its data), and its dirty bitmap {}.",
+                            old.label, new.label, freed[0].label)
+        else:
+            yield self.step("kfree", "free the {} struct only ({} may share its data).", old.label, new.label)
 
 
     def count_dirty_logging(self, old, new):
@@ -473,6 +503,21 @@ class MergedProtocol:
         self.vm.nr_memslots_dirty_logging += delta
         return (f" Dirty logging turned {'on' if delta > 0 else 'off'}: nr_memslots_dirty_logging = "
                 f"{self.vm.nr_memslots_dirty_logging} ({FEATURES['dirty_logging_count'].cite()}).")
+
+
+#: The text of the 6.12 ``kvm_arch_guest_memory_reclaimed`` step (the same every time).
+_RECLAIMED = ("tell the arch the slot's memory may have been reclaimed: x86 calls the vendor's guest_memory_reclaimed "
+              "hook (SVM flushes caches for SEV guests; nothing for others) "
+              f"({FEATURES['guest_memory_reclaimed'].cite()}).")
+#: ``touched`` of a generation store: one shared tuple per (as_id, node_idx).
+_GEN_TOUCHED = {}
+
+
+def _gen_touched(as_id, node_idx):
+    touched = _GEN_TOUCHED.get((as_id, node_idx))
+    if touched is None:
+        touched = _GEN_TOUCHED[as_id, node_idx] = ((as_id, node_idx, "gen", "gen"),)
+    return touched
 
 
 def _label(slot):
@@ -496,9 +541,12 @@ def _revert_note(change, address_spaces):
 
 
 def _plan_text(plan):
-    where = f"slot {plan.id} of as{plan.as_id}"
-    old = f" ({plan.old.label})" if plan.old is not None else ""
+    """The plan step's ``(template, *args)``."""
     if plan.change == DELETE:
-        return f"all checks passed: DELETE {where}{old}."
-    span = f"gfn {plan.base_gfn:#x}..{plan.base_gfn + plan.npages - 1:#x}"
-    return f"all checks passed: {plan.change} {where}{old} at {span}."
+        return "all checks passed: DELETE slot {} of as{} ({}).", plan.id, plan.as_id, plan.old.label
+    last = plan.base_gfn + plan.npages - 1
+    if plan.old is None:
+        return "all checks passed: {} slot {} of as{} at gfn {:#x}..{:#x}.", plan.change, plan.id, plan.as_id, \
+            plan.base_gfn, last
+    return "all checks passed: {} slot {} of as{} ({}) at gfn {:#x}..{:#x}.", plan.change, plan.id, plan.as_id, \
+        plan.old.label, plan.base_gfn, last
