@@ -19,6 +19,7 @@ numbers), so a long history holds small tuples instead of sentences.
 """
 
 import string
+from collections.abc import Sequence
 from types import MappingProxyType
 
 from .fmt import gen_text
@@ -46,6 +47,41 @@ def lazy_text(template, *args):
     'copy #1 into #2'
     """
     return _FORMATTER.vformat(template, args, {})
+
+
+class EventList(Sequence):
+    """A read-only list of events built on access (``history.events``, ``Update.steps``).
+
+    Subclasses give ``__len__`` and ``__getitem__`` for an int; slices, ``+``
+    and comparisons work as for a list of the same events.
+    """
+
+    __slots__ = ()
+
+    def __getitem__(self, i):
+        n = len(self)
+        if isinstance(i, slice):
+            return [self.item(j) for j in range(*i.indices(n))]
+        j = i + n if i < 0 else i
+        if not 0 <= j < n:
+            raise IndexError(f"event {i} of {n}")
+        return self.item(j)
+
+    def item(self, j):
+        """Event ``j`` (``0 <= j < len(self)``)."""
+        raise NotImplementedError
+
+    def __add__(self, other):
+        return list(self) + list(other)
+
+    def __radd__(self, other):
+        return list(other) + list(self)
+
+    def __eq__(self, other):
+        return isinstance(other, (Sequence, list)) and list(self) == list(other)
+
+    def __repr__(self):
+        return repr(list(self))
 
 
 class EventSource:

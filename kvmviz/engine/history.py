@@ -26,10 +26,9 @@ event's entries.
 """
 
 from array import array
-from collections.abc import Sequence
 from contextlib import contextmanager
 
-from .events import EventSource
+from .events import EventList, EventSource
 
 #: ``set_item``'s marker for a key that was (or becomes) absent.
 MISSING = object()
@@ -326,7 +325,7 @@ class History:
         return Events(self)[k]
 
 
-class Events(Sequence):
+class Events(EventList):
     """``history.events``: each recorded event, built on read when its source keeps it compact."""
 
     __slots__ = ("_h",)
@@ -337,14 +336,9 @@ class Events(Sequence):
     def __len__(self):
         return len(self._h.raw)
 
-    def __getitem__(self, k):
-        raw = self._h.raw
-        if isinstance(k, slice):
-            return [_event(raw, i) for i in range(*k.indices(len(raw)))]
-        i = k + len(raw) if k < 0 else k
-        if not 0 <= i < len(raw):
-            raise IndexError(f"event {k} of {len(raw)}")
-        return _event(raw, i)
+    def item(self, j):
+        """Event ``j``."""
+        return _event(self._h.raw, j)
 
 
 def _event(raw, k):

@@ -13,10 +13,9 @@ generations of every set and which set was edited.
 (0, 'commit')
 """
 
-from collections.abc import Sequence
 from types import MappingProxyType
 
-from .events import NO_COST, EventSource, HistoryEvent
+from .events import NO_COST, EventList, EventSource, HistoryEvent
 from .history import StateError
 from .errors import ModelBug
 
@@ -123,7 +122,7 @@ def _cost_delta(before, after):
     return cost
 
 
-class Steps(Sequence):
+class Steps(EventList):
     """The steps of an update so far, as a read-only list built on access.
 
     >>> from kvmviz import VM
@@ -140,26 +139,9 @@ class Steps(Sequence):
     def __len__(self):
         return self._upd.count
 
-    def __getitem__(self, i):
-        n = self._upd.count
-        if isinstance(i, slice):
-            return [self._upd.step_at(j) for j in range(*i.indices(n))]
-        j = i + n if i < 0 else i
-        if not 0 <= j < n:
-            raise IndexError(f"step {i} of {n}")
+    def item(self, j):
+        """Step ``j``."""
         return self._upd.step_at(j)
-
-    def __add__(self, other):
-        return list(self) + list(other)
-
-    def __radd__(self, other):
-        return list(other) + list(self)
-
-    def __eq__(self, other):
-        return isinstance(other, (Sequence, list)) and list(self) == list(other)
-
-    def __repr__(self):
-        return repr(list(self))
 
 
 class Update(EventSource):
