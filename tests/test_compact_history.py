@@ -9,6 +9,7 @@ entry or per step to track.
 """
 
 import gc
+import random
 import tracemalloc
 
 import pytest
@@ -17,6 +18,7 @@ import kvmviz
 from kvmviz import KvmError
 from kvmviz.engine.errors import ModelBug
 from kvmviz.engine.history import WIDTH
+from kvmviz.engine.invariants import Checker, check_invariants
 from kvmviz.engine.step import Step
 from conftest import HVA
 
@@ -141,3 +143,54 @@ def test_a_crashed_update_keeps_its_bug_step():
         vm.set_user_memory_region(1, 0, 0x300000, 0x10000, HVA)
     last = vm.history.events[-1]
     assert last.result in ("BUG", "WARN") and last.text.startswith("the model hit a kernel")
+
+
+@pytest.mark.parametrize("kernel,variant", SETUPS)
+def test_the_checker_that_remembers_says_what_the_full_check_says(kernel, variant):
+    """``invariants.Checker`` (a recipe's check after every event) equals ``check_invariants`` throughout.
+
+    Random calls stepped one at a time, reader actions, notifier ranges,
+    history moves and hand-made corruption, on every kernel and variant.
+    """
+    rng = random.Random(f"{kernel}-{variant}")
+    vm = kvmviz.VM(kernel=kernel, variant=variant)
+    checker, vcpu, checks = Checker(vm), vm.add_vcpu(), 0
+    for _ in range(400):
+        _random_action(rng, vm, vcpu)
+        assert checker() == check_invariants(vm)
+        checks += 1
+    assert checks == 400
+
+
+def _random_action(rng, vm, vcpu):
+    h, upd = vm.history, vm.update
+    roll = rng.random()
+    try:
+        if roll < 0.35 and h.at_frontier:
+            if upd is None:
+                slot = rng.randrange(4)
+                size = rng.choice([0, 0x1000, 0x4000])
+                upd = vm.begin_set_user_memory_region(slot, rng.choice([0, 1]), rng.randrange(8) << 20, size,
+                                                      HVA + (slot << 24), rng.choice([0, 0, 12]))
+            next(upd, None)
+        elif roll < 0.5 and h.at_frontier:
+            (vcpu.srcu_read_unlock if vcpu.inside else vcpu.srcu_read_lock)()
+        elif roll < 0.55 and h.at_frontier:
+            vcpu.access(rng.randrange(8) << 8)
+        elif roll < 0.6 and h.at_frontier:
+            start = HVA + (rng.randrange(4) << 24)
+            vm.mmu_notifier_invalidate_range_start(start, start + 0x1000)
+            vm.mmu_notifier_invalidate_range_end(start, start + 0x1000)
+        elif roll < 0.7:
+            h.back()
+        elif roll < 0.8:
+            h.forward()
+        elif roll < 0.85:
+            h.goto(rng.randrange(len(h) + 1))
+        elif roll < 0.88 and h.at_frontier and vm.memslots(0):
+            slot = rng.choice(vm.memslots(0))
+            slot.npages += 1                            # a hand-made in-place write
+        elif roll < 0.92 and h.at_frontier and vm.memslots(0, "inactive") and vm.implementation == "tree":
+            vm.inactive_set(0).hash_del(rng.choice(vm.memslots(0, "inactive")))      # one index forgets a slot
+    except (KvmError, ValueError, ModelBug, KeyError):
+        pass

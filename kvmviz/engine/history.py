@@ -88,6 +88,7 @@ class History:
         self.on_truncate = []    # callbacks: the future was discarded
         self._replaying = False
         self.recording = enabled
+        self.cuts = 0            # times recorded entries were dropped (truncation, loose undo, preview)
 
     @property
     def enabled(self):
@@ -127,6 +128,7 @@ class History:
         if self.cursor == len(self.raw):
             return
         self._freeze(self.cursor)
+        self.cuts += 1
         del self.raw[self.cursor:]
         del self.bounds[self.cursor:]
         del self.entries[self._base(self.cursor):]
@@ -236,6 +238,7 @@ class History:
         finally:
             self._apply(base, len(self.entries), undo=True)
             self._freeze(cursor)
+            self.cuts += 1
             del self.raw[cursor:], self.bounds[cursor:], self.entries[base:]
             self.raw += future[0]
             self.bounds += future[1]
@@ -282,6 +285,7 @@ class History:
         end = self.bounds[-1] if self.bounds else 0
         self._apply(end, len(self.entries), undo=True)
         del self.entries[end:]
+        self.cuts += 1
 
     def _apply(self, start, end, undo):
         """Undo (newest first) or redo (oldest first) the entries in slots ``start..end``."""

@@ -57,7 +57,7 @@ import shlex
 from typing import NamedTuple
 
 from . import __version__
-from .invariants import check_invariants
+from .invariants import Checker
 from .kernels import KERNELS, check_model
 from .numbers import parse_errno, parse_number
 from .validate import make_region
@@ -383,6 +383,7 @@ class Scenario:
         self.notes = {}          # history index -> invariant violations that appeared there
         self.version_note = ""
         self._seen = []
+        self._checker = None     # invariants.Checker of self.vm, made at the first check
         self._stepped = None     # the update the last ``step`` action ran, while it is the last action
 
     @property
@@ -394,7 +395,9 @@ class Scenario:
         """With ``check=True``: note the invariant violations new since the last event."""
         if not self.check:
             return
-        now = check_invariants(self.vm)
+        if self._checker is None or self._checker.vm is not self.vm:
+            self._checker = Checker(self.vm)
+        now = self._checker()
         new = [v for v in now if v not in self._seen]
         self._seen = now
         if new:

@@ -24,21 +24,89 @@ data in the window. The checker accepts exactly that write (field ``arch``,
 """
 
 from ..constants import KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS as IP
+from ..history import WIDTH
+from ..memslot import Allocation, Memslot
 from ..rules import Violation
-from .memslots import hash_32
+from .memslots import MemslotSet, hash_32
 from ..fmt import gen_text
 from .protocol import SAL
 
 
-def check_structure(vm):
-    """The tree design's own violated invariants of ``vm``."""
+def check_structure(vm, cache=None):
+    """The tree design's own violated invariants of ``vm``.
+
+    ``cache`` (a ``StructureCache``) reuses the results of ``check_set`` and
+    ``check_agreement`` for what did not change since the last check.
+    """
     out = [Violation("in-place", f"as{w[0]}: {w[1]}.{w[2]} changed in place ({_fmt(w[3])} -> {_fmt(w[4])}) "
                                  f"while readers could reach it (after event {w[5]})") for w in unsanctioned_writes(vm)]
+    if cache is not None:
+        cache.update()
     for as_id in range(len(vm.sets)):
         for s in vm.sets[as_id]:
-            out += check_set(s, as_id)
-        out += check_agreement(vm, as_id)
+            out += check_set(s, as_id) if cache is None else cache.result(s, check_set, s, as_id)
+        differ = None if cache is None else cache.result(as_id, set_difference, vm, as_id)
+        out += check_agreement(vm, as_id, differ)
     return out
+
+
+class StructureCache:
+    """What ``check_set`` and ``check_agreement`` said, kept while the journal shows no change they read.
+
+    For a caller that checks after every event (a recipe with ``check``):
+    each check reads only the journal entries logged since the last one. A
+    set is checked again when an entry touched it, one of its id-hash
+    buckets, a slot it links (``nodes``), or freed an allocation; the
+    difference of an address space's two sets when one of them did.
+    Checks with the history off, or away from its frontier, or after it
+    dropped entries (``history.cuts``) check everything. Back and forward
+    again to the frontier restore the state the results were made for.
+
+    >>> from kvmviz import VM
+    >>> vm = VM(); cache = StructureCache(vm); _ = vm.set_user_memory_region(1, 0, 0, 0x1000, 0x100000)
+    >>> check_structure(vm, cache) == check_structure(vm), len(cache.results)
+    (True, 6)
+    >>> vm.active_set(0).hash_del(vm.memslots(0)[0]); check_structure(vm, cache) == check_structure(vm)
+    True
+    """
+
+    def __init__(self, vm):
+        self.vm = vm
+        self.results = {}             # key (a set, or an as_id for the agreement) -> last result
+        self.seen = None              # (cursor, journal length) at the last update
+        self.owner = {id(b): s for pair in vm.sets for s in pair for b in s.id_hash}
+
+    def update(self):
+        """Forget the results of what changed since the last call."""
+        h = self.vm.history
+        seen = self.seen
+        self.seen = (h.cuts, h.cursor, len(h.entries)) if h.enabled and h.at_frontier else None
+        if seen is None or self.seen is None or seen[0] != h.cuts or seen[1] > h.cursor:
+            self.results.clear()
+            return
+        entries = h.entries
+        for i in range(seen[2], len(entries), WIDTH):
+            self._forget(entries[i + 1], entries[i + 2])
+
+    def _forget(self, target, key):
+        results = self.results
+        if type(target) is MemslotSet:
+            if key != "generation" and key != "edits":
+                results.pop(target, None)
+                results.pop(target.as_id, None)
+        elif id(target) in self.owner:
+            s = self.owner[id(target)]
+            results.pop(s, None)
+            results.pop(s.as_id, None)
+        elif type(target) is Memslot and target.nodes or type(target) is Allocation and key == "freed":
+            results.clear()
+
+    def result(self, key, check, *args):
+        """``check(*args)``, or its result from the last call if ``key`` did not change (don't change it)."""
+        out = self.results.get(key)
+        if out is None:
+            out = self.results[key] = check(*args)
+        return out
 
 
 def unsanctioned_writes(vm):
@@ -158,16 +226,15 @@ def _freed(name, slot):
     return out
 
 
-def check_agreement(vm, as_id):
-    """At rest both sets hold the same objects; mid-update they differ by one slot (reference §1.7.2-3)."""
-    a, b = vm.sets[as_id]
-    by_id_a = {x.id: x for x in a.gfn_tree.values()}
-    by_id_b = {x.id: x for x in b.gfn_tree.values()}
-    differ = sorted(i for i in by_id_a.keys() | by_id_b.keys() if by_id_a.get(i) is not by_id_b.get(i))
+def check_agreement(vm, as_id, differ=None):
+    """At rest both sets hold the same objects; mid-update they differ by one slot (reference §1.7.2-3).
+
+    ``differ``: ``set_difference(vm, as_id)`` if already known.
+    """
+    differ, labels = set_difference(vm, as_id) if differ is None else differ
     if not differ:
         return []
     changing = vm.changing
-    labels = "; ".join(f"id {i}: {_lab(by_id_a.get(i))} vs {_lab(by_id_b.get(i))}" for i in differ)
     if changing is None:
         return [Violation("same-at-rest", f"as{as_id}: at rest both sets must hold the same slot objects, but "
                                           f"they differ ({labels})")]
@@ -175,6 +242,15 @@ def check_agreement(vm, as_id):
         return [Violation("differ-by-one", f"as{as_id}: mid-update the sets may differ only in slot {changing[1]} "
                                            f"of as{changing[0]}, but they differ in {labels}")]
     return []
+
+
+def set_difference(vm, as_id):
+    """``(ids, text)``: the slot ids whose objects the two sets of ``as_id`` do not share, and how they differ."""
+    a, b = vm.sets[as_id]
+    by_id_a = {x.id: x for x in a.gfn_tree.values()}
+    by_id_b = {x.id: x for x in b.gfn_tree.values()}
+    differ = sorted(i for i in by_id_a.keys() | by_id_b.keys() if by_id_a.get(i) is not by_id_b.get(i))
+    return differ, "; ".join(f"id {i}: {_lab(by_id_a.get(i))} vs {_lab(by_id_b.get(i))}" for i in differ)
 
 
 def check_other_generation(vm, as_id):
