@@ -154,12 +154,13 @@ class Update(EventSource):
     run to its end (``run``) formats no text and builds no ``Step``.
     """
 
-    __slots__ = ("vm", "region", "result", "error", "change", "call", "abandoned", "wait_reason", "_gen",
-                 "_log", "count", "_first", "_built", "_change_at", "_waiting")
+    __slots__ = ("vm", "region", "checked", "result", "error", "change", "call", "abandoned", "wait_reason",
+                 "_gen", "_log", "count", "_first", "_built", "_change_at", "_waiting")
 
-    def __init__(self, vm, region, run):
+    def __init__(self, vm, region, run, checked=None):
         self.vm = vm
         self.region = region
+        self.checked = checked       # the checks passed before it began (``vm._refuse_early``), until used
         self.result = None
         self.error = None
         self.change = None

@@ -195,7 +195,7 @@ class VM(Journaled):
         self._check_idle()
         checked = self._refuse_early(region, fail) if whole else None
         self.history.truncate()
-        upd = Update(self, region, lambda u: self.protocol.run(u, region, fail, checked))
+        upd = Update(self, region, lambda u: self.protocol.run(u, region, fail), checked)
         object.__setattr__(self, "update", upd)
         return upd
 

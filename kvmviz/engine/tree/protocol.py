@@ -124,14 +124,16 @@ class MergedProtocol:
                         _label(old), _label(new), why, how, where, s.name, touched=TOUCHES)
 
     # -- the ioctl -----------------------------------------------------------
-    def run(self, upd, region, fail, checked=None):
+    def run(self, upd, region, fail):
         """``kvm_vm_ioctl_set_memory_region`` -> ``__kvm_set_memory_region``.
 
-        ``checked``: the checks already passed (``vm._refuse_early``), so they
-        are not run again; the lookups they did are counted here.
+        When the checks already passed (``upd.checked``, a whole call that
+        ``vm._refuse_early`` checked) they are not run again; the lookups
+        they did are counted here.
         """
         vm = self.vm
         self.upd, self.stage = upd, "validate"
+        checked, upd.checked = upd.checked, None
         if checked is not None:
             vm.lock(SL)
             vm.cost.update(checked.counted)
