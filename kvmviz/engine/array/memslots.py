@@ -358,11 +358,13 @@ class ArrayMemslots(Journaled):
         i = self.id_to_index[id]
         entry = self.memslots[i].copy()                     # copy on write: other structures hold the record
         entry[FLAGS] = flags
+        self.columns()
         self._edit(lambda: self._put(i, entry))
         return i
 
     def _put(self, i, entry):
-        self.columns().put(i, entry)
+        # the callers checked the columns once (``columns()``); the edits keep them in step
+        self._columns.put(i, entry)
         self.memslots[i] = entry
 
     def update_memslots(self, new, change):
@@ -428,7 +430,7 @@ class ArrayMemslots(Journaled):
         >>> s.kvm_memslot_move_backward(0, 0x15), [e[ID] for e in s.memslots], s.id_to_index[2]
         (1, [2, 2, 1, 0], 0)
         """
-        slots, columns = self.memslots, self.columns()
+        slots, columns = self.memslots, self._columns         # checked by update_memslots
         end = bisect_right(columns.bases, -gfn, i + 1, len(slots), key=neg) - 1
         if end > i:
             slots[i:end] = slots[i + 1:end + 1]
@@ -442,7 +444,7 @@ class ArrayMemslots(Journaled):
         As ``kvm_memslot_move_backward``, one slice move; returns the index
         where the value belongs.
         """
-        slots, columns = self.memslots, self.columns()
+        slots, columns = self.memslots, self._columns
         start = bisect_left(columns.bases, -gfn, 0, i, key=neg)
         if start < i:
             slots[start + 1:i + 1] = slots[start:i]
