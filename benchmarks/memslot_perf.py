@@ -251,13 +251,13 @@ def kernel_table(figures, ns, release):
     """Table 1 as text lines: one row per (N, operation), ratios model / kernel."""
     models = [name for name, _ in MODELS]
     columns = models + (["kernel"] if release else [])
-    head = (f"{'slots':>6} {'operation':<20} | " + " ".join(f"{c:>9}" for c in columns)
+    head = (f"{'slots':>6} {'operation':<24} | " + " ".join(f"{c:>9}" for c in columns)
             + (" | " + " ".join(f"{c + '/kernel':>15}" for c in models) if release else ""))
     lines = [head, "-" * len(head)]
     for n in ns:
         for op in OPS:
             unit, scale = ("s", 1) if op == "setup" else ("us/ioctl", 1e6)
-            row = f"{n:>6} {f'{op} ({unit})':<20} | " + " ".join(f"{_num(figures[(n, op, c)] * scale):>9}"
+            row = f"{n:>6} {f'{op} ({unit})':<24} | " + " ".join(f"{_num(figures[(n, op, c)] * scale):>9}"
                                                                 for c in columns)
             if release:
                 row += " | " + " ".join(f"{figures[(n, op, c)] / figures[(n, op, 'kernel')]:>14.3g}x" for c in models)
