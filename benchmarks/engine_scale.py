@@ -26,6 +26,7 @@ from kvmviz.host.timing import KernelTimer, ModelTimer
 
 HVA = 0x7f0000000000
 COLUMNS = ("history on", "history off", "real kernel")
+SETTLE = 2.0                # seconds between the CREATEs and the timed MOVEs
 
 
 def slot(i, gfn=None):
@@ -42,9 +43,15 @@ def create(n, history):
 
 
 def one_size(timer, n, moves):
-    """Create ``n`` slots, then ``moves`` MOVEs of the last one (away and back): seconds, MOVE seconds."""
+    """Create ``n`` slots, then ``moves`` MOVEs of the last one (away and back): seconds, MOVE seconds.
+
+    A pause of ``SETTLE`` seconds comes between: right after thousands of
+    CREATEs the kernel is busy for a while (the first MOVEs after 32764 took
+    three times as long); the model gets the same pause.
+    """
     timer.new_vm()
     [t_create] = timer.run([slot(i) for i in range(n)])
+    time.sleep(SETTLE)
     pairs = timer.run([slot(n - 1, n + 16), slot(n - 1)], moves // 2)
     return t_create, sum(pairs), statistics.median(pairs) / 2
 

@@ -215,27 +215,36 @@ def side_by_side(ns, rounds, pairs, kernel):
     """Table 1's figures: ``{(n, op, column): seconds}`` (setup: total; ops: per ioctl), and work.
 
     ``kernel`` is a ``KernelTimer`` (its column is left out when it is not
-    available). Returns ``(figures, costs)``, ``costs[(n, op, column)]`` the
-    model's work of one setup or one there-and-back pair.
+    available). Per N, the setup rounds come first, then the rounds of
+    operations on the VMs the last setups left: right after creating
+    thousands of slots the kernel is busy for a while (the first MOVEs
+    after 32764 CREATEs took three times as long), and the models' setups
+    in between give it that time. Returns ``(figures, costs)``,
+    ``costs[(n, op, column)]`` the model's work of one setup or one
+    there-and-back pair.
     """
     runners = dict([("kernel", kernel)] if kernel.available else [])
     runners.update((name, ModelTimer(**config)) for name, config in MODELS)
     runs, costs = {}, {}
+
+    def record(n, op, name, runner, seconds):
+        runs.setdefault((n, op, name), []).append(seconds)
+        costs[(n, op, name)] = getattr(runner, "cost", {})
+
     for n in ns:
         layout, long = Layout(n, MEM_SIZE), set()
         for r in range(rounds):
-            log(f"  table 1: {n} slots, round {r + 1}/{rounds}")
+            log(f"  table 1: {n} slots, setup round {r + 1}/{rounds}")
             for name, runner in runners.items():
                 if name not in long:
-                    seconds = timed_setup(runner, layout)
-                    runs.setdefault((n, "setup", name), []).append(seconds)
-                    costs[(n, "setup", name)] = getattr(runner, "cost", {})
-                    if seconds > LONG:
+                    record(n, "setup", name, runner, timed_setup(runner, layout))
+                    if runs[(n, "setup", name)][-1] > LONG:
                         long.add(name)
+        for r in range(rounds):
+            log(f"  table 1: {n} slots, operations round {r + 1}/{rounds}")
+            for name, runner in runners.items():
                 for op in OPS[1:]:
-                    seconds = runner.run(op_calls(layout, op), pairs)
-                    runs.setdefault((n, op, name), []).append(statistics.median(seconds) / 2)
-                    costs[(n, op, name)] = getattr(runner, "cost", {})
+                    record(n, op, name, runner, statistics.median(runner.run(op_calls(layout, op), pairs)) / 2)
         for runner in runners.values():
             if isinstance(runner, ModelTimer):
                 runner.vm = None
