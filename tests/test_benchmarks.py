@@ -45,7 +45,14 @@ def test_targets_say_met_and_not_met_from_the_runs_figures(bench):
                           dict(elapsed=1000, kernel_ns=list(bench.KERNEL_NS), replay=25_000))
     assert [t["met"] for t in found] == [True, True, True, True, True, False, False, False, True, None]
     assert found[0]["value"] == "2.50x" and found[2]["value"] == "1.25x"       # 250/100 us; 250/200 us
-    assert bench.target_lines(found)[-1].endswith("not measured")
+    assert bench.target_lines(found)[-1].endswith("not judged")
+
+
+def test_targets_against_a_noisy_kernel_are_not_judged(bench):
+    spread = {(32764, "MOVE", "kernel"): 5.0}
+    found = bench.targets(figures_for(bench), {}, [10], dict(elapsed=5, kernel_ns=[10], spread=spread))
+    assert [t["met"] for t in found[:3]] == [None, None, True]           # the own-baseline target stands
+    assert "differ 5.0x" in found[0]["value"]
 
 
 def test_targets_need_a_full_run_for_the_time_limit(bench):
