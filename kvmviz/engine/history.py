@@ -415,6 +415,10 @@ def _swap_item(container, key, value):
     return old
 
 
+#: The apply function of a mapping item (``set_item``'s): containers that log their own edits use it.
+swap_item = _swap_item
+
+
 def _list_slot(items, index, value):
     if value is MISSING:
         return items.pop(index)

@@ -155,7 +155,7 @@ class Update(EventSource):
     """
 
     __slots__ = ("vm", "region", "checked", "result", "error", "change", "call", "abandoned", "wait_reason",
-                 "_gen", "_log", "count", "_first", "_built", "_change_at", "_waiting")
+                 "_gen", "_before", "_log", "count", "_first", "_built", "_change_at", "_waiting")
 
     def __init__(self, vm, region, run, checked=None):
         self.vm = vm
@@ -173,6 +173,7 @@ class Update(EventSource):
         self._built = None           # step number -> Step, for steps read so far
         self._change_at = None       # first step that knew the change type
         self._waiting = False        # the last step waits
+        self._before = None          # vm.cost after the last step (``push``)
         self._gen = run(self)
 
     @property
@@ -228,30 +229,45 @@ class Update(EventSource):
     def _advance(self, one):
         """Run the protocol one step (``one``) or until the update ends or waits while blocked.
 
-        Records each step (``_record``); returns the number of the last one.
-        Nothing outside this loop runs between the steps, so the history
-        cannot move under it.
+        The protocol records each step as it takes it (``push``); returns the
+        number of the last one. Nothing outside this loop runs between the
+        steps, so the history cannot move under it.
         """
-        cost, gen = self.vm.cost, self._gen
-        before = dict(cost)
-        while True:
-            try:
-                rec = next(gen)
-            except ModelBug as e:
-                rec = self._crash(e)
-            except StopIteration:          # a variant's protocol returned without its last, result-bearing step
-                rec = self._crash(ModelBug("BUG: the update's steps ended without a last step that returns a "
-                                           "result (the variant's protocol returned early)"))
-            except Exception as e:
-                self._record(self._crash(e), _cost_delta(before, cost))
-                raise
-            if dict.__eq__(cost, before):
-                j = self._record(rec, NO_COST)
+        self._before = dict(self.vm.cost)
+        gen, count = self._gen, self.count
+        try:
+            if one:
+                next(gen)
             else:
-                j = self._record(rec, _cost_delta(before, cost))
-                before = dict(cost)
-            if one or self.result is not None or self._waiting and self.blocked:
-                return j
+                for _ in gen:
+                    if self.result is not None or self._waiting and self.blocked:
+                        break
+        except ModelBug as e:
+            self.push(self._crash(e))
+        except StopIteration:
+            pass
+        except Exception as e:
+            self.push(self._crash(e))
+            raise
+        if self.count == count or self.result is None and not one and not (self._waiting and self.blocked):
+            # a variant's protocol returned without its last, result-bearing step (or yielded no step)
+            self.push(self._crash(ModelBug("BUG: the update's steps ended without a last step that returns a "
+                                           "result (the variant's protocol returned early)")))
+        return self.count - 1
+
+    def push(self, rec):
+        """Record the step ``rec`` the protocol just took, with the work counted since the last one; returns it.
+
+        ``MergedProtocol.step`` calls it: a step is recorded when it is
+        taken, so a call run to its end costs no loop around each step.
+        """
+        cost, before = self.vm.cost, self._before
+        if dict.__eq__(cost, before):
+            self._record(rec, NO_COST)
+        else:
+            self._record(rec, _cost_delta(before, cost))
+            self._before = dict(cost)
+        return rec
 
     def _record(self, rec, cost):
         """Add the step record ``rec`` with its ``cost``; returns its number."""

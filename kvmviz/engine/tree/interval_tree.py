@@ -10,8 +10,8 @@ shape depends only on the set of keys (undo restores it exactly).
 >>> t.insert(0x1000, 0x1fff, "a"); t.insert(0x1800, 0x27ff, "b"); t.insert(0x5000, 0x5fff, "c")
 >>> [v for _, _, v in t.query(0x1f00, 0x2000)]
 ['a', 'b']
->>> t.remove(0x1000, "a"); [v for _, _, v in t.query(0, 1 << 64)]
-['b', 'c']
+>>> hex(t.remove(0x1000, "a")), [v for _, _, v in t.query(0, 1 << 64)]
+('0x1fff', ['b', 'c'])
 """
 
 _MASK64 = (1 << 64) - 1
@@ -107,7 +107,7 @@ class IntervalTree:
         self.size += 1
 
     def remove(self, start, value):
-        """Remove ``value`` inserted at ``start``; KeyError if absent. O(log n) expected.
+        """Remove ``value`` inserted at ``start``; returns its ``last``; KeyError if absent. O(log n) expected.
 
         Find the node, put the merge of its two subtrees in its place, then
         recompute ``max_last`` on the path back to the root.
@@ -129,6 +129,7 @@ class IntervalTree:
         for above in reversed(path):
             above.update()
         self.size -= 1
+        return node.last
 
     def query(self, lo, hi):
         """Yield ``(start, last, value)`` for ranges meeting ``[lo, hi]``, by start."""

@@ -20,8 +20,9 @@ from collections import Counter
 from sortedcontainers import SortedDict
 
 from ..constants import GOLDEN_RATIO_32, ID_HASH_BITS
+
 from ..errors import ModelBug
-from ..history import MISSING, Journaled, set_item
+from ..history import MISSING, Journaled, swap_item
 from .interval_tree import IntervalTree
 
 
@@ -34,9 +35,12 @@ def hash_32(val, bits=ID_HASH_BITS):
     return ((val * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> (32 - bits)
 
 
+_HASH_SHIFT = 32 - ID_HASH_BITS
+
+
 def _tree_cost(n):
     # nodes a balanced search tree of n nodes visits on one descent
-    return max(1, n.bit_length())
+    return n.bit_length() or 1
 
 
 def _gfn_apply(s, key, slot):
@@ -55,12 +59,10 @@ def _hva_apply(s, slot, span):
     Returns the span it had. Finding the node is replay, not counted work.
     """
     visited = s.hva_tree.visited
-    old = s._hva_span(slot)
-    if old is not MISSING:
-        s.hva_tree.remove(old[0], slot)
+    old = s._hva_take(slot)
     s.hva_tree.visited = visited
     if span is not MISSING:
-        s.hva_tree.insert(span[0], span[1], slot)
+        s._hva_put(slot, *span)
     return old
 
 
@@ -68,20 +70,16 @@ class MemslotSet(Journaled):
     """One of the two sets of an address space (``__memslots[as][node_idx]``)."""
 
     __slots__ = ("as_id", "node_idx", "name", "generation", "last_used_slot",
-                 "gfn_tree", "hva_tree", "id_hash", "cost", "edits")
+                 "gfn_tree", "hva_tree", "id_hash", "cost", "edits", "_hva_spans")
 
     def __init__(self, history=None, *, as_id=0, node_idx=0, cost=None):
         super().__init__(history, as_id=as_id, node_idx=node_idx, name=f"as{as_id}/set{node_idx}", generation=as_id,
                          last_used_slot=None, gfn_tree=SortedDict(),
                          hva_tree=IntervalTree(tie=lambda slot: slot.uid),
                          id_hash=[{} for _ in range(1 << ID_HASH_BITS)],
-                         cost=cost if cost is not None else Counter(), edits=0)
+                         cost=cost if cost is not None else Counter(), edits=0, _hva_spans={})
 
     # -- the three indexes, each change journaled (``_gfn_apply``, ``_hva_apply``) --
-    def _log(self, apply, key, old):
-        if self._history is not None:
-            self._history.log(apply, self, key, old)
-
     def hash_add(self, slot):
         """``hash_add`` of ``slot.id_node[node_idx]`` (O(1)).
 
@@ -89,12 +87,13 @@ class MemslotSet(Journaled):
         (only a broken variant makes one) hides the first; the journal keeps
         the hidden one, so undo restores the bucket exactly.
         """
-        bucket = self.id_hash[hash_32(slot.id)]
+        id = slot.id
+        bucket = self.id_hash[((id * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> _HASH_SHIFT]
         self.cost["hash_ops"] += 1
-        if self._history is None:
-            bucket[slot.id] = slot
-        else:
-            set_item(self._history, bucket, slot.id, slot)
+        old = bucket.get(id, MISSING)
+        bucket[id] = slot
+        if self._history is not None:
+            self._history.log(swap_item, bucket, id, old)
 
     def hash_del(self, slot):
         """``hash_del`` of ``slot.id_node[node_idx]`` (O(1))."""
@@ -103,54 +102,69 @@ class MemslotSet(Journaled):
         if key is MISSING:
             raise ModelBug(f"{slot.label} is not in the id hash of {self.name}")
         self.cost["hash_ops"] += 1
-        set_item(self._history, bucket, key, MISSING)
+        del bucket[key]
+        if self._history is not None:
+            self._history.log(swap_item, bucket, key, slot)
 
     def hva_insert(self, slot):
         """Insert ``slot.hva_node[node_idx]`` into the interval tree (O(log n))."""
-        start, last = slot.userspace_addr, slot.hva_last
-        self.hva_tree.insert(start, last, slot)
+        self._hva_put(slot, slot.userspace_addr, slot.hva_last)
         self.cost["hva_tree_nodes"] += _tree_cost(len(self.hva_tree))
-        self._log(_hva_apply, slot, MISSING)
+        if self._history is not None:
+            self._history.log(_hva_apply, self, slot, MISSING)
 
     def hva_remove(self, slot):
         """Remove ``slot.hva_node[node_idx]`` from the interval tree (O(log n))."""
-        span = self._hva_span(slot)
+        n = len(self.hva_tree)
+        span = self._hva_take(slot)
         if span is MISSING:
             raise ModelBug(f"{slot.label} is not in the hva tree of {self.name}")
-        start, last = span
-        self.cost["hva_tree_nodes"] += _tree_cost(len(self.hva_tree))
-        self.hva_tree.remove(start, slot)
-        self._log(_hva_apply, slot, (start, last))
+        self.cost["hva_tree_nodes"] += _tree_cost(n)
+        if self._history is not None:
+            self._history.log(_hva_apply, self, slot, span)
 
-    def _hva_span(self, slot):
-        """``(start, last)`` of ``slot``'s node in the hva tree, or ``MISSING``.
+    def _hva_put(self, slot, start, last):
+        self.hva_tree.insert(start, last, slot)
+        self._hva_spans[slot] = start
+
+    def _hva_take(self, slot):
+        """Take ``slot``'s node out of the hva tree; returns the ``(start, last)`` it had, or ``MISSING``.
 
         The node keeps the range it was inserted with, even if a broken
-        variant later rewrote the slot's fields in place.
+        variant later rewrote the slot's fields in place. The set knows where
+        it inserted each slot (O(log n)); a tree edited behind the set's back
+        (a corruption test) is searched.
         """
-        for start, last, value in self.hva_tree.query(slot.userspace_addr, slot.userspace_addr):
-            if value is slot:
-                return start, last
+        start = self._hva_spans.pop(slot, None)
+        if start is not None:
+            try:
+                return start, self.hva_tree.remove(start, slot)
+            except KeyError:
+                pass
         for start, last, value in self.hva_tree:
             if value is slot:
+                self.hva_tree.remove(start, slot)
                 return start, last
         return MISSING
 
     def gfn_insert(self, slot):
         """``kvm_insert_gfn_node``: O(log n); a duplicate base_gfn is a kernel BUG()."""
         key = slot.base_gfn
-        if key in self.gfn_tree:
+        tree = self.gfn_tree
+        if key in tree:
             raise ModelBug(f"BUG: {self.name} already has a slot at gfn {key:#x}")
         self._gfn_put(key, slot)
-        self.cost["gfn_tree_nodes"] += _tree_cost(len(self.gfn_tree))
-        self._log(_gfn_apply, key, MISSING)
+        self.cost["gfn_tree_nodes"] += len(tree).bit_length() or 1
+        if self._history is not None:
+            self._history.log(_gfn_apply, self, key, MISSING)
 
     def gfn_erase(self, slot):
         """``kvm_erase_gfn_node``: O(log n)."""
         key = self._gfn_key(slot)
-        self.cost["gfn_tree_nodes"] += _tree_cost(len(self.gfn_tree))
+        self.cost["gfn_tree_nodes"] += len(self.gfn_tree).bit_length() or 1
         self._gfn_take(key)
-        self._log(_gfn_apply, key, slot)
+        if self._history is not None:
+            self._history.log(_gfn_apply, self, key, slot)
 
     def gfn_replace(self, old, new):
         """``kvm_replace_gfn_node``: O(1) ``rb_replace_node``; same base_gfn only."""
@@ -160,7 +174,8 @@ class MemslotSet(Journaled):
         self._gfn_take(key)
         self._gfn_put(key, new)
         self.cost["gfn_tree_nodes"] += 1
-        self._log(_gfn_apply, key, old)
+        if self._history is not None:
+            self._history.log(_gfn_apply, self, key, old)
 
     def _gfn_key(self, slot):
         key = slot.base_gfn

@@ -84,7 +84,7 @@ class MergedProtocol:
 
     # -- helpers -------------------------------------------------------------
     def step(self, function, text, *args, touched=(), waiting=False, result=None, error=None):
-        """The record of the step describing what just happened (``kvmviz.engine.step.record``).
+        """Record the step describing what just happened (``Update.push``); returns its record to yield.
 
         ``text`` is a template filled from ``args`` when the step is read
         (``{:gen}`` formats a generation), or a ``(template, *args)`` tuple;
@@ -101,9 +101,11 @@ class MergedProtocol:
         vm = self.vm
         if args:                            # kvmviz.engine.step.record, inline: one call per step
             site = SITES.get((self.stage, function, text)) or new_site(self.stage, function, text, len(args))
-            return (site, vm.locks, vm.generations(), NO_COST, detail, *args)
-        site = SITES.get((self.stage, function, PLAIN)) or new_site(self.stage, function, PLAIN, 1)
-        return site, vm.locks, vm.generations(), NO_COST, detail, text
+            rec = (site, vm.locks, vm.generations(), NO_COST, detail, *args)
+        else:
+            site = SITES.get((self.stage, function, PLAIN)) or new_site(self.stage, function, PLAIN, 1)
+            rec = site, vm.locks, vm.generations(), NO_COST, detail, text
+        return rec if self.upd is None else self.upd.push(rec)
 
     def kvm_replace_memslot(self, as_id, old, new, function="kvm_replace_memslot", why=""):
         """``kvm_replace_memslot``: ``old`` -> ``new`` in the inactive set of ``as_id``; yields one step.
