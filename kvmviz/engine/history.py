@@ -27,6 +27,7 @@ event's entries.
 
 from array import array
 from contextlib import contextmanager
+from operator import attrgetter
 
 from .events import EventList, EventSource
 
@@ -44,6 +45,36 @@ def _swap_attr(obj, name, value):
 
 #: The apply function of an attribute store (a ``setattr`` that bypasses logging).
 SET_ATTR = _swap_attr
+
+
+class _Epoch:
+    __slots__ = ("n",)
+
+
+#: ``EPOCH.n`` moves at every store of a ``watched`` attribute and at every undo or redo: a value derived
+#: from watched attributes (``VM.generations``) is still right while ``EPOCH.n`` has not moved.
+EPOCH = _Epoch()
+EPOCH.n = 0
+
+
+def watched(name):
+    """A property ``name`` kept in slot ``_name`` whose stores move ``EPOCH`` (journaled as ``name``).
+
+    >>> class Box(Journaled):
+    ...     __slots__ = ("_v",)
+    ...     v = watched("v")
+    >>> h = History(); b = Box(h, v=1); before = EPOCH.n
+    >>> b.v = 2; EPOCH.n - before
+    1
+    >>> _ = h.record("v=2"); _ = h.back(); b.v, EPOCH.n - before > 1
+    (1, True)
+    """
+    private = "_" + name
+
+    def store(obj, value):
+        object.__setattr__(obj, private, value)
+        EPOCH.n += 1
+    return property(attrgetter(private), store, doc=f"``{name}`` (a store moves ``EPOCH``).")
 
 
 class StateError(ValueError, RuntimeError):
@@ -297,6 +328,7 @@ class History:
                 entries[i + 3] = entries[i](entries[i + 1], entries[i + 2], entries[i + 3])
         finally:
             self._replaying = False
+            EPOCH.n += 1
             self._sync()
 
     def entry_list(self, end=None):

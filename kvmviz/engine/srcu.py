@@ -63,6 +63,8 @@ class Srcu(Journaled):
 
     def holders(self, gp):
         """Readers that entered before grace period ``gp`` and are still inside, in the order they entered."""
+        if not self._inside:
+            return ()
         inside = sorted((order, i, reader) for i, (reader, (order, seq)) in enumerate(self._inside.items())
                         if order is not None and seq < gp)
         return tuple(reader for _, _, reader in inside)

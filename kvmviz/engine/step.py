@@ -78,27 +78,11 @@ DONE = Outcome(result=0)
 #: ``detail`` of a step that edited a set named by its first four text arguments:
 #: ``touched`` is ``((as_id, node_idx, old label, new label),)``, kept once.
 TOUCHES = object()
-#: Fixed fields of a step record: site, locks, gens, cost, detail; the text's arguments follow.
+#: Fixed fields of a step record (``Update.push``): site, locks, gens, cost, detail; the text's arguments follow.
 RECORD = 5
-#: ``(stage, function, template) -> site`` (see ``record``).
+#: ``(stage, function, template) -> site`` (see ``Update.push``).
 SITES = {}
 _COSTS = {}
-
-
-def record(stage, function, text, args, locks, gens, detail=()):
-    """A step as the compact record an ``Update`` keeps: a tuple of shared or plain values.
-
-    ``(site, locks, gens, cost, detail, *args)``: ``site`` is the shared
-    ``(stage, function, template, number of args)``; ``detail`` the
-    ``touched`` tuple, ``TOUCHES`` or an ``Outcome``. No sentence is formatted here.
-
-    >>> record("commit", "kfree", "free {}", ("#3",), frozenset(), ())[4:]
-    ((), '#3')
-    """
-    if not args:
-        text, args = PLAIN, (text,)
-    site = SITES.get((stage, function, text)) or new_site(stage, function, text, len(args))
-    return (site, locks, gens, NO_COST, detail, *args)
 
 
 def new_site(stage, function, template, nargs):
@@ -111,7 +95,8 @@ def new_site(stage, function, template, nargs):
 
 def _cost_delta(before, after):
     """The counters that moved between two snapshots of ``vm.cost``, as a shared read-only mapping."""
-    key = tuple((k, v - before.get(k, 0)) for k, v in after.items() if v != before.get(k, 0))
+    get = before.get
+    key = tuple([(k, v - get(k, 0)) for k, v in after.items() if v != get(k, 0)])
     if not key:
         return NO_COST
     cost = _COSTS.get(key)
@@ -149,13 +134,13 @@ class Update(EventSource):
 
     ``result`` is None while running, then 0 or ``-errno``; ``blocked`` is a
     reason string while the writer waits (grace period, MMU notifier).
-    ``steps`` lists the steps so far. They are kept as records (``record``)
+    ``steps`` lists the steps so far. They are kept as records (``push``)
     in one flat list and built into ``Step``s when read, each once: a call
     run to its end (``run``) formats no text and builds no ``Step``.
     """
 
     __slots__ = ("vm", "region", "checked", "result", "error", "change", "call", "abandoned", "wait_reason",
-                 "_gen", "_before", "_log", "count", "_first", "_built", "_change_at", "_waiting")
+                 "_gen", "_before", "_before_total", "_log", "count", "_first", "_built", "_change_at", "_waiting")
 
     def __init__(self, vm, region, run, checked=None):
         self.vm = vm
@@ -174,6 +159,7 @@ class Update(EventSource):
         self._change_at = None       # first step that knew the change type
         self._waiting = False        # the last step waits
         self._before = None          # vm.cost after the last step (``push``)
+        self._before_total = 0       # and the sum of its counters
         self._gen = run(self)
 
     @property
@@ -233,7 +219,8 @@ class Update(EventSource):
         number of the last one. Nothing outside this loop runs between the
         steps, so the history cannot move under it.
         """
-        self._before = dict(self.vm.cost)
+        cost = self.vm.cost
+        self._before, self._before_total = dict(cost), sum(cost.values())
         gen, count = self._gen, self.count
         try:
             if one:
@@ -243,60 +230,59 @@ class Update(EventSource):
                     if self.result is not None or self._waiting and self.blocked:
                         break
         except ModelBug as e:
-            self.push(self._crash(e))
+            self._crash(e)
         except StopIteration:
             pass
         except Exception as e:
-            self.push(self._crash(e))
+            self._crash(e)
             raise
         if self.count == count or self.result is None and not one and not (self._waiting and self.blocked):
             # a variant's protocol returned without its last, result-bearing step (or yielded no step)
-            self.push(self._crash(ModelBug("BUG: the update's steps ended without a last step that returns a "
-                                           "result (the variant's protocol returned early)")))
+            self._crash(ModelBug("BUG: the update's steps ended without a last step that returns a "
+                                 "result (the variant's protocol returned early)"))
         return self.count - 1
 
-    def push(self, rec):
-        """Record the step ``rec`` the protocol just took, with the work counted since the last one; returns it.
+    def push(self, site, detail, args):
+        """Record the step the protocol just took; returns its record for the protocol to yield.
 
-        ``MergedProtocol.step`` calls it: a step is recorded when it is
-        taken, so a call run to its end costs no loop around each step.
+        ``site`` is the shared ``(stage, function, template, number of
+        args)``, ``detail`` the ``touched`` tuple, ``TOUCHES`` or an
+        ``Outcome``; the locks, the generations and the work counted since
+        the last step are read here. ``MergedProtocol.step`` calls it: a step
+        is recorded when it is taken, so a call run to its end has no loop
+        around each step.
         """
-        cost, before = self.vm.cost, self._before
-        if dict.__eq__(cost, before):
-            self._record(rec, NO_COST)
+        vm = self.vm
+        cost = vm.cost
+        total = sum(cost.values())          # counters only grow while an update runs: equal sums, no new work
+        if total == self._before_total:
+            rec = (site, vm.locks, vm.generations(), NO_COST, detail, *args)
         else:
-            self._record(rec, _cost_delta(before, cost))
-            self._before = dict(cost)
-        return rec
-
-    def _record(self, rec, cost):
-        """Add the step record ``rec`` with its ``cost``; returns its number."""
-        log, vm = self._log, self.vm
-        at = len(log)
-        log += rec
-        if cost is not NO_COST:
-            log[at + 3] = cost
+            rec = (site, vm.locks, vm.generations(), _cost_delta(self._before, cost), detail, *args)
+            self._before, self._before_total = dict(cost), total
+        self._log += rec
         j = self.count
         self.count = j + 1
         if self._change_at is None and self.change is not None:
             self._change_at = j
-        k = vm.history.record(self)
-        if self._first is None:
-            self._first = k
-        detail = rec[4]
+        h = vm.history
+        if h._enabled:
+            k = h.record(self)
+            if self._first is None:
+                self._first = k
         if detail.__class__ is Outcome:
             self._waiting = detail.waiting
             if detail.result is not None:
                 self.result, self.error = detail.result, detail.error
                 self._gen = self.wait_reason = None
-                self._log = tuple(log)              # no more records: no spare room
+                self._log = tuple(self._log)        # no more records: no spare room
                 vm.end_update(self)
         else:
             self._waiting = False
-        return j
+        return rec
 
     def _crash(self, e):
-        """The kernel ``BUG()``/``WARN()`` a broken variant hit, as the update's last step.
+        """Record the kernel ``BUG()``/``WARN()`` a broken variant hit as the update's last step.
 
         The locks are released and the update ends, so the VM stays explorable
         (a real kernel would oops with ``slots_lock`` held); ``result`` is
@@ -307,10 +293,10 @@ class Update(EventSource):
         held = ", ".join(sorted(vm.locks)) or "no lock"
         vm.locks = frozenset()
         vm.changing = None
-        return record(vm.protocol.stage, kind, "the model hit a kernel {}: {}. The kernel would oops here with {} "
-                                               "held and the ioctl would never return; kvmviz ends the update and "
-                                               "releases the locks so you can keep exploring.", (kind, str(e), held),
-                      vm.locks, vm.generations(), Outcome(result=kind, error=e))
+        site = new_site(vm.protocol.stage, kind, "the model hit a kernel {}: {}. The kernel would oops here with {} "
+                                                 "held and the ioctl would never return; kvmviz ends the update and "
+                                                 "releases the locks so you can keep exploring.", 3)
+        self.push(site, Outcome(result=kind, error=e), (kind, str(e), held))
 
     # -- steps from their records ------------------------------------------------
     def _records(self):

@@ -25,7 +25,7 @@ from typing import NamedTuple
 from .arch import X86Arch
 from .constants import GFN_LIMIT, PAGE_SHIFT, PAGE_SIZE, U64_MAX
 from .dirty_log import get_dirty_log
-from .history import History, Journaled, StateError, append_item, set_item
+from .history import EPOCH, History, Journaled, StateError, append_item, set_item, watched
 from .errors import KvmError, ModelBug
 from .guest_memfd import create_guest_memfd
 from .kernels import KERNELS, has, kernel_for
@@ -74,12 +74,16 @@ class VM(Journaled):
     ``generation(s)`` and the lookups work unchanged for both designs.
     """
 
-    __slots__ = ("history", "cost", "sets", "active_idx", "nr_memslot_pages", "locks",
+    __slots__ = ("history", "cost", "_sets", "_active_idx", "nr_memslot_pages", "locks",
                  "mn_active_invalidate_count", "_mn", "swaps", "uid", "alloc_seq",
                  "in_place_writes", "arch", "srcu", "vcpus", "protocol", "update",
                  "implementation", "variant", "calls", "ulong_max", "changing", "_mmio",
                  "kernel", "address_spaces", "max_gfn", "unpublished", "private_mem", "slot_zap_all", "gmem_files",
-                 "nr_memslots_dirty_logging", "writer_slots", "_gens_key", "_gens")
+                 "nr_memslots_dirty_logging", "writer_slots", "_gens_epoch", "_gens")
+    #: ``__memslots[as_id]``: per address space the pair of sets (``watched``: ``generations`` caches on it).
+    sets = watched("sets")
+    #: ``kvm->memslots[as_id]`` as the index of the active set in ``sets[as_id]``.
+    active_idx = watched("active_idx")
 
     def __init__(self, implementation=None, variant="merged", *, kernel=None, address_spaces=None,
                  max_gfn=None, private_mem=False, slot_zap_all=True, history=True):
@@ -98,7 +102,7 @@ class VM(Journaled):
                          nr_memslots_dirty_logging=0, writer_slots=(0, 0, ()))
         object.__setattr__(self, "sets", _make_sets(h, k.implementation, cost, n))
         object.__setattr__(self, "unpublished", (None,) * n)
-        object.__setattr__(self, "_gens_key", None)
+        object.__setattr__(self, "_gens_epoch", None)
         object.__setattr__(self, "arch", X86Arch(h, self))
         object.__setattr__(self, "srcu", Srcu(h))
         object.__setattr__(self, "protocol", _make_protocol(self, k.implementation, variant))
@@ -133,19 +137,14 @@ class VM(Journaled):
 
         Equal results are the same tuple, and so is an address space's inner
         tuple: every recorded step keeps one, and the generations change only
-        at swaps. The last result is kept (a cache, not state) and rebuilt
-        when a generation or an active set differs from it.
+        at swaps. The last result is kept (a cache, not state) until a
+        generation, a set or an active pointer is stored or the history
+        moves (``EPOCH``).
         """
-        sets = self.sets
-        if len(sets) == 2:
-            (a, b), (c, d) = sets
-            key = (a.generation, b.generation, c.generation, d.generation, self.active_idx)
-        else:
-            (a, b), = sets
-            key = (a.generation, b.generation, self.active_idx)
-        if key != self._gens_key:
-            object.__setattr__(self, "_gens", _intern(tuple(map(_set_generations, sets, self.active_idx))))
-            object.__setattr__(self, "_gens_key", key)
+        if self._gens_epoch == EPOCH.n:
+            return self._gens
+        object.__setattr__(self, "_gens", _intern(tuple(map(_set_generations, self.sets, self.active_idx))))
+        object.__setattr__(self, "_gens_epoch", EPOCH.n)
         return self._gens
 
     def memslots(self, as_id=0, which="active"):

@@ -41,7 +41,7 @@ from itertools import accumulate, count
 from operator import neg
 
 from ..constants import KVM_MEM_SLOTS_NUM, KVM_MEMSLOT_INVALID, PAGE_SHIFT, SIZEOF_KVM_MEMORY_SLOT, flag_names
-from ..history import Journaled
+from ..history import Journaled, watched
 
 #: The journal's key for a structure's whole contents (``ArrayMemslots[CONTENTS]``).
 CONTENTS = "contents"
@@ -257,8 +257,10 @@ class ArrayMemslots(Journaled):
     (65552, 1)
     """
 
-    __slots__ = ("as_id", "seq", "node_idx", "generation", "used_slots", "last_used_slot",
+    __slots__ = ("as_id", "seq", "node_idx", "_generation", "used_slots", "last_used_slot",
                  "memslots", "id_to_index", "freed", "cost", "_hva_index", "_columns")
+    #: The structure's generation (``watched``: ``VM.generations`` caches on it).
+    generation = watched("generation")
 
     def __init__(self, history=None, *, as_id=0, seq=0, node_idx=0, cost=None):
         super().__init__(history, as_id=as_id, seq=seq, node_idx=node_idx, generation=as_id, used_slots=0,

@@ -22,7 +22,7 @@ from sortedcontainers import SortedDict
 from ..constants import GOLDEN_RATIO_32, ID_HASH_BITS
 
 from ..errors import ModelBug
-from ..history import MISSING, Journaled, swap_item
+from ..history import MISSING, Journaled, swap_item, watched
 from .interval_tree import IntervalTree
 
 
@@ -69,8 +69,10 @@ def _hva_apply(s, slot, span):
 class MemslotSet(Journaled):
     """One of the two sets of an address space (``__memslots[as][node_idx]``)."""
 
-    __slots__ = ("as_id", "node_idx", "name", "generation", "last_used_slot",
+    __slots__ = ("as_id", "node_idx", "name", "_generation", "last_used_slot",
                  "gfn_tree", "hva_tree", "id_hash", "cost", "edits", "_hva_spans")
+    #: The set's generation (``watched``: ``VM.generations`` caches on it).
+    generation = watched("generation")
 
     def __init__(self, history=None, *, as_id=0, node_idx=0, cost=None):
         super().__init__(history, as_id=as_id, node_idx=node_idx, name=f"as{as_id}/set{node_idx}", generation=as_id,

@@ -98,14 +98,12 @@ class MergedProtocol:
             detail = WAITING if waiting else touched
         else:
             detail = DONE if result == 0 and error is None else Outcome(waiting, result, error)
-        vm = self.vm
-        if args:                            # kvmviz.engine.step.record, inline: one call per step
-            site = SITES.get((self.stage, function, text)) or new_site(self.stage, function, text, len(args))
-            rec = (site, vm.locks, vm.generations(), NO_COST, detail, *args)
-        else:
-            site = SITES.get((self.stage, function, PLAIN)) or new_site(self.stage, function, PLAIN, 1)
-            rec = site, vm.locks, vm.generations(), NO_COST, detail, text
-        return rec if self.upd is None else self.upd.push(rec)
+        if not args:
+            text, args = PLAIN, (text,)
+        site = SITES.get((self.stage, function, text)) or new_site(self.stage, function, text, len(args))
+        if self.upd is None:
+            return site, self.vm.locks, self.vm.generations(), NO_COST, detail, *args
+        return self.upd.push(site, detail, args)
 
     def kvm_replace_memslot(self, as_id, old, new, function="kvm_replace_memslot", why=""):
         """``kvm_replace_memslot``: ``old`` -> ``new`` in the inactive set of ``as_id``; yields one step.
