@@ -19,7 +19,6 @@ kvmviz.engine.errors.KvmError: [Errno 17] EEXIST: gfns 0x80..0x80 overlap slot 0
 
 import errno
 from collections import Counter
-from contextlib import contextmanager
 from typing import NamedTuple
 
 from .arch import X86Arch
@@ -262,7 +261,6 @@ class VM(Journaled):
                 vars(self.protocol).clear()
                 vars(self.protocol).update(saved[2])
 
-    @contextmanager
     def uncounted(self):
         """Work done inside the ``with`` block is not charged to ``vm.cost`` (a look, not the model's work).
 
@@ -275,13 +273,7 @@ class VM(Journaled):
         >>> dict(vm.cost)
         {}
         """
-        saved, counted = dict(self.cost), {}
-        try:
-            yield counted
-        finally:
-            counted.update((k, v - saved.get(k, 0)) for k, v in self.cost.items() if v != saved.get(k, 0))
-            self.cost.clear()
-            self.cost.update(saved)
+        return _Uncounted(self.cost)
 
     def create_guest_memfd(self, size, flags=0):
         """``KVM_CREATE_GUEST_MEMFD`` (6.8+): the new file's fd (``kvmviz.engine.guest_memfd``)."""
@@ -582,6 +574,24 @@ class VM(Journaled):
         gens = ", ".join(f"as{a}: gen {self.generation(a):#x}, {len(self.active_set(a))} slots"
                          for a in range(self.address_spaces))
         return f"<VM {self.kernel} {self.implementation}/{self.variant}: {gens}>"
+
+
+class _Uncounted:
+    """``VM.uncounted``'s context: restores the counters on exit, keeping what moved in ``counted``."""
+
+    __slots__ = ("cost", "saved", "counted")
+
+    def __init__(self, cost):
+        self.cost, self.saved, self.counted = cost, dict(cost), {}
+
+    def __enter__(self):
+        return self.counted
+
+    def __exit__(self, *exc):
+        saved, get = self.saved, self.saved.get
+        self.counted.update((k, v - get(k, 0)) for k, v in self.cost.items() if v != get(k, 0))
+        self.cost.clear()
+        self.cost.update(saved)
 
 
 class Checked(NamedTuple):
