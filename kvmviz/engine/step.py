@@ -219,8 +219,9 @@ class Update(EventSource):
         number of the last one. Nothing outside this loop runs between the
         steps, so the history cannot move under it.
         """
-        cost = self.vm.cost
-        self._before, self._before_total = dict(cost), sum(cost.values())
+        vm = self.vm
+        vm.protocol.upd = self              # whose steps the protocol records (``push``)
+        self._before, self._before_total = dict(vm.cost), sum(vm.cost.values())
         gen, count = self._gen, self.count
         try:
             if one:

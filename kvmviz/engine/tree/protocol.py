@@ -24,7 +24,6 @@ from ..guest_memfd import FIRST_FD
 from ..kernels import FEATURES, has
 from ..memslot import kvm_copy_memslot
 from ..validate import CREATE, DELETE, FLAGS_ONLY, MOVE, NONE, check_ioctl, check_memory_region
-from ..events import NO_COST
 from ..step import DONE, PLAIN, SITES, TOUCHES, WAITING, Outcome, new_site
 
 IP = KVM_MEMSLOT_GEN_UPDATE_IN_PROGRESS
@@ -101,8 +100,6 @@ class MergedProtocol:
         if not args:
             text, args = PLAIN, (text,)
         site = SITES.get((self.stage, function, text)) or new_site(self.stage, function, text, len(args))
-        if self.upd is None:
-            return site, self.vm.locks, self.vm.generations(), NO_COST, detail, *args
         return self.upd.push(site, detail, args)
 
     def kvm_replace_memslot(self, as_id, old, new, function="kvm_replace_memslot", why=""):
@@ -132,7 +129,7 @@ class MergedProtocol:
         they did are counted here.
         """
         vm = self.vm
-        self.upd, self.stage = upd, "validate"
+        self.stage = "validate"
         checked, upd.checked = upd.checked, None
         if checked is not None:
             vm.lock(SL)
