@@ -56,17 +56,14 @@ def test_targets_against_a_noisy_kernel_are_not_judged(bench):
 
 
 def test_targets_against_a_kernel_slowed_in_the_big_rounds_are_not_judged(bench):
-    """The kernel's MOVE at 32764 slots 3.5x its MOVE at 8194, 6.9x at 509 (a run of 2 Dec 2026): the machine."""
+    """The kernel's MOVE at 32764 slots 3.5x its MOVE at 8194 (a run of 2 Dec 2026): the machine, not the tree."""
     figures = figures_for(bench, kernel_move=152e-6)
-    figures.update({(8194, "MOVE", "kernel"): 43e-6, (509, "MOVE", "kernel"): 22e-6,
-                    (8194, "setup", "kernel"): 0.189, (32764, "setup", "kernel"): 2.23, (32764, "setup", "tree on"): 3.3})
+    figures.update({(8194, "MOVE", "kernel"): 43e-6, (32764, "setup", "kernel"): 2.0, (32764, "setup", "tree on"): 3.0})
     found = bench.targets(figures, {}, [10], dict(elapsed=5, kernel_ns=[10]))
-    assert [t["met"] for t in found[:4]] == [None, None, True, None]
-    assert "is 6.9x its figure at fewer slots" in found[0]["value"]
-    assert round(bench.kernel_jump(figures, "setup"), 2) == round(2.23 / 32763 / (0.189 / 8193), 2) == 2.95
-    steady = {**figures, (32764, "MOVE", "kernel"): 30e-6, (32764, "setup", "kernel"): 1.0}
-    assert [t["met"] for t in bench.targets(steady, {}, [10], dict(elapsed=5, kernel_ns=[10]))[:4]] == \
-        [False, False, True, False]
+    assert [t["met"] for t in found[:4]] == [None, None, True, False]      # the setup has no such rule
+    assert "took 3.5x its MOVE at 8194" in found[0]["value"]
+    steady = {**figures, (32764, "MOVE", "kernel"): 30e-6}
+    assert [t["met"] for t in bench.targets(steady, {}, [10], dict(elapsed=5, kernel_ns=[10]))[:2]] == [False, False]
 
 
 def test_targets_need_a_full_run_for_the_time_limit(bench):
