@@ -102,6 +102,7 @@ class VM(Journaled):
         object.__setattr__(self, "sets", _make_sets(h, k.implementation, cost, n))
         object.__setattr__(self, "unpublished", (None,) * n)
         object.__setattr__(self, "_gens_epoch", None)
+        object.__setattr__(self, "_gens", None)
         object.__setattr__(self, "arch", X86Arch(h, self))
         object.__setattr__(self, "srcu", Srcu(h))
         object.__setattr__(self, "protocol", _make_protocol(self, k.implementation, variant))
@@ -134,15 +135,18 @@ class VM(Journaled):
     def generations(self):
         """Per address space ``(set0.generation, set1.generation, active node_idx)``.
 
-        Equal results are the same tuple, and so is an address space's inner
-        tuple: every recorded step keeps one, and the generations change only
-        at swaps. The last result is kept (a cache, not state) until a
+        Every recorded step keeps one, and the generations change only at
+        swaps: the last result is kept (a cache, not state) until a
         generation, a set or an active pointer is stored or the history
-        moves (``EPOCH``).
+        moves (``EPOCH``), and a new result keeps the inner tuple of each
+        address space that did not change.
         """
         if self._gens_epoch == EPOCH.n:
             return self._gens
-        object.__setattr__(self, "_gens", _intern(tuple(map(_set_generations, self.sets, self.active_idx))))
+        prev = self._gens or ()
+        gens = tuple(_same_or_new(prev[a] if a < len(prev) else None, pair, active)
+                     for a, (pair, active) in enumerate(zip(self.sets, self.active_idx)))
+        object.__setattr__(self, "_gens", prev if gens == prev else gens)
         object.__setattr__(self, "_gens_epoch", EPOCH.n)
         return self._gens
 
@@ -648,8 +652,9 @@ def _lock_change(locks, name, take):
     return new
 
 
-def _set_generations(pair, active):
-    return _intern((pair[0].generation, pair[1].generation, active))
+def _same_or_new(prev, pair, active):
+    gens = (pair[0].generation, pair[1].generation, active)
+    return prev if gens == prev else gens
 
 
 def _with(tup, i, value):
