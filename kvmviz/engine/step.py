@@ -275,7 +275,7 @@ class Update(EventSource):
             self._waiting = detail.waiting
             if detail.result is not None:
                 self.result, self.error = detail.result, detail.error
-                self._gen = self.wait_reason = None
+                self._gen = self.wait_reason = self._before = None
                 self._log = tuple(self._log)        # no more records: no spare room
                 vm.end_update(self)
         else:
