@@ -194,3 +194,40 @@ def _random_action(rng, vm, vcpu):
             vm.inactive_set(0).hash_del(rng.choice(vm.memslots(0, "inactive")))      # one index forgets a slot
     except (KvmError, ValueError, ModelBug, KeyError):
         pass
+
+
+def _fresh_generations(vm):
+    """``vm.generations()`` computed from the sets, without the cache."""
+    return tuple((a.generation, b.generation, active) for (a, b), active in zip(vm.sets, vm.active_idx))
+
+
+@pytest.mark.parametrize("kernel,variant", SETUPS)
+def test_each_step_keeps_the_generations_of_its_moment_through_the_cache(kernel, variant):
+    """``VM.generations`` is cached until a watched store or a history move (``EPOCH``): it never goes stale.
+
+    Checked after every step taken, and after every step back and forward
+    across the whole history, against the generations read from the sets.
+    """
+    vm = kvmviz.VM(kernel=kernel, variant=variant)
+    seen = _stepped(vm)
+    assert len({step.gens for step, _ in seen}) > 4                    # the generations did move
+    for step, _ in seen:
+        assert step.gens == vm.history.events[step.index].gens
+    n = len(vm.history)
+    for k in list(range(n, -1, -7)) + list(range(0, n + 1, 5)):
+        vm.history.goto(k)
+        assert vm.generations() == _fresh_generations(vm), k
+        if k:
+            assert vm.history.events[k - 1].gens == vm.generations(), k
+
+
+def test_a_set_finds_a_slot_in_its_hva_tree_edited_behind_its_back():
+    """The set knows where it inserted each slot; a tree edited directly is searched (corruption tests do it)."""
+    vm = kvmviz.VM()
+    vm.set_user_memory_region(*CALLS[0])
+    s = vm.active_set(0)
+    slot = s.id_to_memslot(1)
+    s.hva_tree.remove(slot.userspace_addr, slot)                    # not through the set
+    s.hva_tree.insert(slot.userspace_addr + 0x1000, slot.hva_last, slot)
+    assert s._hva_take(slot) == (slot.userspace_addr + 0x1000, slot.hva_last)
+    assert len(s.hva_tree) == 0

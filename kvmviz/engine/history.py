@@ -51,8 +51,8 @@ class _Epoch:
     __slots__ = ("n",)
 
 
-#: ``EPOCH.n`` moves at every store of a ``watched`` attribute and at every undo or redo: a value derived
-#: from watched attributes (``VM.generations``) is still right while ``EPOCH.n`` has not moved.
+#: ``EPOCH.n`` moves at every store of a ``watched`` attribute, an undo or redo included (they store through
+#: the property): a value derived from watched attributes (``VM.generations``) is right while it has not moved.
 EPOCH = _Epoch()
 EPOCH.n = 0
 
@@ -66,8 +66,8 @@ def watched(name):
     >>> h = History(); b = Box(h, v=1); before = EPOCH.n
     >>> b.v = 2; EPOCH.n - before
     1
-    >>> _ = h.record("v=2"); _ = h.back(); b.v, EPOCH.n - before > 1
-    (1, True)
+    >>> _ = h.record("v=2"); _ = h.back(); b.v, EPOCH.n - before
+    (1, 2)
     """
     private = "_" + name
 
@@ -328,7 +328,6 @@ class History:
                 entries[i + 3] = entries[i](entries[i + 1], entries[i + 2], entries[i + 3])
         finally:
             self._replaying = False
-            EPOCH.n += 1
             self._sync()
 
     def entry_list(self, end=None):

@@ -137,9 +137,9 @@ class VM(Journaled):
 
         Every recorded step keeps one, and the generations change only at
         swaps: the last result is kept (a cache, not state) until a
-        generation, a set or an active pointer is stored or the history
-        moves (``EPOCH``), and a new result keeps the inner tuple of each
-        address space that did not change.
+        generation, a set or an active pointer is stored, by a call or by
+        an undo or redo (``EPOCH``), and a new result keeps the inner tuple
+        of each address space that did not change.
         """
         if self._gens_epoch == EPOCH.n:
             return self._gens
