@@ -592,10 +592,17 @@ class _Uncounted:
         return self.counted
 
     def __exit__(self, *exc):
-        saved, get = self.saved, self.saved.get
-        self.counted.update((k, v - get(k, 0)) for k, v in self.cost.items() if v != get(k, 0))
-        self.cost.clear()
-        self.cost.update(saved)
+        cost, saved, get = self.cost, self.saved, self.saved.get
+        moved = [(k, v) for k, v in cost.items() if v != get(k, 0)]
+        self.counted.update((k, v - get(k, 0)) for k, v in moved)
+        for k, _ in moved:                  # put back only what moved (a look moves one or two counters)
+            if k in saved:
+                cost[k] = saved[k]
+            else:
+                del cost[k]
+        if len(cost) != len(saved):
+            cost.clear()
+            dict.update(cost, saved)
 
 
 class Checked(NamedTuple):
