@@ -14,7 +14,7 @@ the sets (by ``node_idx``) the slot is linked into, standing for the kernel's
 """
 
 from .constants import PAGE_SHIFT, KVM_MEMSLOT_INVALID, flag_names
-from .history import SET_ATTR, Journaled
+from .history import Journaled
 
 #: Fields a reader can observe; writing one of them while the slot is
 #: reachable from a visible set is an in-place modification (invariant 1).
@@ -78,17 +78,10 @@ class Memslot(Journaled):
         init(self, "freed", False)
 
     def __setattr__(self, name, value):
-        old = getattr(self, name)
-        if self.nodes and self._owner is not None and name in OBSERVED_FIELDS \
-                and self.nodes & self._owner.visible_nodes(self.as_id):
-            self._owner.note_in_place_write(self, name, old, value)
-        object.__setattr__(self, name, value)
-        h = self._history                   # Journaled.__setattr__, inline: a slot's fields are written often
-        if h is not None:
-            if h.recording:
-                h.entries += (SET_ATTR, self, name, old)
-            else:
-                h.log(SET_ATTR, self, name, old)
+        owner = self._owner
+        if self.nodes and owner is not None and name in OBSERVED_FIELDS and self.nodes & owner.visible_nodes(self.as_id):
+            owner.note_in_place_write(self, name, getattr(self, name), value)
+        super().__setattr__(name, value)
 
     @property
     def end_gfn(self):

@@ -93,10 +93,19 @@ def new_site(stage, function, template, nargs):
     return site
 
 
-def _cost_delta(before, after):
-    """The counters that moved between two snapshots of ``vm.cost``, as a shared read-only mapping."""
+def moved_counters(before, after):
+    """``(counter, increase)`` of each counter of ``vm.cost`` that moved between two snapshots.
+
+    >>> moved_counters({"hash_ops": 2}, {"hash_ops": 5, "slots_copied": 1})
+    [('hash_ops', 3), ('slots_copied', 1)]
+    """
     get = before.get
-    key = tuple([(k, v - get(k, 0)) for k, v in after.items() if v != get(k, 0)])
+    return [(k, v - get(k, 0)) for k, v in after.items() if v != get(k, 0)]
+
+
+def cost_delta(before, after):
+    """The counters that moved between two snapshots of ``vm.cost``, as a shared read-only mapping."""
+    key = tuple(moved_counters(before, after))
     if not key:
         return NO_COST
     cost = _COSTS.get(key)
@@ -259,18 +268,16 @@ class Update(EventSource):
         if total == self._before_total:
             rec = (site, vm.locks, vm.generations(), NO_COST, detail, *args)
         else:
-            rec = (site, vm.locks, vm.generations(), _cost_delta(self._before, cost), detail, *args)
+            rec = (site, vm.locks, vm.generations(), cost_delta(self._before, cost), detail, *args)
             self._before, self._before_total = dict(cost), total
         self._log += rec
         j = self.count
         self.count = j + 1
         if self._change_at is None and self.change is not None:
             self._change_at = j
-        h = vm.history
-        if h._enabled:
-            k = h.record(self)
-            if self._first is None:
-                self._first = k
+        k = vm.history.record(self)
+        if self._first is None:
+            self._first = k
         if detail.__class__ is Outcome:
             self._waiting = detail.waiting
             if detail.result is not None:

@@ -33,7 +33,7 @@ from .tree.memslots import MemslotSet
 from .numbers import check_number
 from .events import ReaderAction
 from .srcu import Srcu
-from .step import Update
+from .step import Update, moved_counters
 from .tree.protocol import MergedProtocol
 from .array.protocol import ArrayProtocol
 from .array.memslots import initial_sets
@@ -592,9 +592,9 @@ class _Uncounted:
         return self.counted
 
     def __exit__(self, *exc):
-        cost, saved, get = self.cost, self.saved, self.saved.get
-        moved = [(k, v) for k, v in cost.items() if v != get(k, 0)]
-        self.counted.update((k, v - get(k, 0)) for k, v in moved)
+        cost, saved = self.cost, self.saved
+        moved = moved_counters(saved, cost)
+        self.counted.update(moved)
         for k, _ in moved:                  # put back only what moved (a look moves one or two counters)
             if k in saved:
                 cost[k] = saved[k]

@@ -20,7 +20,6 @@ from collections import Counter
 from sortedcontainers import SortedDict
 
 from ..constants import GOLDEN_RATIO_32, ID_HASH_BITS
-
 from ..errors import ModelBug
 from ..history import MISSING, Journaled, swap_item, watched
 from .interval_tree import IntervalTree
@@ -33,9 +32,6 @@ def hash_32(val, bits=ID_HASH_BITS):
     (0, 48, 97)
     """
     return ((val * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> (32 - bits)
-
-
-_HASH_SHIFT = 32 - ID_HASH_BITS
 
 
 def _tree_cost(n):
@@ -90,7 +86,7 @@ class MemslotSet(Journaled):
         the hidden one, so undo restores the bucket exactly.
         """
         id = slot.id
-        bucket = self.id_hash[((id * GOLDEN_RATIO_32) & 0xFFFFFFFF) >> _HASH_SHIFT]
+        bucket = self.id_hash[hash_32(id)]
         self.cost["hash_ops"] += 1
         old = bucket.get(id, MISSING)
         bucket[id] = slot
@@ -156,14 +152,14 @@ class MemslotSet(Journaled):
         if key in tree:
             raise ModelBug(f"BUG: {self.name} already has a slot at gfn {key:#x}")
         self._gfn_put(key, slot)
-        self.cost["gfn_tree_nodes"] += len(tree).bit_length() or 1
+        self.cost["gfn_tree_nodes"] += _tree_cost(len(tree))
         if self._history is not None:
             self._history.log(_gfn_apply, self, key, MISSING)
 
     def gfn_erase(self, slot):
         """``kvm_erase_gfn_node``: O(log n)."""
         key = self._gfn_key(slot)
-        self.cost["gfn_tree_nodes"] += len(self.gfn_tree).bit_length() or 1
+        self.cost["gfn_tree_nodes"] += _tree_cost(len(self.gfn_tree))
         self._gfn_take(key)
         if self._history is not None:
             self._history.log(_gfn_apply, self, key, slot)
